@@ -1,0 +1,804 @@
+//! The event block codec: delta/varint columns, compressed as one zstd frame.
+//!
+//! A block holds consecutive events (sequence numbers `first_seq..first_seq+count`,
+//! so sequence numbers are not stored). Its raw form is a table of columns:
+//!
+//! ```text
+//! block  := count(varint) ncols(varint) (col_id(varint) len(varint))* col_bytes*
+//! ```
+//!
+//! | column | per event / per item |
+//! |---|---|
+//! | 0 kinds  | kind(varint) flags(u8) |
+//! | 1 ts     | zigzag(ts − previous ts) |
+//! | 2 ids    | only fields whose flag bit is set: pid, zigzag(tid − pid), cpu, cgroup |
+//! | 3 sc.nr  | syscall number |
+//! | 4 sc.args| six zigzag(arg − the same thread's previous args of that syscall) |
+//! | 5 sc.ret | zigzag(ret) |
+//! | 6 sc.dur | duration |
+//! | 7 sc.misc| fd type(u8) flags(varint) number of writes(varint) |
+//! | 8 sc.waddr| per write: 1..6 = equal to that argument, 0 = zigzag(addr − arg 1) follows |
+//! | 9 sc.wdata| per write: 0 bytes(len, bytes) · 1 stored(zigzag(offset − end of previous), len) · 2 redacted(postcard) · 3 timespec(zigzag((value − ts) − previous for that clock)) |
+//! | 256+k    | every other kind k: len(varint) postcard body |
+//!
+//! Flags bits 0..3 say that pid, tid, cpu, cgroup differ from the previous
+//! event's (the first event of a block sets all four). Keeping like fields
+//! together, predicting arguments from the thread's previous call and
+//! clock results from the event time lets zstd find the regularities. All
+//! prediction state starts fresh in each block, so every block decodes on
+//! its own. A reader meeting a kind it does not know skips its body in the
+//! kind's own column (all kinds but syscall use per-kind columns).
+
+use crate::event::{Data, Event, EventBody, FdType, Kind, MemWrite, Syscall};
+use integer_encoding::VarInt;
+use std::collections::HashMap;
+
+const F_PID: u8 = 1;
+const F_TID: u8 = 2;
+const F_CPU: u8 = 4;
+const F_CGROUP: u8 = 8;
+
+const C_KINDS: u32 = 0;
+const C_TS: u32 = 1;
+const C_IDS: u32 = 2;
+const C_NR: u32 = 3;
+const C_ARGS: u32 = 4;
+const C_RET: u32 = 5;
+const C_DUR: u32 = 6;
+const C_MISC: u32 = 7;
+const C_WADDR: u32 = 8;
+const C_WDATA: u32 = 9;
+const N_FIXED: usize = 10;
+const C_GENERIC: u32 = 256;
+
+const W_BYTES: u8 = 0;
+const W_STORED: u8 = 1;
+const W_REDACTED: u8 = 2;
+const W_TIMESPEC: u8 = 3;
+
+const NR_CLOCK_GETTIME: u32 = 228;
+
+#[derive(Clone, Copy, Default)]
+struct Prev {
+    ts: u64,
+    pid: u32,
+    tid: u32,
+    cpu: u16,
+    cgroup: u64,
+}
+
+/// Prediction state shared by encoder and decoder.
+#[derive(Default)]
+struct Model {
+    prev: Prev,
+    args: HashMap<(u32, u32), [u64; 6]>,
+    stored_end: u64,
+    clock: [i64; 16],
+}
+
+impl Model {
+    fn reset(&mut self) {
+        self.prev = Prev::default();
+        self.args.clear();
+        self.stored_end = 0;
+        self.clock = [0; 16];
+    }
+}
+
+/// Appends a varint (signed values zigzag-encoded, as `integer-encoding`
+/// decodes them). Pushes bytes one by one: for 1–3 byte values this is much
+/// cheaper than a call to memcpy.
+#[inline]
+fn put<V: VarInt>(out: &mut Vec<u8>, v: V) {
+    let mut buf = [0u8; 10];
+    let n = v.encode_var(&mut buf);
+    for b in &buf[..n] {
+        out.push(*b);
+    }
+}
+
+fn fd_type_id(t: FdType) -> u8 {
+    match t {
+        FdType::Unknown => 0,
+        FdType::File => 1,
+        FdType::Pipe => 2,
+        FdType::Tcp => 3,
+        FdType::Udp => 4,
+        FdType::Unix => 5,
+        FdType::Char => 6,
+        FdType::Other => 7,
+    }
+}
+
+fn fd_type_of(id: u8) -> Option<FdType> {
+    Some(match id {
+        0 => FdType::Unknown,
+        1 => FdType::File,
+        2 => FdType::Pipe,
+        3 => FdType::Tcp,
+        4 => FdType::Udp,
+        5 => FdType::Unix,
+        6 => FdType::Char,
+        7 => FdType::Other,
+        _ => return None,
+    })
+}
+
+/// A 16-byte `struct timespec` as nanoseconds, when it round-trips exactly.
+fn timespec_ns(b: &[u8]) -> Option<i64> {
+    if b.len() != 16 {
+        return None;
+    }
+    let sec = u64::from_le_bytes(b[0..8].try_into().unwrap());
+    let nsec = u64::from_le_bytes(b[8..16].try_into().unwrap());
+    (sec < (1 << 33) && nsec < 1_000_000_000).then(|| (sec * 1_000_000_000 + nsec) as i64)
+}
+
+fn timespec_bytes(ns: i64) -> Option<Vec<u8>> {
+    if !(0..(1i64 << 33) * 1_000_000_000).contains(&ns) {
+        return None;
+    }
+    let mut b = Vec::with_capacity(16);
+    b.extend_from_slice(&((ns / 1_000_000_000) as u64).to_le_bytes());
+    b.extend_from_slice(&((ns % 1_000_000_000) as u64).to_le_bytes());
+    Some(b)
+}
+
+/// Accumulates events into one block.
+#[derive(Default)]
+pub(crate) struct BlockBuilder {
+    fixed: [Vec<u8>; N_FIXED],
+    generic: Vec<(u16, Vec<u8>)>,
+    pub count: u32,
+    pub first_seq: u64,
+    pub min_ts: u64,
+    pub max_ts: u64,
+    model: Model,
+    scratch: Vec<u8>,
+    raw: usize,
+}
+
+impl BlockBuilder {
+    /// Raw size so far.
+    pub fn raw_len(&self) -> usize {
+        self.raw + 64
+    }
+
+    fn generic_col(&mut self, kind: u16) -> &mut Vec<u8> {
+        let i = match self.generic.iter().position(|(k, _)| *k == kind) {
+            Some(i) => i,
+            None => {
+                self.generic.push((kind, Vec::new()));
+                self.generic.len() - 1
+            }
+        };
+        &mut self.generic[i].1
+    }
+
+    /// Adds an event (its `seq` must be `first_seq + count`).
+    pub fn push(&mut self, ev: &Event) {
+        if self.count == 0 {
+            self.first_seq = ev.seq;
+            self.min_ts = ev.ts_ns;
+            self.max_ts = ev.ts_ns;
+            self.model.reset();
+        } else {
+            self.min_ts = self.min_ts.min(ev.ts_ns);
+            self.max_ts = self.max_ts.max(ev.ts_ns);
+        }
+        debug_assert_eq!(ev.seq, self.first_seq + self.count as u64);
+        let before: usize = self.fixed.iter().map(|c| c.len()).sum::<usize>();
+        let first = self.count == 0;
+        let p = self.model.prev;
+        let mut flags = 0u8;
+        if first || ev.pid != p.pid {
+            flags |= F_PID;
+        }
+        if first || ev.tid != p.tid {
+            flags |= F_TID;
+        }
+        if first || ev.cpu != p.cpu {
+            flags |= F_CPU;
+        }
+        if first || ev.cgroup != p.cgroup {
+            flags |= F_CGROUP;
+        }
+        let [kinds, ts, ids, ..] = &mut self.fixed;
+        put(kinds, ev.kind().id());
+        kinds.push(flags);
+        put(ts, ev.ts_ns.wrapping_sub(p.ts) as i64);
+        if flags & F_PID != 0 {
+            put(ids, ev.pid);
+        }
+        if flags & F_TID != 0 {
+            put(ids, (ev.tid as i64) - (ev.pid as i64));
+        }
+        if flags & F_CPU != 0 {
+            put(ids, ev.cpu);
+        }
+        if flags & F_CGROUP != 0 {
+            put(ids, ev.cgroup);
+        }
+        let mut generic_added = 0;
+        match &ev.body {
+            EventBody::Syscall(s) => self.push_syscall(ev, s),
+            body => {
+                self.scratch.clear();
+                body.encode_into(&mut self.scratch);
+                let scratch = std::mem::take(&mut self.scratch);
+                let col = self.generic_col(body.kind().id());
+                let l0 = col.len();
+                put(col, scratch.len() as u64);
+                col.extend_from_slice(&scratch);
+                generic_added = col.len() - l0;
+                self.scratch = scratch;
+            }
+        }
+        self.model.prev = Prev {
+            ts: ev.ts_ns,
+            pid: ev.pid,
+            tid: ev.tid,
+            cpu: ev.cpu,
+            cgroup: ev.cgroup,
+        };
+        self.count += 1;
+        let after: usize = self.fixed.iter().map(|c| c.len()).sum::<usize>();
+        self.raw += after - before + generic_added;
+    }
+
+    fn push_syscall(&mut self, ev: &Event, s: &Syscall) {
+        let [_, _, _, nr, args, ret, dur, misc, waddr, wdata] = &mut self.fixed;
+        put(nr, s.nr);
+        let prev = self.model.args.entry((ev.tid, s.nr)).or_insert([0; 6]);
+        for (a, p) in s.args.iter().zip(prev.iter_mut()) {
+            put(args, a.wrapping_sub(*p) as i64);
+            *p = *a;
+        }
+        put(ret, s.ret);
+        put(dur, s.duration_ns);
+        misc.push(fd_type_id(s.fd_type));
+        put(misc, s.flags);
+        put(misc, s.writes.len() as u64);
+        for w in &s.writes {
+            match s.args.iter().position(|a| *a == w.addr) {
+                Some(i) => put(waddr, i as u64 + 1),
+                None => {
+                    put(waddr, 0u64);
+                    put(waddr, w.addr.wrapping_sub(s.args[1]) as i64);
+                }
+            }
+            match &w.data {
+                Data::Bytes(b) => {
+                    if let (true, Some(ns)) = (s.nr == NR_CLOCK_GETTIME, timespec_ns(b)) {
+                        let slot = &mut self.model.clock[(s.args[0] & 15) as usize];
+                        let d = ns.wrapping_sub(ev.ts_ns as i64);
+                        wdata.push(W_TIMESPEC);
+                        put(wdata, d.wrapping_sub(*slot));
+                        *slot = d;
+                    } else {
+                        wdata.push(W_BYTES);
+                        put(wdata, b.len() as u64);
+                        wdata.extend_from_slice(b);
+                    }
+                }
+                Data::Stored { offset, len } => {
+                    wdata.push(W_STORED);
+                    put(wdata, offset.wrapping_sub(self.model.stored_end) as i64);
+                    put(wdata, *len);
+                    self.model.stored_end = offset + *len as u64;
+                }
+                d @ Data::Redacted { .. } => {
+                    wdata.push(W_REDACTED);
+                    let bytes = postcard::to_stdvec(d).expect("serializes");
+                    put(wdata, bytes.len() as u64);
+                    wdata.extend_from_slice(&bytes);
+                }
+            }
+        }
+    }
+
+    /// The raw block bytes; resets the builder.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let mut cols: Vec<(u32, &Vec<u8>)> = Vec::new();
+        for (i, c) in self.fixed.iter().enumerate() {
+            if !c.is_empty() {
+                cols.push((i as u32, c));
+            }
+        }
+        for (k, c) in &self.generic {
+            if !c.is_empty() {
+                cols.push((C_GENERIC + *k as u32, c));
+            }
+        }
+        let mut out = Vec::with_capacity(self.raw_len());
+        put(&mut out, self.count);
+        put(&mut out, cols.len() as u64);
+        for (id, c) in &cols {
+            put(&mut out, *id);
+            put(&mut out, c.len() as u64);
+        }
+        for (_, c) in &cols {
+            out.extend_from_slice(c);
+        }
+        for c in self.fixed.iter_mut() {
+            c.clear();
+        }
+        // Keep the columns' capacity for the next block.
+        for (_, c) in self.generic.iter_mut() {
+            c.clear();
+        }
+        self.count = 0;
+        self.raw = 0;
+        out
+    }
+}
+
+/// Reads varints from a column, with errors instead of panics.
+#[derive(Clone, Copy)]
+struct Col<'a> {
+    id: u32,
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Col<'a> {
+    fn name(&self) -> String {
+        match self.id {
+            C_KINDS => "kinds".into(),
+            C_TS => "ts".into(),
+            C_IDS => "ids".into(),
+            C_NR => "sc.nr".into(),
+            C_ARGS => "sc.args".into(),
+            C_RET => "sc.ret".into(),
+            C_DUR => "sc.dur".into(),
+            C_MISC => "sc.misc".into(),
+            C_WADDR => "sc.waddr".into(),
+            C_WDATA => "sc.wdata".into(),
+            u32::MAX => "block header".into(),
+            k => match Kind::from_id((k - C_GENERIC) as u16) {
+                Some(k) => format!("{} bodies", k.name()),
+                None => format!("column {k}"),
+            },
+        }
+    }
+    fn get<V: VarInt>(&mut self) -> Result<V, String> {
+        match V::decode_var(&self.b[self.at..]) {
+            Some((v, n)) => {
+                self.at += n;
+                Ok(v)
+            }
+            None => Err(format!(
+                "{} column: bad or missing varint at byte {}",
+                self.name(),
+                self.at
+            )),
+        }
+    }
+    fn byte(&mut self) -> Result<u8, String> {
+        let v = *self
+            .b
+            .get(self.at)
+            .ok_or_else(|| format!("{} column: cut short at byte {}", self.name(), self.at))?;
+        self.at += 1;
+        Ok(v)
+    }
+    fn take(&mut self, n: u64) -> Result<&'a [u8], String> {
+        let left = self.b.len() - self.at;
+        if (left as u64) < n {
+            return Err(format!(
+                "{} column: {} bytes wanted at byte {}, {} left",
+                self.name(),
+                n,
+                self.at,
+                left
+            ));
+        }
+        let s = &self.b[self.at..self.at + n as usize];
+        self.at += n as usize;
+        Ok(s)
+    }
+}
+
+/// A decoded block.
+pub(crate) struct Decoded {
+    /// Known events in order.
+    pub events: Vec<Event>,
+    /// Kind ids of the events of unknown kinds that were skipped.
+    pub unknown: Vec<u16>,
+}
+
+/// Error while decoding one block: which event (index in block) and why.
+pub(crate) struct DecodeError {
+    pub index: u32,
+    pub reason: String,
+}
+
+struct Decoder<'a> {
+    fixed: [Col<'a>; N_FIXED],
+    generic: Vec<Col<'a>>,
+    model: Model,
+}
+
+impl<'a> Decoder<'a> {
+    fn generic(&mut self, kind: u16) -> Result<&mut Col<'a>, String> {
+        let id = C_GENERIC + kind as u32;
+        self.generic
+            .iter_mut()
+            .find(|c| c.id == id)
+            .ok_or_else(|| format!("no column for events of kind {kind}"))
+    }
+
+    fn syscall(&mut self, tid: u32, ts: u64) -> Result<Syscall, String> {
+        let [_, _, _, nr, args, ret, dur, misc, waddr, wdata] = &mut self.fixed;
+        let nr: u32 = nr.get()?;
+        let prev = self.model.args.entry((tid, nr)).or_insert([0; 6]);
+        let mut a = [0u64; 6];
+        for (x, p) in a.iter_mut().zip(prev.iter_mut()) {
+            let d: i64 = args.get()?;
+            *x = p.wrapping_add(d as u64);
+            *p = *x;
+        }
+        let ret: i64 = ret.get()?;
+        let duration_ns: u64 = dur.get()?;
+        let ft = misc.byte()?;
+        let fd_type = fd_type_of(ft).ok_or_else(|| format!("unknown fd type {ft}"))?;
+        let flags: u32 = misc.get()?;
+        let n: u64 = misc.get()?;
+        if n > waddr.b.len() as u64 {
+            return Err(format!(
+                "{n} memory writes claimed, more than the column holds"
+            ));
+        }
+        let mut writes = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let tag: u64 = waddr.get()?;
+            let addr = match tag {
+                0 => {
+                    let d: i64 = waddr.get()?;
+                    a[1].wrapping_add(d as u64)
+                }
+                1..=6 => a[tag as usize - 1],
+                t => return Err(format!("bad write address tag {t}")),
+            };
+            let data = match wdata.byte()? {
+                W_BYTES => {
+                    let len: u64 = wdata.get()?;
+                    Data::Bytes(wdata.take(len)?.to_vec())
+                }
+                W_STORED => {
+                    let d: i64 = wdata.get()?;
+                    let offset = self.model.stored_end.wrapping_add(d as u64);
+                    let len: u32 = wdata.get()?;
+                    self.model.stored_end = offset.wrapping_add(len as u64);
+                    Data::Stored { offset, len }
+                }
+                W_REDACTED => {
+                    let len: u64 = wdata.get()?;
+                    let b = wdata.take(len)?;
+                    let d: Data =
+                        postcard::from_bytes(b).map_err(|e| format!("redacted data: {e}"))?;
+                    if !matches!(d, Data::Redacted { .. }) {
+                        return Err("redacted data tag holds other data".into());
+                    }
+                    d
+                }
+                W_TIMESPEC => {
+                    let slot = &mut self.model.clock[(a[0] & 15) as usize];
+                    let dd: i64 = wdata.get()?;
+                    let d = slot.wrapping_add(dd);
+                    *slot = d;
+                    Data::Bytes(
+                        timespec_bytes(d.wrapping_add(ts as i64)).ok_or("timespec out of range")?,
+                    )
+                }
+                t => return Err(format!("bad write data tag {t}")),
+            };
+            writes.push(MemWrite { addr, data });
+        }
+        Ok(Syscall {
+            nr,
+            args: a,
+            ret,
+            duration_ns,
+            writes,
+            fd_type,
+            flags,
+        })
+    }
+}
+
+/// Decodes a raw block whose first event is `first_seq`; `expect_count` is
+/// the count from the frame header, checked against the block's own.
+pub(crate) fn decode(
+    raw: &[u8],
+    first_seq: u64,
+    expect_count: Option<u32>,
+) -> Result<Decoded, DecodeError> {
+    let err = |index: u32, reason: String| DecodeError { index, reason };
+    let mut head = Col {
+        id: u32::MAX,
+        b: raw,
+        at: 0,
+    };
+    let count: u32 = head.get().map_err(|e| err(0, e))?;
+    if let Some(n) = expect_count {
+        if n != count {
+            return Err(err(
+                0,
+                format!("block holds {count} events, frame header says {n}"),
+            ));
+        }
+    }
+    let ncols: u32 = head.get().map_err(|e| err(0, e))?;
+    if ncols as usize > raw.len() {
+        return Err(err(
+            0,
+            format!("{ncols} columns claimed in a {}-byte block", raw.len()),
+        ));
+    }
+    let mut table = Vec::with_capacity(ncols as usize);
+    for _ in 0..ncols {
+        let id: u32 = head.get().map_err(|e| err(0, e))?;
+        let len: u64 = head.get().map_err(|e| err(0, e))?;
+        table.push((id, len));
+    }
+    let mut rest = &raw[head.at..];
+    let empty = |id| Col {
+        id,
+        b: &[][..],
+        at: 0,
+    };
+    let mut d = Decoder {
+        fixed: std::array::from_fn(|i| empty(i as u32)),
+        generic: Vec::new(),
+        model: Model::default(),
+    };
+    for (id, len) in table {
+        if len > rest.len() as u64 {
+            return Err(err(
+                0,
+                format!(
+                    "column {id} of {len} bytes overruns the block ({} left)",
+                    rest.len()
+                ),
+            ));
+        }
+        let (c, r) = rest.split_at(len as usize);
+        rest = r;
+        let col = Col { id, b: c, at: 0 };
+        if (id as usize) < N_FIXED {
+            d.fixed[id as usize] = col;
+        } else if (C_GENERIC..C_GENERIC + 65536).contains(&id) {
+            d.generic.push(col);
+        } else {
+            return Err(err(0, format!("unknown column id {id}")));
+        }
+    }
+    if !rest.is_empty() {
+        return Err(err(
+            0,
+            format!("{} bytes after the last column", rest.len()),
+        ));
+    }
+    // Guard the allocation: each event takes at least 2 bytes of the kinds column.
+    if count as usize > d.fixed[0].b.len() / 2 {
+        return Err(err(
+            0,
+            format!(
+                "block claims {count} events but its kinds column has {} bytes",
+                d.fixed[0].b.len()
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(count as usize);
+    let mut unknown = Vec::new();
+    for i in 0..count {
+        let e = |r: String| err(i, r);
+        let [kinds, ts, ids, ..] = &mut d.fixed;
+        let kind_id: u16 = kinds.get().map_err(e)?;
+        let flags = kinds.byte().map_err(e)?;
+        if i == 0 && flags & 0xf != 0xf {
+            return Err(err(
+                i,
+                format!("first event of block lacks full ids (flags {flags:#x})"),
+            ));
+        }
+        let p = d.model.prev;
+        let dts: i64 = ts.get().map_err(e)?;
+        let ts_ns = p.ts.wrapping_add(dts as u64);
+        let pid = if flags & F_PID != 0 {
+            ids.get().map_err(e)?
+        } else {
+            p.pid
+        };
+        let tid = if flags & F_TID != 0 {
+            let dt: i64 = ids.get().map_err(e)?;
+            u32::try_from(pid as i64 + dt)
+                .map_err(|_| err(i, format!("tid out of range (pid {pid} + {dt})")))?
+        } else {
+            p.tid
+        };
+        let cpu = if flags & F_CPU != 0 {
+            ids.get().map_err(e)?
+        } else {
+            p.cpu
+        };
+        let cgroup = if flags & F_CGROUP != 0 {
+            ids.get().map_err(e)?
+        } else {
+            p.cgroup
+        };
+        d.model.prev = Prev {
+            ts: ts_ns,
+            pid,
+            tid,
+            cpu,
+            cgroup,
+        };
+        let body = match Kind::from_id(kind_id) {
+            Some(Kind::Syscall) => EventBody::Syscall(d.syscall(tid, ts_ns).map_err(e)?),
+            kind => {
+                let col = d.generic(kind_id).map_err(e)?;
+                let blen: u64 = col.get().map_err(e)?;
+                let bytes = col.take(blen).map_err(e)?;
+                match kind {
+                    Some(k) => EventBody::decode(k, bytes)
+                        .map_err(|x| err(i, format!("{} body: {x}", k.name())))?,
+                    None => {
+                        unknown.push(kind_id);
+                        continue;
+                    }
+                }
+            }
+        };
+        out.push(Event {
+            seq: first_seq + i as u64,
+            ts_ns,
+            pid,
+            tid,
+            cpu,
+            cgroup,
+            body,
+        });
+    }
+    for c in d.fixed.iter().chain(d.generic.iter()) {
+        if c.at != c.b.len() {
+            return Err(err(
+                count,
+                format!(
+                    "{} column has {} trailing bytes",
+                    c.name(),
+                    c.b.len() - c.at
+                ),
+            ));
+        }
+    }
+    Ok(Decoded {
+        events: out,
+        unknown,
+    })
+}
+
+/// Encodes a block in which some events carry a different (e.g. future,
+/// unknown) kind id. For tests of forward compatibility: the body of each
+/// rewritten event must not be a syscall.
+#[doc(hidden)]
+pub fn encode_with_raw_kind(events: &[(u16, Event)]) -> Vec<u8> {
+    let mut b = BlockBuilder::default();
+    for (id, ev) in events {
+        let real = ev.kind().id();
+        b.push(ev);
+        if *id != real {
+            assert!(
+                ev.kind() != Kind::Syscall,
+                "only generic kinds can be rewritten"
+            );
+            let kinds = &mut b.fixed[C_KINDS as usize];
+            let flags = kinds.pop().unwrap();
+            kinds.truncate(kinds.len() - real.required_space());
+            put(kinds, *id);
+            kinds.push(flags);
+            // Move the body from the real kind's column to the new id's column.
+            let ci = b.generic.iter().position(|(k, _)| *k == real).unwrap();
+            let col = &mut b.generic[ci].1;
+            let mut body = encode_generic(&ev.body);
+            col.truncate(col.len() - body.len());
+            b.generic_col(*id).append(&mut body);
+        }
+    }
+    b.finish()
+}
+
+fn encode_generic(body: &EventBody) -> Vec<u8> {
+    let mut s = Vec::new();
+    body.encode_into(&mut s);
+    let mut out = Vec::new();
+    put(&mut out, s.len() as u64);
+    out.extend_from_slice(&s);
+    out
+}
+
+#[cfg(test)]
+mod colstats {
+    /// Prints how many compressed bytes per event each column takes on the
+    /// synthetic mix (`cargo test -p log-format --release colstats -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn column_sizes() {
+        let mut g = crate::synth::Synth::new(1);
+        let n = 200_000u64;
+        let mut sizes: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+        let mut payload = Vec::new();
+        let mut b = super::BlockBuilder::default();
+        let flush =
+            |b: &mut super::BlockBuilder,
+             sizes: &mut std::collections::BTreeMap<String, (usize, usize)>| {
+                for (i, c) in b.fixed.iter().enumerate() {
+                    let e = sizes
+                        .entry(
+                            super::Col {
+                                id: i as u32,
+                                b: c,
+                                at: 0,
+                            }
+                            .name(),
+                        )
+                        .or_default();
+                    e.0 += c.len();
+                    e.1 += zstd::bulk::compress(c, 3).unwrap().len();
+                }
+                for (k, c) in &b.generic {
+                    let e = sizes
+                        .entry(
+                            super::Col {
+                                id: super::C_GENERIC + *k as u32,
+                                b: c,
+                                at: 0,
+                            }
+                            .name(),
+                        )
+                        .or_default();
+                    e.0 += c.len();
+                    e.1 += zstd::bulk::compress(c, 3).unwrap().len();
+                }
+                let all = b.finish();
+                let e = sizes.entry("ALL".into()).or_default();
+                e.0 += all.len();
+                e.1 += zstd::bulk::compress(&all, 3).unwrap().len();
+            };
+        for seq in 0..n {
+            let mut ev = g.next_event();
+            ev.seq = seq;
+            ev.data_mut(|d| {
+                if let crate::Data::Bytes(x) = d {
+                    if x.len() > 48 {
+                        let offset = payload.len() as u64;
+                        payload.extend_from_slice(x);
+                        *d = crate::Data::Stored {
+                            offset,
+                            len: x.len() as u32,
+                        };
+                    }
+                }
+            });
+            b.push(&ev);
+            if b.raw_len() > 65536 {
+                flush(&mut b, &mut sizes);
+            }
+        }
+        flush(&mut b, &mut sizes);
+        for (name, (r, z)) in sizes {
+            eprintln!(
+                "{name:24} raw {:6.2} b/ev  zstd {:6.2} b/ev",
+                r as f64 / n as f64,
+                z as f64 / n as f64
+            );
+        }
+        let p = zstd::bulk::compress(&payload, 3).unwrap().len();
+        eprintln!(
+            "payload                  raw {:6.2} b/ev  zstd {:6.2} b/ev",
+            payload.len() as f64 / n as f64,
+            p as f64 / n as f64
+        );
+    }
+}

@@ -1,0 +1,332 @@
+//! The byte layout of a `.kpl` file.
+//!
+//! ```text
+//! file    := header frame* [footer-frame trailer]
+//! header  := MAGIC(8) major(u16) minor(u16) meta_len(u32) meta(postcard Metadata) crc32c(u32)
+//! frame   := frame-header(40) body(stored_len)
+//! frame-header :=
+//!     "KPLF" kind(u8) codec(u8) reserved(u16) raw_len(u32) stored_len(u32)
+//!     a(u64) b(u64) body_crc(u32) header_crc(u32)
+//! trailer := "KPLINDEX" footer_offset(u64) footer_len(u64) crc32c(u32) reserved(u32)
+//! ```
+//!
+//! All integers are little-endian. Every frame carries two CRC32C checksums,
+//! one over its header and one over its stored body, so a reader can tell a
+//! damaged header (resynchronise on the next `KPLF`) from a damaged body
+//! (skip `stored_len` bytes). Frame kinds:
+//!
+//! | kind | body | `a` | `b` |
+//! |---|---|---|---|
+//! | 1 events  | zstd(block, see [`crate::block`]) | first sequence number | event count |
+//! | 2 payload | zstd(bytes of the payload stream) | logical start offset | 0 |
+//! | 3 file    | zstd(hash(32) total_len(u64) chunk_offset(u64) bytes) | chunk offset | total length |
+//! | 4 footer  | zstd(postcard [`crate::index::Index`]) | 0 | 0 |
+
+use crate::{Error, Metadata};
+use serde::{Deserialize, Serialize};
+
+/// First eight bytes of every `.kpl` file.
+pub const MAGIC: [u8; 8] = *b"\x89KPL\r\n\x1a\n";
+/// Format major version this crate writes and reads.
+pub const VERSION_MAJOR: u16 = 1;
+/// Format minor version this crate writes (newer minors add event kinds only).
+pub const VERSION_MINOR: u16 = 0;
+/// Magic of a frame header.
+pub const FRAME_MAGIC: [u8; 4] = *b"KPLF";
+/// Size of a frame header.
+pub const FRAME_HEADER_LEN: usize = 40;
+/// Magic of the trailer.
+pub const TRAILER_MAGIC: [u8; 8] = *b"KPLINDEX";
+/// Size of the trailer.
+pub const TRAILER_LEN: usize = 32;
+/// Largest frame body a reader accepts (guards allocations on damaged input).
+pub const MAX_FRAME_LEN: u32 = 64 << 20;
+/// Largest header metadata a reader accepts.
+pub const MAX_META_LEN: u32 = 16 << 20;
+
+/// What a frame holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// A block of events.
+    Events = 1,
+    /// A piece of the payload stream.
+    Payload = 2,
+    /// A chunk of a file in the file store.
+    File = 3,
+    /// The index.
+    Footer = 4,
+}
+
+impl FrameKind {
+    fn from_u8(v: u8) -> Option<FrameKind> {
+        Some(match v {
+            1 => FrameKind::Events,
+            2 => FrameKind::Payload,
+            3 => FrameKind::File,
+            4 => FrameKind::Footer,
+            _ => return None,
+        })
+    }
+    /// Lower-case name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            FrameKind::Events => "events",
+            FrameKind::Payload => "payload",
+            FrameKind::File => "file",
+            FrameKind::Footer => "footer",
+        }
+    }
+}
+
+/// A parsed frame header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// What the frame holds.
+    pub kind: FrameKind,
+    /// 0 raw, 1 zstd.
+    pub codec: u8,
+    /// Length of the body once decompressed.
+    pub raw_len: u32,
+    /// Length of the body on disk.
+    pub stored_len: u32,
+    /// Kind-specific (see module docs).
+    pub a: u64,
+    /// Kind-specific (see module docs).
+    pub b: u64,
+    /// CRC32C of the stored body.
+    pub body_crc: u32,
+}
+
+/// Codec id of zstd-compressed bodies.
+pub const CODEC_ZSTD: u8 = 1;
+
+impl FrameHeader {
+    /// Serializes the header.
+    pub fn encode(&self) -> [u8; FRAME_HEADER_LEN] {
+        let mut h = [0u8; FRAME_HEADER_LEN];
+        h[0..4].copy_from_slice(&FRAME_MAGIC);
+        h[4] = self.kind as u8;
+        h[5] = self.codec;
+        h[8..12].copy_from_slice(&self.raw_len.to_le_bytes());
+        h[12..16].copy_from_slice(&self.stored_len.to_le_bytes());
+        h[16..24].copy_from_slice(&self.a.to_le_bytes());
+        h[24..32].copy_from_slice(&self.b.to_le_bytes());
+        h[32..36].copy_from_slice(&self.body_crc.to_le_bytes());
+        let crc = crc32c::crc32c(&h[0..36]);
+        h[36..40].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+
+    /// Parses and checks a header; the error says what is wrong with it.
+    pub fn decode(h: &[u8]) -> Result<FrameHeader, &'static str> {
+        if h.len() < FRAME_HEADER_LEN {
+            return Err("frame header cut short");
+        }
+        if h[0..4] != FRAME_MAGIC {
+            return Err("no frame magic");
+        }
+        if crc32c::crc32c(&h[0..36]) != u32_at(h, 36) {
+            return Err("frame header checksum mismatch");
+        }
+        let kind = FrameKind::from_u8(h[4]).ok_or("unknown frame kind")?;
+        let codec = h[5];
+        if codec > CODEC_ZSTD {
+            return Err("unknown frame codec");
+        }
+        let raw_len = u32_at(h, 8);
+        let stored_len = u32_at(h, 12);
+        if raw_len > MAX_FRAME_LEN || stored_len > MAX_FRAME_LEN {
+            return Err("frame length out of range");
+        }
+        let (a, b) = (u64_at(h, 16), u64_at(h, 24));
+        if a.checked_add(b).is_none() || a.checked_add(raw_len as u64).is_none() {
+            return Err("frame fields out of range");
+        }
+        Ok(FrameHeader {
+            kind,
+            codec,
+            raw_len,
+            stored_len,
+            a,
+            b,
+            body_crc: u32_at(h, 32),
+        })
+    }
+
+    /// Total size of the frame on disk.
+    pub fn frame_len(&self) -> u64 {
+        FRAME_HEADER_LEN as u64 + self.stored_len as u64
+    }
+}
+
+/// Builds a complete frame (header + zstd body) from raw bytes.
+pub fn build_frame(kind: FrameKind, a: u64, b: u64, raw: &[u8], level: i32) -> Vec<u8> {
+    let mut c = zstd::bulk::Compressor::new(level).expect("zstd context");
+    build_frame_with(&mut c, kind, a, b, raw)
+}
+
+/// As [`build_frame`], reusing a compression context.
+pub fn build_frame_with(
+    c: &mut zstd::bulk::Compressor<'_>,
+    kind: FrameKind,
+    a: u64,
+    b: u64,
+    raw: &[u8],
+) -> Vec<u8> {
+    let mut out = vec![0u8; FRAME_HEADER_LEN + zstd::zstd_safe::compress_bound(raw.len())];
+    let n = c
+        .compress_to_buffer(raw, &mut out[FRAME_HEADER_LEN..])
+        .expect("zstd compression of an in-memory buffer");
+    out.truncate(FRAME_HEADER_LEN + n);
+    let body = &out[FRAME_HEADER_LEN..];
+    let h = FrameHeader {
+        kind,
+        codec: CODEC_ZSTD,
+        raw_len: raw.len() as u32,
+        stored_len: body.len() as u32,
+        a,
+        b,
+        body_crc: crc32c::crc32c(body),
+    };
+    out[..FRAME_HEADER_LEN].copy_from_slice(&h.encode());
+    out
+}
+
+/// Checks the body checksum and decompresses it.
+pub fn open_body(h: &FrameHeader, stored: &[u8]) -> Result<Vec<u8>, String> {
+    if stored.len() != h.stored_len as usize {
+        return Err(format!(
+            "body cut short: {} of {} bytes",
+            stored.len(),
+            h.stored_len
+        ));
+    }
+    if crc32c::crc32c(stored) != h.body_crc {
+        return Err("body checksum mismatch".into());
+    }
+    match h.codec {
+        0 => Ok(stored.to_vec()),
+        _ => {
+            let raw = zstd::bulk::decompress(stored, h.raw_len as usize)
+                .map_err(|e| format!("zstd: {e}"))?;
+            if raw.len() != h.raw_len as usize {
+                return Err(format!(
+                    "decompressed {} bytes, header says {}",
+                    raw.len(),
+                    h.raw_len
+                ));
+            }
+            Ok(raw)
+        }
+    }
+}
+
+/// Serializes the file header.
+pub fn encode_header(meta: &Metadata) -> Vec<u8> {
+    let m = postcard::to_stdvec(meta).expect("metadata serializes");
+    let mut out = Vec::with_capacity(20 + m.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION_MAJOR.to_le_bytes());
+    out.extend_from_slice(&VERSION_MINOR.to_le_bytes());
+    out.extend_from_slice(&(m.len() as u32).to_le_bytes());
+    out.extend_from_slice(&m);
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// A parsed file header.
+#[derive(Clone, Debug)]
+pub struct Header {
+    /// Format major version.
+    pub major: u16,
+    /// Format minor version.
+    pub minor: u16,
+    /// Recording metadata.
+    pub meta: Metadata,
+    /// Length of the header in bytes (where the first frame starts).
+    pub len: u64,
+}
+
+/// Parses the file header from the first bytes of a file. `prefix` must hold
+/// at least 16 bytes; returns `Ok(None)` when more bytes are needed
+/// (`needed` total).
+pub fn decode_header(
+    path: &std::path::Path,
+    prefix: &[u8],
+) -> Result<Result<Header, usize>, Error> {
+    let bad = |reason: String| Error::BadHeader {
+        path: path.to_owned(),
+        reason,
+    };
+    if prefix.len() < 16 {
+        return Err(bad(format!(
+            "file is {} bytes, shorter than a header",
+            prefix.len()
+        )));
+    }
+    if prefix[0..8] != MAGIC {
+        return Err(bad("not a kprobe log (bad magic)".into()));
+    }
+    let major = u16::from_le_bytes([prefix[8], prefix[9]]);
+    let minor = u16::from_le_bytes([prefix[10], prefix[11]]);
+    if major != VERSION_MAJOR {
+        return Err(Error::UnsupportedVersion {
+            path: path.to_owned(),
+            major,
+            minor,
+        });
+    }
+    let meta_len = u32_at(prefix, 12);
+    if meta_len > MAX_META_LEN {
+        return Err(bad(format!("metadata length {meta_len} out of range")));
+    }
+    let total = 16 + meta_len as usize + 4;
+    if prefix.len() < total {
+        return Ok(Err(total));
+    }
+    let crc = u32_at(prefix, 16 + meta_len as usize);
+    if crc32c::crc32c(&prefix[..16 + meta_len as usize]) != crc {
+        return Err(bad("header checksum mismatch".into()));
+    }
+    let meta: Metadata = postcard::take_from_bytes(&prefix[16..16 + meta_len as usize])
+        .map_err(|e| bad(format!("metadata: {e}")))?
+        .0;
+    Ok(Ok(Header {
+        major,
+        minor,
+        meta,
+        len: total as u64,
+    }))
+}
+
+/// Serializes the trailer.
+pub fn encode_trailer(footer_offset: u64, footer_len: u64) -> [u8; TRAILER_LEN] {
+    let mut t = [0u8; TRAILER_LEN];
+    t[0..8].copy_from_slice(&TRAILER_MAGIC);
+    t[8..16].copy_from_slice(&footer_offset.to_le_bytes());
+    t[16..24].copy_from_slice(&footer_len.to_le_bytes());
+    let crc = crc32c::crc32c(&t[0..24]);
+    t[24..28].copy_from_slice(&crc.to_le_bytes());
+    t
+}
+
+/// Parses the trailer: `(footer_offset, footer_len)`.
+pub fn decode_trailer(t: &[u8]) -> Option<(u64, u64)> {
+    if t.len() != TRAILER_LEN || t[0..8] != TRAILER_MAGIC || t[28..32] != [0; 4] {
+        return None;
+    }
+    if crc32c::crc32c(&t[0..24]) != u32_at(t, 24) {
+        return None;
+    }
+    Some((u64_at(t, 8), u64_at(t, 16)))
+}
+
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}

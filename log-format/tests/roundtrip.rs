@@ -1,0 +1,237 @@
+//! Every event kind survives writing and reading, through every access path.
+
+mod common;
+
+use common::*;
+use kpl::event::*;
+use kpl::{Event, EventBody, Kind, Reader, Writer, WriterOptions};
+use proptest::prelude::*;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Any sequence of events round-trips (small blocks: many block boundaries).
+    #[test]
+    fn events_round_trip(events in prop::collection::vec(event(), 1..120)) {
+        let bytes = write_log(&events, small_blocks());
+        let r = Reader::from_bytes(bytes, "t.kpl").unwrap();
+        prop_assert!(r.recovery().is_none());
+        let back: Vec<Event> = r.events().map(|e| e.unwrap()).collect();
+        prop_assert_eq!(back.len(), events.len());
+        for (i, (a, b)) in events.iter().zip(back).enumerate() {
+            let mut want = a.clone();
+            want.seq = i as u64;
+            prop_assert_eq!(&resolved(&r, b.clone()), &want);
+            // Random access agrees with the scan.
+            prop_assert_eq!(r.get(i as u64).unwrap(), b);
+        }
+        prop_assert_eq!(r.meta(), &meta());
+    }
+
+    /// With the default options too (one block, inline and stored payloads).
+    #[test]
+    fn events_round_trip_default_blocks(events in prop::collection::vec(event(), 1..60)) {
+        let bytes = write_log(&events, WriterOptions::default());
+        let r = Reader::from_bytes(bytes, "t.kpl").unwrap();
+        let back: Vec<Event> = r.events().map(|e| resolved(&r, e.unwrap())).collect();
+        for (i, (a, b)) in events.iter().zip(&back).enumerate() {
+            let mut want = a.clone();
+            want.seq = i as u64;
+            prop_assert_eq!(b, &want);
+        }
+    }
+
+    /// Without a footer, the rebuilt index equals the written one.
+    #[test]
+    fn rebuilt_index_matches_footer(events in prop::collection::vec(event(), 1..150)) {
+        let bytes = write_log(&events, small_blocks());
+        let full = Reader::from_bytes(bytes.clone(), "t.kpl").unwrap();
+        // Cut off the footer and trailer: the state after a crash right before finish().
+        let footer_at = full.index().blocks.iter().map(|b| b.offset + b.frame_len as u64)
+            .chain(full.index().payload.iter().map(|p| p.offset + p.frame_len as u64))
+            .max().unwrap() as usize;
+        let cut = Reader::from_bytes(bytes[..footer_at].to_vec(), "t.kpl").unwrap();
+        prop_assert!(cut.recovery().is_some());
+        prop_assert!(cut.recovery().unwrap().problems.is_empty(), "{:?}", cut.recovery());
+        let (a, b) = (full.index(), cut.index());
+        prop_assert_eq!(&a.blocks, &b.blocks);
+        prop_assert_eq!(&a.payload, &b.payload);
+        prop_assert_eq!(&a.tids, &b.tids);
+        prop_assert_eq!(&a.txns, &b.txns);
+        prop_assert_eq!(&a.counts, &b.counts);
+        prop_assert_eq!(a.events, b.events);
+    }
+}
+
+fn note(i: u64) -> Event {
+    Event::new(
+        1000 + i * 10,
+        7,
+        7 + (i % 3) as u32,
+        0,
+        EventBody::Note(Note {
+            topic: "t".into(),
+            text: format!("note {i}"),
+        }),
+    )
+}
+
+#[test]
+fn seek_by_seq_time_tid_and_txn() {
+    let mut evs: Vec<Event> = (0..5000).map(note).collect();
+    for i in (0..5000).step_by(500) {
+        evs[i] = Event::new(
+            1000 + i as u64 * 10,
+            7,
+            7,
+            0,
+            EventBody::Span(SpanRef {
+                trace_id: [1; 16],
+                span_id: [2; 8],
+                parent_span_id: [0; 8],
+                name: "pay".into(),
+                service: "gw".into(),
+                txn: format!("txn-{}", i % 1000),
+                start_ns: 0,
+                end_ns: 1,
+                status: 1,
+            }),
+        );
+    }
+    let r = Reader::from_bytes(write_log(&evs, small_blocks()), "t.kpl").unwrap();
+    assert!(r.index().blocks.len() > 20, "small blocks give many blocks");
+    for s in [0u64, 1, 777, 2500, 4999] {
+        assert_eq!(r.get(s).unwrap().seq, s);
+        assert_eq!(r.events_from(s).next().unwrap().unwrap().seq, s);
+    }
+    assert!(r.get(5000).is_err());
+    assert_eq!(r.seek_ts(0).unwrap(), Some(0));
+    assert_eq!(r.seek_ts(1000 + 1234 * 10).unwrap(), Some(1234));
+    assert_eq!(r.seek_ts(1000 + 1234 * 10 - 3).unwrap(), Some(1234));
+    assert_eq!(r.seek_ts(u64::MAX).unwrap(), None);
+    let t8: Vec<u64> = r.tid_events(8, 100).map(|e| e.unwrap().seq).collect();
+    assert!(t8.iter().all(|s| s % 3 == 1 && *s >= 100));
+    assert_eq!(
+        t8.len(),
+        (100..5000).filter(|s| s % 3 == 1 && s % 500 != 0).count()
+    );
+    assert_eq!(r.txn_seqs("txn-0"), &[0, 1000, 2000, 3000, 4000]);
+    assert_eq!(r.txn_seqs("txn-500"), &[500, 1500, 2500, 3500, 4500]);
+    assert!(r.txn_seqs("nope").is_empty());
+    assert_eq!(r.index().count(Kind::Span), 10);
+    assert_eq!(r.index().count(Kind::Note), 4990);
+}
+
+#[test]
+fn payload_spanning_blocks_and_file_store() {
+    let dir = tempdir();
+    let path = dir.join("p.kpl");
+    let opts = WriterOptions {
+        payload_block_size: 1000,
+        file_chunk: 777,
+        ..WriterOptions::default()
+    };
+    let mut w = Writer::create_with(&path, &meta(), opts).unwrap();
+    let big: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let file: Vec<u8> = (0..5000u32).map(|i| (i % 13) as u8).collect();
+    let h = w.store_file(&file).unwrap();
+    assert_eq!(w.store_file(&file).unwrap(), h, "stored once per content");
+    let sc = Syscall {
+        nr: 0,
+        args: [3, 0x1000, 10_000, 0, 0, 0],
+        ret: 10_000,
+        duration_ns: 5,
+        writes: vec![MemWrite {
+            addr: 0x1000,
+            data: Data::Bytes(big.clone()),
+        }],
+        fd_type: FdType::File,
+        flags: 0,
+    };
+    w.append(Event::new(1, 1, 1, 0, EventBody::Syscall(sc)))
+        .unwrap();
+    w.finish().unwrap();
+    let r = Reader::open(&path).unwrap();
+    let ev = r.get(0).unwrap();
+    let EventBody::Syscall(s) = &ev.body else {
+        panic!()
+    };
+    assert!(
+        matches!(s.writes[0].data, Data::Stored { .. }),
+        "large buffers are stored apart"
+    );
+    assert!(r.index().payload.len() >= 10, "payload split in frames");
+    assert_eq!(r.payload(&s.writes[0].data).unwrap().as_ref(), &big[..]);
+    assert_eq!(r.file(&h).unwrap(), file);
+    assert_eq!(r.index().files[0].chunks.len(), 7);
+    assert!(r.file(&FileHash([9; 32])).is_err());
+    let red = Data::Redacted {
+        len: 5,
+        hash: None,
+        rule: "path:/etc/secret".into(),
+    };
+    let e = r.payload(&red).unwrap_err().to_string();
+    assert!(e.contains("redacted") && e.contains("/etc/secret"), "{e}");
+    assert!(r.verify().is_sound());
+}
+
+#[test]
+fn unknown_kinds_are_skipped_and_counted() {
+    // A block where two events carry kind ids from a future version.
+    let evs: Vec<Event> = (0..6)
+        .map(|i| {
+            let mut e = note(i);
+            e.seq = i;
+            e
+        })
+        .collect();
+    let raw = kpl::block::encode_with_raw_kind(&[
+        (23, evs[0].clone()),
+        (999, evs[1].clone()),
+        (23, evs[2].clone()),
+        (4000, evs[3].clone()),
+        (23, evs[4].clone()),
+        (23, evs[5].clone()),
+    ]);
+    let mut bytes = kpl::format::encode_header(&meta());
+    bytes.extend(kpl::format::build_frame(
+        kpl::format::FrameKind::Events,
+        0,
+        6,
+        &raw,
+        1,
+    ));
+    let r = Reader::from_bytes(bytes, "future.kpl").unwrap();
+    let seqs: Vec<u64> = r.events().map(|e| e.unwrap().seq).collect();
+    assert_eq!(seqs, vec![0, 2, 4, 5]);
+    assert_eq!(r.skipped_unknown(), 2);
+    assert_eq!(r.event_count(), 6);
+    let err = r.get(1).unwrap_err().to_string();
+    assert!(err.contains("kind this reader does not know"), "{err}");
+}
+
+#[test]
+fn writer_dropped_without_finish_leaves_a_readable_log() {
+    let dir = tempdir();
+    let path = dir.join("crash.kpl");
+    {
+        let mut w = Writer::create_with(&path, &meta(), small_blocks()).unwrap();
+        for i in 0..1000 {
+            w.append(note(i)).unwrap();
+        }
+        // Dropped here, as on an error path: buffered events are written, no footer.
+    }
+    let r = Reader::open(&path).unwrap();
+    assert!(r.recovery().is_some());
+    assert_eq!(r.events().count(), 1000);
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "kpl-test-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what kprobe's build, demo and tests need on a fresh Debian machine
+# of this kind (idempotent; quick when everything is there).
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+
+# Debian packages: compilers for the fixtures, debuggers, tracing tools.
+APT_PKGS=(gcc make strace gdb)
+missing=()
+for p in "${APT_PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null || { echo "setup: cargo is required (rustup toolchain)" >&2; exit 1; }

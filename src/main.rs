@@ -1,0 +1,52 @@
+//! `kprobe`: flight recorder and deterministic replay debugger.
+//!
+//! The binary only parses the command line and hands over to the crates;
+//! each subcommand lives in its own module under `cmd/`.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod cmd;
+
+#[derive(Parser)]
+#[command(
+    name = "kprobe",
+    version,
+    about = "Flight recorder and deterministic replay debugger for distributed financial systems"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect and check `.kpl` logs.
+    #[command(subcommand)]
+    Log(cmd::log::LogCmd),
+    /// Benchmarks whose figures go into BENCHMARKS.md.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCmd),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KPROBE_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Log(c) => cmd::log::run(c),
+        Command::Bench(c) => cmd::bench::run(c),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kprobe: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
