@@ -266,6 +266,30 @@ pub struct Preempt {
     pub landing: Landing,
 }
 
+/// Why a task resumed running user code (see [`Resume`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResumeReason {
+    /// A new task's first run.
+    Start,
+    /// After a preemption.
+    AfterPreempt,
+    /// After any other stop the tracer held it in.
+    AfterStop,
+}
+
+/// A task resumed running user code for a reason other than a syscall
+/// returning (those resumptions are the [`Syscall`] events themselves).
+///
+/// Recording with the ptrace tracer, threads run user code one at a time;
+/// every event that lets a task run again is written at the moment the task
+/// is resumed, so the order of events is the order in which tasks ran. Replay
+/// resumes tasks in that order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// Why.
+    pub reason: ResumeReason,
+}
+
 /// Result of a trapped `rdtsc`/`rdtscp`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rdtsc {
@@ -540,6 +564,7 @@ kinds! {
     21 Lost(Lost) "lost",
     22 Cgroup(CgroupInfo) "cgroup",
     23 Note(Note) "note",
+    24 Resume(Resume) "resume",
 }
 
 /// One recorded event.

@@ -146,6 +146,7 @@ fn body_value(b: &EventBody) -> Value {
         EventBody::Lost(x) => serde_json::to_value(x),
         EventBody::Cgroup(x) => serde_json::to_value(x),
         EventBody::Note(x) => serde_json::to_value(x),
+        EventBody::Resume(x) => serde_json::to_value(x),
     };
     r.unwrap_or(Value::Null)
 }

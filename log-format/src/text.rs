@@ -150,6 +150,7 @@ pub fn describe(ev: &Event) -> String {
             c.cgroup_id, c.path, c.container_id
         ),
         EventBody::Note(n) => format!("note [{}] {}", n.topic, n.text),
+        EventBody::Resume(r) => format!("resume ({:?})", r.reason),
     }
 }
 

@@ -336,6 +336,12 @@ pub fn body() -> impl Strategy<Value = EventBody> {
             }
         )),
         (s(), s()).prop_map(|(topic, text)| EventBody::Note(Note { topic, text })),
+        prop_oneof![
+            Just(ResumeReason::Start),
+            Just(ResumeReason::AfterPreempt),
+            Just(ResumeReason::AfterStop)
+        ]
+        .prop_map(|reason| EventBody::Resume(Resume { reason })),
     ]
 }
 
