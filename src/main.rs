@@ -24,9 +24,15 @@ enum Command {
     /// Inspect and check `.kpl` logs.
     #[command(subcommand)]
     Log(cmd::log::LogCmd),
+    /// Record a command under ptrace into a `.kpl` log.
+    Record(cmd::record::RecordArgs),
+    /// Replay a recording deterministically.
+    Replay(cmd::record::ReplayArgs),
     /// Benchmarks whose figures go into BENCHMARKS.md.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCmd),
+    /// The eBPF recorder: scheduler, syscall, TCP and page-fault events to a `.kpl` file, Kafka or JSON lines.
+    Recorder(cmd::recorder::RecorderArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,7 +46,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Log(c) => cmd::log::run(c),
+        Command::Record(a) => cmd::record::record(a),
+        Command::Replay(a) => cmd::record::replay(a),
         Command::Bench(c) => cmd::bench::run(c),
+        Command::Recorder(a) => cmd::recorder::run(a),
     };
     match r {
         Ok(code) => code,

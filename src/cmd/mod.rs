@@ -2,3 +2,5 @@
 
 pub mod bench;
 pub mod log;
+pub mod record;
+pub mod recorder;

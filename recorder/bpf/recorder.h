@@ -1,0 +1,141 @@
+/* Records the BPF programs put into the ring buffer. Mirrored in
+ * recorder/src/raw.rs: change both together. Little-endian, C layout. */
+#ifndef KPROBE_RECORDER_H
+#define KPROBE_RECORDER_H
+
+/* Hooks (indexes into the stats map: events at 2*hook, drops at 2*hook+1). */
+#define HOOK_SCHED 0
+#define HOOK_SYSCALL 1
+#define HOOK_TCP 2
+#define HOOK_FAULT 3
+#define HOOK_PROC 4
+#define NHOOKS 5
+
+/* Record kinds. */
+#define R_SWITCH 1
+#define R_WAKEUP 2
+#define R_DELAY 3
+#define R_MIGRATE 4
+#define R_SYSCALL 5
+#define R_TCP_SEND 6
+#define R_TCP_RECV 7
+#define R_TCP_RETRANS 8
+#define R_TCP_STATE 9
+#define R_FAULT 10
+#define R_EXEC 11
+#define R_FORK 12
+#define R_EXIT 13
+
+/* Filter modes (cfg_filter bits). */
+#define FILTER_SET 1    /* tgid in the `targets` map (pid / comm, followed across fork) */
+#define FILTER_CGROUP 2 /* under the cgroup (v2) cfg_cgroup_id at cfg_cgroup_level */
+
+struct rec_hdr {
+	__u64 ts;     /* bpf_ktime_get_ns (CLOCK_MONOTONIC) */
+	__u64 cgroup; /* cgroup v2 id of the task the record is about */
+	__u32 pid;    /* tgid */
+	__u32 tid;
+	__u16 kind;
+	__u16 cpu;
+	__u32 size; /* whole record, bytes */
+};
+
+struct rec_switch {
+	struct rec_hdr h; /* pid/tid: the task switched out */
+	char prev_comm[16];
+	char next_comm[16];
+	__u32 next_pid;
+	__u32 next_tid;
+	__u32 prev_state;
+	__u32 preempt;
+};
+
+struct rec_wakeup {
+	struct rec_hdr h; /* pid/tid: the woken task */
+	__u32 waker_pid;
+	__u32 waker_tid;
+	__u16 target_cpu;
+	__u16 new_task;
+	__u32 pad;
+};
+
+struct rec_delay {
+	struct rec_hdr h; /* pid/tid: the task that waited */
+	__u64 delay_ns;
+	__u64 off_cpu_ns;
+	__u32 culprit_pid;
+	__u32 culprit_tid;
+	char culprit_comm[16];
+};
+
+struct rec_migrate {
+	struct rec_hdr h;
+	__u32 from_cpu;
+	__u32 to_cpu;
+};
+
+struct rec_syscall {
+	struct rec_hdr h; /* ts: entry */
+	__u64 args[6];
+	__s64 ret;
+	__u64 duration_ns;
+	__u32 nr;
+	__u32 fd_type; /* kpl FdType order: 0 unknown 1 file 2 pipe 3 tcp 4 udp 5 unix 6 char 7 other */
+};
+
+struct rec_tcp {
+	struct rec_hdr h;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u16 family;
+	__u8 old_state;
+	__u8 new_state;
+	__u64 bytes;
+	__u64 latency_ns;
+	__u32 srtt_us;
+	__u32 segs;
+};
+
+struct rec_fault {
+	struct rec_hdr h; /* ts: fault entry */
+	__u64 addr;
+	__u64 ip;
+	__u64 error_code;
+	__u64 latency_ns;
+	__u32 major; /* 0 minor, 1 major, 2 unknown */
+	__u32 pad;
+};
+
+struct rec_fork {
+	struct rec_hdr h; /* pid/tid: parent */
+	__u32 child_pid;
+	__u32 child_tid;
+};
+
+struct rec_exit {
+	struct rec_hdr h;
+	__s32 code; /* task->exit_code (wait status) */
+	__u32 group_dead;
+};
+
+struct rec_exec {
+	struct rec_hdr h;
+	char comm[16];
+	char filename[256];
+};
+
+_Static_assert(sizeof(struct rec_hdr) == 32, "rec_hdr");
+_Static_assert(sizeof(struct rec_switch) == 80, "rec_switch");
+_Static_assert(sizeof(struct rec_wakeup) == 48, "rec_wakeup");
+_Static_assert(sizeof(struct rec_delay) == 72, "rec_delay");
+_Static_assert(sizeof(struct rec_migrate) == 40, "rec_migrate");
+_Static_assert(sizeof(struct rec_syscall) == 104, "rec_syscall");
+_Static_assert(sizeof(struct rec_tcp) == 96, "rec_tcp");
+_Static_assert(sizeof(struct rec_fault) == 72, "rec_fault");
+_Static_assert(sizeof(struct rec_fork) == 40, "rec_fork");
+_Static_assert(sizeof(struct rec_exit) == 40, "rec_exit");
+_Static_assert(sizeof(struct rec_exec) == 304, "rec_exec");
+
+#endif

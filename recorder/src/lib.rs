@@ -1,0 +1,307 @@
+//! The eBPF recorder: kernel events of the scheduler, the read/write syscall
+//! family, TCP and user page faults, captured by CO-RE C programs
+//! (`bpf/recorder.bpf.c`, loaded with aya) and written to a sink (a `.kpl`
+//! file, Kafka, JSON lines).
+//!
+//! ```no_run
+//! use recorder::{Config, Recorder, sink::KplSink};
+//! let mut rec = Recorder::start(Config::default())?;
+//! let mut sink = KplSink::create("/tmp/node.kpl".as_ref(), vec!["recorder".into()])?;
+//! let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+//! let summary = rec.run(&mut sink, &|| std::time::Instant::now() > deadline)?;
+//! println!("{} events, {} dropped", summary.events, summary.dropped());
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+//!
+//! Nothing is lost silently: the kernel side counts, per hook, every record
+//! it could not put into the ring buffer; the recorder turns each increase
+//! into a `Lost { source: hook, count }` event in the stream and reports the
+//! totals in its [`Summary`] and metrics.
+
+#![warn(missing_docs)]
+
+pub mod cgroup;
+pub mod config;
+pub mod kafka;
+pub mod metrics;
+pub mod probe;
+pub mod raw;
+pub mod sink;
+pub mod spool;
+
+pub use config::{Config, Filter, Hooks};
+pub use probe::HookCounts;
+
+use anyhow::Result;
+use kpl::event::{CgroupInfo, Lost, Note};
+use kpl::{Event, EventBody};
+use sink::{EventMeta, Sink};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a run captured.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    /// Events handed to the sink (including `cgroup`, `lost` and `note` events).
+    pub events: u64,
+    /// Per hook (`raw::HOOK_NAMES` order): written to the ring buffer and dropped, as counted in the kernel.
+    pub hooks: [HookCounts; 5],
+    /// Per hook: records read from the ring buffer.
+    pub received: [u64; 5],
+    /// Records that could not be decoded.
+    pub decode_errors: u64,
+    /// The sink's closing report.
+    pub sink: String,
+}
+
+impl Summary {
+    /// Events dropped in the kernel, all hooks.
+    pub fn dropped(&self) -> u64 {
+        self.hooks.iter().map(|h| h.drops).sum()
+    }
+}
+
+/// Process ids whose command name is `comm`.
+pub fn procs_with_comm(comm: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Ok(c) = std::fs::read_to_string(e.path().join("comm")) {
+                if c.trim_end_matches('\n') == comm && pid != std::process::id() {
+                    out.push(pid);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn clock_offset() -> i128 {
+    let get = |clk| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid timespec pointer.
+        unsafe { libc::clock_gettime(clk, &mut ts) };
+        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    };
+    let m1 = get(libc::CLOCK_MONOTONIC);
+    let r = get(libc::CLOCK_REALTIME);
+    let m2 = get(libc::CLOCK_MONOTONIC);
+    r - (m1 + m2) / 2
+}
+
+/// A running recorder: programs attached, ring buffer open.
+pub struct Recorder {
+    probe: probe::Probe,
+    cfg: Config,
+    offset: i128,
+    seq: u64,
+    host: String,
+    resolver: cgroup::Resolver,
+    containers: HashMap<u64, String>,
+    reported: [HookCounts; 5],
+    received: [u64; 5],
+    decode_errors: u64,
+    metrics: Arc<metrics::Metrics>,
+}
+
+impl Recorder {
+    /// Loads and attaches the programs of `cfg`.
+    pub fn start(cfg: Config) -> Result<Recorder> {
+        let probe = probe::Probe::load(&cfg)?;
+        let host = kpl::Metadata::for_this_host("ebpf", vec![]).host;
+        Ok(Recorder {
+            probe,
+            cfg,
+            offset: clock_offset(),
+            seq: 0,
+            host,
+            resolver: cgroup::Resolver::new(),
+            containers: HashMap::new(),
+            reported: Default::default(),
+            received: [0; 5],
+            decode_errors: 0,
+            metrics: Arc::new(metrics::Metrics::new()),
+        })
+    }
+
+    /// The metrics this recorder updates (serve them with [`metrics::serve`]).
+    pub fn metrics(&self) -> Arc<metrics::Metrics> {
+        self.metrics.clone()
+    }
+
+    fn now(&self) -> u64 {
+        kpl::now_ns()
+    }
+
+    fn emit(&mut self, sink: &mut dyn Sink, mut ev: Event) -> Result<()> {
+        if ev.cgroup != 0 && !self.containers.contains_key(&ev.cgroup) {
+            let path = self.resolver.path(ev.cgroup).unwrap_or_default();
+            let cid = cgroup::container_id(&path);
+            self.containers.insert(ev.cgroup, cid.clone());
+            let mut info = Event::new(
+                ev.ts_ns,
+                0,
+                0,
+                u16::MAX,
+                EventBody::Cgroup(CgroupInfo {
+                    cgroup_id: ev.cgroup,
+                    path,
+                    container_id: cid,
+                }),
+            );
+            info.cgroup = ev.cgroup;
+            self.push(sink, info)?;
+        }
+        if let EventBody::Exec(x) = &mut ev.body {
+            // best effort: the process may have moved on already
+            if let Ok(c) = std::fs::read(format!("/proc/{}/cmdline", ev.pid)) {
+                x.argv = c
+                    .split(|&b| b == 0)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect();
+            }
+            if let Ok(p) = std::fs::read_link(format!("/proc/{}/cwd", ev.pid)) {
+                x.cwd = p.display().to_string();
+            }
+        }
+        self.push(sink, ev)
+    }
+
+    fn push(&mut self, sink: &mut dyn Sink, mut ev: Event) -> Result<()> {
+        ev.seq = self.seq;
+        self.seq += 1;
+        let cid = self.containers.get(&ev.cgroup).map(String::as_str).unwrap_or("");
+        sink.send(
+            &ev,
+            &EventMeta {
+                container_id: cid,
+                host: &self.host,
+            },
+        )
+    }
+
+    fn note(&mut self, sink: &mut dyn Sink, text: String) -> Result<()> {
+        let ev = Event::new(
+            self.now(),
+            std::process::id(),
+            std::process::id(),
+            u16::MAX,
+            EventBody::Note(Note {
+                topic: "recorder".into(),
+                text,
+            }),
+        );
+        self.push(sink, ev)
+    }
+
+    fn check_counts(&mut self, sink: &mut dyn Sink) -> Result<()> {
+        let counts = self.probe.counts()?;
+        for (h, c) in counts.iter().enumerate() {
+            let name = raw::HOOK_NAMES[h];
+            let old = self.reported[h];
+            let labels = vec![("hook".to_owned(), name.to_owned())];
+            self.metrics.events.get_or_create(&labels).inc_by(c.events - old.events);
+            self.metrics.drops.get_or_create(&labels).inc_by(c.drops - old.drops);
+            if c.drops > old.drops {
+                let ev = Event::new(
+                    self.now(),
+                    0,
+                    0,
+                    u16::MAX,
+                    EventBody::Lost(Lost {
+                        source: name.to_owned(),
+                        count: c.drops - old.drops,
+                    }),
+                );
+                self.push(sink, ev)?;
+            }
+        }
+        self.reported = counts;
+        let lag = sink.lag();
+        self.metrics.sink_lag.set(lag.events as i64);
+        self.metrics.spool_bytes.set(lag.spool_bytes as i64);
+        self.metrics.beat();
+        Ok(())
+    }
+
+    fn read_ring(&mut self, sink: &mut dyn Sink) -> Result<()> {
+        let offset = self.offset;
+        let mut batch = Vec::new();
+        let mut errors = 0u64;
+        let bytes = self.probe.drain(|rec| match raw::decode(rec, offset) {
+            Ok(x) => batch.push(x),
+            Err(e) => {
+                errors += 1;
+                tracing::warn!("{e}");
+            }
+        });
+        self.metrics
+            .ring_fill
+            .set(bytes as f64 / self.probe.ring_bytes as f64);
+        if errors > 0 {
+            self.decode_errors += errors;
+            self.metrics.decode_errors.inc_by(errors);
+        }
+        for (ev, hook) in batch {
+            self.received[hook] += 1;
+            self.emit(sink, ev)?;
+        }
+        Ok(())
+    }
+
+    /// Reads events into `sink` until `stop()` returns true, then detaches
+    /// the programs, reads what is left, reports drops and closes the sink.
+    pub fn run(&mut self, sink: &mut dyn Sink, stop: &dyn Fn() -> bool) -> Result<Summary> {
+        let poll = Duration::from_millis(self.cfg.poll_ms.max(1));
+        self.note(
+            sink,
+            format!(
+                "recorder started: hooks {:?}, filter {:?}, replay-grade {}, ring buffer {} KiB",
+                self.cfg.hooks, self.cfg.filter, self.cfg.replay_grade, self.cfg.ring_buffer_kb
+            ),
+        )?;
+        let mut last_counts = Instant::now();
+        loop {
+            let stopping = stop();
+            if stopping {
+                self.probe.detach();
+            } else {
+                self.probe.wait(poll);
+            }
+            self.read_ring(sink)?;
+            if stopping || last_counts.elapsed() >= Duration::from_millis(200) {
+                self.check_counts(sink)?;
+                last_counts = Instant::now();
+            }
+            sink.tick()?;
+            if stopping {
+                break;
+            }
+        }
+        let mut s = Summary {
+            hooks: self.reported,
+            received: self.received,
+            decode_errors: self.decode_errors,
+            ..Default::default()
+        };
+        self.note(
+            sink,
+            format!(
+                "recorder stopped: {} events read, {} dropped in the kernel",
+                self.received.iter().sum::<u64>(),
+                s.dropped()
+            ),
+        )?;
+        s.events = self.seq;
+        s.sink = sink.finish()?;
+        Ok(s)
+    }
+}

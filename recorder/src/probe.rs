@@ -1,0 +1,208 @@
+//! Loading and attaching the BPF programs with aya; the ring buffer and the
+//! per-hook counters.
+
+use crate::config::{Config, Filter, Hooks};
+use anyhow::{bail, Context, Result};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::BtfTracePoint;
+use aya::{Btf, Ebpf, EbpfLoader};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/recorder.bpf.o"));
+
+const FILTER_SET: u32 = 1;
+const FILTER_CGROUP: u32 = 2;
+
+/// Events and drops of one hook, as counted in the kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HookCounts {
+    /// Records written to the ring buffer.
+    pub events: u64,
+    /// Records lost because the ring buffer (or a tracking map) was full.
+    pub drops: u64,
+}
+
+/// The loaded and attached programs.
+pub struct Probe {
+    ebpf: Option<Ebpf>,
+    ring: RingBuf<MapData>,
+    stats: PerCpuArray<MapData, u64>,
+    /// Ring-buffer size in bytes.
+    pub ring_bytes: usize,
+}
+
+fn attach(ebpf: &mut Ebpf, btf: &Btf, prog: &str, tracepoint: &str) -> Result<()> {
+    let p: &mut BtfTracePoint = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("BPF object has no program {prog}"))?
+        .try_into()
+        .with_context(|| format!("{prog} is not a tp_btf program"))?;
+    p.load(tracepoint, btf)
+        .with_context(|| format!("loading {prog} (tp_btf/{tracepoint}) into the kernel"))?;
+    p.attach()
+        .with_context(|| format!("attaching {prog} to tracepoint {tracepoint}"))?;
+    Ok(())
+}
+
+/// cgroup v2 id (the directory's inode) and depth of a cgroup path.
+pub fn cgroup_id_level(path: &str) -> Result<(u64, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let root = crate::cgroup::v2_root()?;
+    let full = if path.starts_with(&root) {
+        std::path::PathBuf::from(path)
+    } else {
+        std::path::Path::new(&root).join(path.trim_start_matches('/'))
+    };
+    let md = std::fs::metadata(&full)
+        .with_context(|| format!("--cgroup {path}: {} is not a cgroup v2 directory", full.display()))?;
+    if !md.is_dir() {
+        bail!("--cgroup {path}: {} is not a directory", full.display());
+    }
+    let rel = full.strip_prefix(&root).unwrap_or(&full);
+    let level = rel.components().count() as u32;
+    Ok((md.ino(), level))
+}
+
+impl Probe {
+    /// Loads the programs of the configured hooks and attaches them.
+    pub fn load(cfg: &Config) -> Result<Probe> {
+        let ring_bytes = cfg.ring_buffer_kb as usize * 1024;
+        if ring_bytes < 4096 || !ring_bytes.is_power_of_two() {
+            bail!(
+                "ring buffer size {} KiB: must be a power of two of at least 4 KiB (probe.ebpf.ringBufferSizeKb)",
+                cfg.ring_buffer_kb
+            );
+        }
+        let btf = Btf::from_sys_fs().context("reading the kernel's BTF (/sys/kernel/btf/vmlinux): the recorder needs a kernel with BTF")?;
+        let self_tgid = std::process::id();
+        let mut filter = 0u32;
+        let mut comm = [0u8; 16];
+        let mut comm_set = 0u32;
+        let (mut cg_id, mut cg_level) = (0u64, 0u32);
+        match &cfg.filter {
+            Filter::All => {}
+            Filter::Pid(_) => filter = FILTER_SET,
+            Filter::Comm(c) => {
+                filter = FILTER_SET;
+                let b = c.as_bytes();
+                if b.len() > 15 {
+                    bail!("--comm {c}: a command name has at most 15 bytes (the kernel's TASK_COMM_LEN)");
+                }
+                comm[..b.len()].copy_from_slice(b);
+                comm_set = 1;
+            }
+            Filter::Cgroup(p) => {
+                filter = FILTER_CGROUP;
+                (cg_id, cg_level) = cgroup_id_level(p)?;
+            }
+        }
+        let emit_syscalls: u32 = cfg.hooks.syscall as u32;
+        let wakeup_bytes: u64 = (ring_bytes as u64 * cfg.wakeup_fill_percent as u64 / 100).max(1);
+        let mut loader = EbpfLoader::new();
+        loader
+            .btf(Some(&btf))
+            .map_max_entries("events", ring_bytes as u32)
+            .override_global("cfg_self_tgid", &self_tgid, true)
+            .override_global("cfg_filter", &filter, true)
+            .override_global("cfg_cgroup_id", &cg_id, true)
+            .override_global("cfg_cgroup_level", &cg_level, true)
+            .override_global("cfg_wakeup_bytes", &wakeup_bytes, true)
+            .override_global("cfg_comm", &comm, true)
+            .override_global("cfg_comm_set", &comm_set, true)
+            .override_global("cfg_emit_syscalls", &emit_syscalls, true);
+        let mut ebpf = loader.load(BPF_OBJECT).context("loading the BPF object")?;
+
+        // Selected processes first, so nothing they do is missed once attached.
+        let selected: Vec<u32> = match &cfg.filter {
+            Filter::Pid(pids) => pids.clone(),
+            Filter::Comm(c) => crate::procs_with_comm(c),
+            _ => Vec::new(),
+        };
+        if !selected.is_empty() {
+            let mut targets: BpfHashMap<_, u32, u8> =
+                BpfHashMap::try_from(ebpf.map_mut("targets").context("map targets")?)?;
+            for p in selected {
+                targets.insert(p, 1, 0).with_context(|| format!("selecting pid {p}"))?;
+            }
+        }
+
+        let Hooks {
+            sched,
+            syscall,
+            tcp,
+            fault,
+        } = cfg.hooks;
+        if filter & FILTER_SET != 0 || cfg.replay_grade {
+            attach(&mut ebpf, &btf, "on_process_fork", "sched_process_fork")?;
+            attach(&mut ebpf, &btf, "on_process_exec", "sched_process_exec")?;
+            attach(&mut ebpf, &btf, "on_process_exit", "sched_process_exit")?;
+        }
+        if sched {
+            attach(&mut ebpf, &btf, "on_sched_switch", "sched_switch")?;
+            attach(&mut ebpf, &btf, "on_sched_wakeup", "sched_wakeup")?;
+            attach(&mut ebpf, &btf, "on_sched_wakeup_new", "sched_wakeup_new")?;
+            attach(&mut ebpf, &btf, "on_sched_migrate", "sched_migrate_task")?;
+        }
+        if syscall || tcp {
+            attach(&mut ebpf, &btf, "on_sys_enter", "sys_enter")?;
+            attach(&mut ebpf, &btf, "on_sys_exit", "sys_exit")?;
+        }
+        if tcp {
+            attach(&mut ebpf, &btf, "on_sock_send_length", "sock_send_length")?;
+            attach(&mut ebpf, &btf, "on_sock_recv_length", "sock_recv_length")?;
+            attach(&mut ebpf, &btf, "on_tcp_retransmit", "tcp_retransmit_skb")?;
+            attach(&mut ebpf, &btf, "on_inet_sock_set_state", "inet_sock_set_state")?;
+        }
+        if fault {
+            attach(&mut ebpf, &btf, "on_page_fault_user", "page_fault_user")?;
+        }
+        let ring = RingBuf::try_from(ebpf.take_map("events").context("map events")?)?;
+        let stats = PerCpuArray::try_from(ebpf.take_map("stats").context("map stats")?)?;
+        Ok(Probe {
+            ebpf: Some(ebpf),
+            ring,
+            stats,
+            ring_bytes,
+        })
+    }
+
+    /// Detaches and unloads the programs; the ring buffer and counters stay
+    /// readable, so what was captured until now can be read out.
+    pub fn detach(&mut self) {
+        self.ebpf = None;
+    }
+
+    /// Waits until the ring buffer signals data or `timeout` passes.
+    pub fn wait(&self, timeout: Duration) {
+        let mut pfd = libc::pollfd {
+            fd: self.ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+    }
+
+    /// Hands every record now in the ring buffer to `f`; returns the bytes read.
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+        let mut bytes = 0;
+        while let Some(item) = self.ring.next() {
+            bytes += item.len() + 8;
+            f(&item);
+        }
+        bytes
+    }
+
+    /// Per-hook counters, summed over CPUs.
+    pub fn counts(&self) -> Result<[HookCounts; 5]> {
+        let mut out = [HookCounts::default(); 5];
+        for (h, c) in out.iter_mut().enumerate() {
+            let ev = self.stats.get(&(2 * h as u32), 0)?;
+            let dr = self.stats.get(&(2 * h as u32 + 1), 0)?;
+            c.events = ev.iter().sum();
+            c.drops = dr.iter().sum();
+        }
+        Ok(out)
+    }
+}

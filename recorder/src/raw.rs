@@ -1,0 +1,321 @@
+//! The records the BPF programs write into the ring buffer
+//! (`bpf/recorder.h`), decoded into `.kpl` events.
+
+use kpl::event::{
+    Exec, Exit, FdType, FileRef, Fork, ForkKind, PageFault, SchedDelay, SchedMigrate, SchedSwitch,
+    SchedWakeup, Syscall, Tcp, Tuple,
+};
+use kpl::{Event, EventBody};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Hooks, as numbered in the BPF stats map.
+pub const HOOK_NAMES: [&str; 5] = ["sched", "syscall", "tcp", "fault", "proc"];
+
+const R_SWITCH: u16 = 1;
+const R_WAKEUP: u16 = 2;
+const R_DELAY: u16 = 3;
+const R_MIGRATE: u16 = 4;
+const R_SYSCALL: u16 = 5;
+const R_TCP_SEND: u16 = 6;
+const R_TCP_RECV: u16 = 7;
+const R_TCP_RETRANS: u16 = 8;
+const R_TCP_STATE: u16 = 9;
+const R_FAULT: u16 = 10;
+const R_EXEC: u16 = 11;
+const R_FORK: u16 = 12;
+const R_EXIT: u16 = 13;
+
+/// A record the decoder could not understand (a bug, never expected).
+#[derive(Debug, thiserror::Error)]
+#[error("bad ring-buffer record ({len} bytes, kind {kind}): {reason}")]
+pub struct BadRecord {
+    /// Record length.
+    pub len: usize,
+    /// Record kind, when readable.
+    pub kind: u16,
+    /// What was wrong.
+    pub reason: &'static str,
+}
+
+struct R<'a>(&'a [u8]);
+
+impl R<'_> {
+    fn u8(&self, o: usize) -> u8 {
+        self.0[o]
+    }
+    fn u16(&self, o: usize) -> u16 {
+        u16::from_le_bytes(self.0[o..o + 2].try_into().unwrap())
+    }
+    fn u32(&self, o: usize) -> u32 {
+        u32::from_le_bytes(self.0[o..o + 4].try_into().unwrap())
+    }
+    fn u64(&self, o: usize) -> u64 {
+        u64::from_le_bytes(self.0[o..o + 8].try_into().unwrap())
+    }
+    fn str(&self, o: usize, n: usize) -> String {
+        let b = &self.0[o..o + n];
+        let end = b.iter().position(|&c| c == 0).unwrap_or(n);
+        String::from_utf8_lossy(&b[..end]).into_owned()
+    }
+    fn ip(&self, o: usize, family: u16) -> IpAddr {
+        if family == 10 {
+            let b: [u8; 16] = self.0[o..o + 16].try_into().unwrap();
+            let v6 = Ipv6Addr::from(b);
+            match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            }
+        } else {
+            IpAddr::V4(Ipv4Addr::new(self.0[o], self.0[o + 1], self.0[o + 2], self.0[o + 3]))
+        }
+    }
+}
+
+/// The task state letter of `sched_switch`'s `prev_state`.
+pub fn state_letter(state: u32, preempt: bool) -> u8 {
+    if preempt || state == 0 {
+        return b'R';
+    }
+    if state & 0x400 != 0 && state & 2 != 0 {
+        return b'I';
+    }
+    for (bit, c) in [
+        (1, b'S'),
+        (2, b'D'),
+        (4, b'T'),
+        (8, b't'),
+        (0x10, b'X'),
+        (0x20, b'Z'),
+        (0x40, b'P'),
+        (0x80, b'x'),
+    ] {
+        if state & bit != 0 {
+            return c;
+        }
+    }
+    b'?'
+}
+
+fn fd_type(v: u32) -> FdType {
+    match v {
+        1 => FdType::File,
+        2 => FdType::Pipe,
+        3 => FdType::Tcp,
+        4 => FdType::Udp,
+        5 => FdType::Unix,
+        6 => FdType::Char,
+        7 => FdType::Other,
+        _ => FdType::Unknown,
+    }
+}
+
+/// Decodes one record. `clock_offset` turns the BPF monotonic clock into
+/// wall-clock nanoseconds. Returns the event and the hook it belongs to.
+pub fn decode(buf: &[u8], clock_offset: i128) -> Result<(Event, usize), BadRecord> {
+    let bad = |kind, reason| BadRecord {
+        len: buf.len(),
+        kind,
+        reason,
+    };
+    if buf.len() < 32 {
+        return Err(bad(0, "shorter than its header"));
+    }
+    let r = R(buf);
+    let kind = r.u16(24);
+    let size = r.u32(28) as usize;
+    if size > buf.len() {
+        return Err(bad(kind, "size field larger than the record"));
+    }
+    let need = match kind {
+        R_SWITCH => 80,
+        R_WAKEUP => 48,
+        R_DELAY => 72,
+        R_MIGRATE => 40,
+        R_SYSCALL => 104,
+        R_TCP_SEND | R_TCP_RECV | R_TCP_RETRANS | R_TCP_STATE => 96,
+        R_FAULT => 72,
+        R_FORK | R_EXIT => 40,
+        R_EXEC => 304,
+        _ => return Err(bad(kind, "unknown record kind")),
+    };
+    if buf.len() < need {
+        return Err(bad(kind, "record too short for its kind"));
+    }
+    let ts = (r.u64(0) as i128 + clock_offset).max(0) as u64;
+    let (pid, tid, cpu) = (r.u32(16), r.u32(20), r.u16(26));
+    let (body, hook) = match kind {
+        R_SWITCH => (
+            EventBody::SchedSwitch(SchedSwitch {
+                prev_comm: r.str(32, 16),
+                prev_state: state_letter(r.u32(72), r.u32(76) != 0),
+                next_pid: r.u32(64),
+                next_tid: r.u32(68),
+                next_comm: r.str(48, 16),
+            }),
+            0,
+        ),
+        R_WAKEUP => (
+            EventBody::SchedWakeup(SchedWakeup {
+                target_cpu: r.u16(40),
+                waker_pid: r.u32(32),
+                waker_tid: r.u32(36),
+                new_task: r.u16(42) != 0,
+            }),
+            0,
+        ),
+        R_DELAY => (
+            EventBody::SchedDelay(SchedDelay {
+                delay_ns: r.u64(32),
+                culprit_pid: r.u32(48),
+                culprit_tid: r.u32(52),
+                culprit_comm: r.str(56, 16),
+                off_cpu_ns: r.u64(40),
+            }),
+            0,
+        ),
+        R_MIGRATE => (
+            EventBody::SchedMigrate(SchedMigrate {
+                from_cpu: r.u32(32) as u16,
+                to_cpu: r.u32(36) as u16,
+            }),
+            0,
+        ),
+        R_SYSCALL => {
+            let mut args = [0u64; 6];
+            for (i, a) in args.iter_mut().enumerate() {
+                *a = r.u64(32 + 8 * i);
+            }
+            (
+                EventBody::Syscall(Syscall {
+                    nr: r.u32(96),
+                    args,
+                    ret: r.u64(80) as i64,
+                    duration_ns: r.u64(88),
+                    writes: Vec::new(),
+                    fd_type: fd_type(r.u32(100)),
+                    flags: 0,
+                }),
+                1,
+            )
+        }
+        R_TCP_SEND | R_TCP_RECV | R_TCP_RETRANS | R_TCP_STATE => {
+            let family = r.u16(68);
+            let mut t = Tcp {
+                tuple: Tuple {
+                    saddr: r.ip(32, family),
+                    sport: r.u16(64),
+                    daddr: r.ip(48, family),
+                    dport: r.u16(66),
+                },
+                bytes: r.u64(72),
+                latency_ns: r.u64(80),
+                srtt_us: r.u32(88),
+                old_state: r.u8(70),
+                new_state: r.u8(71),
+            };
+            let body = match kind {
+                R_TCP_SEND => EventBody::TcpSend(t),
+                R_TCP_RECV => EventBody::TcpRecv(t),
+                R_TCP_RETRANS => {
+                    // old_state carries "the retransmit failed"; a failed
+                    // attempt is reported with 0 bytes (nothing went out).
+                    if t.old_state != 0 {
+                        t.bytes = 0;
+                    }
+                    t.old_state = 0;
+                    EventBody::TcpRetransmit(t)
+                }
+                _ => EventBody::TcpState(t),
+            };
+            (body, 2)
+        }
+        R_FAULT => (
+            EventBody::PageFault(PageFault {
+                addr: r.u64(32),
+                ip: r.u64(40),
+                error_code: r.u64(48) as u32,
+                major: match r.u32(64) {
+                    0 => Some(false),
+                    1 => Some(true),
+                    _ => None,
+                },
+                latency_ns: r.u64(56),
+            }),
+            3,
+        ),
+        R_FORK => {
+            let (cp, ct) = (r.u32(32), r.u32(36));
+            (
+                EventBody::Fork(Fork {
+                    kind: if cp == pid {
+                        ForkKind::Thread
+                    } else {
+                        ForkKind::Fork
+                    },
+                    child_pid: cp,
+                    child_tid: ct,
+                    flags: 0,
+                }),
+                4,
+            )
+        }
+        R_EXIT => {
+            let status = r.u32(32) as i32;
+            let sig = status & 0x7f;
+            (
+                EventBody::Exit(Exit {
+                    code: if sig == 0 { (status >> 8) & 0xff } else { 0 },
+                    signal: (sig != 0).then_some(sig),
+                    core_dumped: status & 0x80 != 0,
+                    group: r.u32(36) != 0,
+                }),
+                4,
+            )
+        }
+        R_EXEC => (
+            EventBody::Exec(Exec {
+                exe: FileRef {
+                    path: r.str(48, 256),
+                    hash: None,
+                    size: 0,
+                    build_id: Vec::new(),
+                },
+                argv: Vec::new(),
+                env: Vec::new(),
+                cwd: String::new(),
+                auxv: Vec::new(),
+            }),
+            4,
+        ),
+        _ => unreachable!(),
+    };
+    let mut ev = Event::new(ts, pid, tid, cpu, body);
+    ev.cgroup = r.u64(8);
+    Ok((ev, hook))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_and_unknown_records_are_errors() {
+        assert!(decode(&[0u8; 8], 0).is_err());
+        let mut b = [0u8; 64];
+        b[24] = 99;
+        assert!(decode(&b, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown record kind"));
+        b[24] = R_SYSCALL as u8;
+        assert!(decode(&b, 0).unwrap_err().to_string().contains("too short"));
+    }
+
+    #[test]
+    fn states() {
+        assert_eq!(state_letter(0, false), b'R');
+        assert_eq!(state_letter(1, false), b'S');
+        assert_eq!(state_letter(1, true), b'R');
+        assert_eq!(state_letter(0x402, false), b'I');
+    }
+}
