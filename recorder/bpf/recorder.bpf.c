@@ -520,6 +520,10 @@ static __always_inline bool sk_owner_of(const struct sock *sk, struct sk_owner *
 SEC("tp_btf/tcp_retransmit_skb")
 int BPF_PROG(on_tcp_retransmit, const struct sock *sk, const struct sk_buff *skb, int err)
 {
+	/* An attempt that failed locally sent nothing: not a retransmission
+	 * (the kernel's TcpRetransSegs does not count it either). */
+	if (err)
+		return 0;
 	struct sk_owner o;
 	if (!sk_owner_of(sk, &o, false))
 		return 0;
@@ -537,7 +541,6 @@ int BPF_PROG(on_tcp_retransmit, const struct sock *sk, const struct sk_buff *skb
 	struct skb_shared_info *shinfo = (struct skb_shared_info *)(head + end);
 	__u16 segs = BPF_CORE_READ(shinfo, gso_segs);
 	r->segs = segs ? segs : 1;
-	r->old_state = err < 0 ? 1 : 0; /* reused: 1 when the retransmit failed */
 	submit(HOOK_TCP, r);
 	return 0;
 }

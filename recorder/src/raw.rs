@@ -200,7 +200,7 @@ pub fn decode(buf: &[u8], clock_offset: i128) -> Result<(Event, usize), BadRecor
         }
         R_TCP_SEND | R_TCP_RECV | R_TCP_RETRANS | R_TCP_STATE => {
             let family = r.u16(68);
-            let mut t = Tcp {
+            let t = Tcp {
                 tuple: Tuple {
                     saddr: r.ip(32, family),
                     sport: r.u16(64),
@@ -216,15 +216,7 @@ pub fn decode(buf: &[u8], clock_offset: i128) -> Result<(Event, usize), BadRecor
             let body = match kind {
                 R_TCP_SEND => EventBody::TcpSend(t),
                 R_TCP_RECV => EventBody::TcpRecv(t),
-                R_TCP_RETRANS => {
-                    // old_state carries "the retransmit failed"; a failed
-                    // attempt is reported with 0 bytes (nothing went out).
-                    if t.old_state != 0 {
-                        t.bytes = 0;
-                    }
-                    t.old_state = 0;
-                    EventBody::TcpRetransmit(t)
-                }
+                R_TCP_RETRANS => EventBody::TcpRetransmit(t),
                 _ => EventBody::TcpState(t),
             };
             (body, 2)
