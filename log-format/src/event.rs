@@ -196,6 +196,11 @@ impl Syscall {
     pub const FLAG_VDSO: u32 = 4;
     /// Output buffers were captured only partially (e.g. chunk limit).
     pub const FLAG_TRUNCATED: u32 = 8;
+    /// The call wrote to the recorder's own stdout: `writes` holds the bytes
+    /// written, which replay shows.
+    pub const FLAG_STDOUT: u32 = 16;
+    /// As [`Syscall::FLAG_STDOUT`], for stderr.
+    pub const FLAG_STDERR: u32 = 32;
 
     /// Name of the syscall (e.g. `write`), or `syscall_N` when unknown.
     pub fn name(&self) -> String {

@@ -1,0 +1,58 @@
+//! `kprobe record` and `kprobe replay`.
+
+use anyhow::Result;
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// `kprobe record [-o FILE] -- CMD [ARGS...]`
+#[derive(Args)]
+pub struct RecordArgs {
+    /// Where to write the log (default: `<command>-<n>.kpl` in the current directory).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Longest time (ms) a thread runs user code while others wait.
+    #[arg(long, default_value_t = 20)]
+    time_slice_ms: u64,
+    /// The command to record.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+/// `kprobe replay FILE [--until-event N] [--quiet]`
+#[derive(Args)]
+pub struct ReplayArgs {
+    /// The log.
+    file: PathBuf,
+    /// Stop before event N and say where the program is.
+    #[arg(long)]
+    until_event: Option<u64>,
+    /// Do not show the program's output.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn default_output(cmd: &str) -> PathBuf {
+    let base = std::path::Path::new(cmd).file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "record".into());
+    (0..).map(|i| PathBuf::from(format!("{base}-{i}.kpl"))).find(|p| !p.exists()).unwrap()
+}
+
+/// Runs `kprobe record`: exits with the program's exit code.
+pub fn record(a: RecordArgs) -> Result<ExitCode> {
+    let output = a.output.unwrap_or_else(|| default_output(&a.command[0]));
+    let out = tracer::record(&tracer::RecordOptions { output: output.clone(), argv: a.command, time_slice: Duration::from_millis(a.time_slice_ms.max(1)) })?;
+    eprintln!("kprobe: recorded {} events ({} bytes) to {}", out.events, out.bytes, output.display());
+    Ok(ExitCode::from((out.exit_code & 0xff) as u8))
+}
+
+/// Runs `kprobe replay`: exits with the recorded exit code.
+pub fn replay(a: ReplayArgs) -> Result<ExitCode> {
+    let out = tracer::replay::replay(tracer::replay::ReplayOptions { log: a.file, quiet: a.quiet, until_event: a.until_event })?;
+    if let Some(s) = &out.stopped {
+        eprintln!("kprobe: stopped before event {} (task {}): {}", s.seq, s.tid, s.event);
+        eprintln!("kprobe: task {} is at ip {:#x}{}", s.tid, s.ip, if s.symbol.is_empty() { String::new() } else { format!(" ({})", s.symbol) });
+        return Ok(ExitCode::SUCCESS);
+    }
+    Ok(ExitCode::from((out.exit_code & 0xff) as u8))
+}

@@ -1,0 +1,392 @@
+//! The one small safe wrapper around ptrace, process memory, fork/exec and
+//! the few CPU instructions the tracer executes on the tracee's behalf.
+//! Every `unsafe` block of the crate lives in this module.
+
+use nix::errno::Errno;
+use nix::sys::ptrace::{self, Options};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+pub use nix::unistd::Pid;
+use std::ffi::CString;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+/// General-purpose registers of a stopped tracee (x86-64 `user_regs_struct`).
+pub type Regs = libc::user_regs_struct;
+
+/// Ptrace options set on every tracee.
+pub fn trace_options() -> Options {
+    Options::PTRACE_O_TRACESYSGOOD
+        | Options::PTRACE_O_TRACEFORK
+        | Options::PTRACE_O_TRACEVFORK
+        | Options::PTRACE_O_TRACECLONE
+        | Options::PTRACE_O_TRACEEXEC
+        | Options::PTRACE_O_TRACEEXIT
+        | Options::PTRACE_O_TRACESECCOMP
+        | Options::PTRACE_O_EXITKILL
+}
+
+fn sig(s: i32) -> Option<Signal> {
+    if s == 0 {
+        None
+    } else {
+        Signal::try_from(s).ok()
+    }
+}
+
+/// Resumes until the next ptrace stop (seccomp stops included), delivering `signo` (0: none).
+pub fn cont(pid: Pid, signo: i32) -> nix::Result<()> {
+    ptrace::cont(pid, sig(signo))
+}
+
+/// Resumes until the next syscall entry/exit stop.
+pub fn syscall(pid: Pid, signo: i32) -> nix::Result<()> {
+    ptrace::syscall(pid, sig(signo))
+}
+
+/// Executes one instruction.
+pub fn step(pid: Pid, signo: i32) -> nix::Result<()> {
+    ptrace::step(pid, sig(signo))
+}
+
+/// Stops a running tracee (PTRACE_INTERRUPT; reported as PTRACE_EVENT_STOP).
+pub fn interrupt(pid: Pid) -> nix::Result<()> {
+    ptrace::interrupt(pid)
+}
+
+/// Kills a task with SIGKILL.
+pub fn kill(pid: Pid) {
+    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+}
+
+/// Sends `signo` to task `tid` of process `tgid`.
+pub fn tgkill(tgid: Pid, tid: Pid, signo: i32) -> nix::Result<()> {
+    // SAFETY: a plain syscall with integer arguments.
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, tgid.as_raw(), tid.as_raw(), signo) };
+    Errno::result(r).map(drop)
+}
+
+/// Registers of a stopped tracee.
+pub fn getregs(pid: Pid) -> nix::Result<Regs> {
+    ptrace::getregs(pid)
+}
+
+/// Sets the registers of a stopped tracee.
+pub fn setregs(pid: Pid, regs: &Regs) -> nix::Result<()> {
+    ptrace::setregs(pid, *regs)
+}
+
+/// The ptrace event message (new pid for fork events, exit status for exit events...).
+pub fn getevent(pid: Pid) -> nix::Result<u64> {
+    ptrace::getevent(pid).map(|v| v as u64)
+}
+
+/// The siginfo of the signal a tracee is stopped for, as its 128 raw bytes.
+pub fn getsiginfo(pid: Pid) -> nix::Result<[u8; 128]> {
+    let si = ptrace::getsiginfo(pid)?;
+    let mut out = [0u8; 128];
+    // SAFETY: siginfo_t is a 128-byte plain-data struct.
+    let bytes = unsafe { std::slice::from_raw_parts(&si as *const libc::siginfo_t as *const u8, std::mem::size_of::<libc::siginfo_t>()) };
+    out[..bytes.len().min(128)].copy_from_slice(&bytes[..bytes.len().min(128)]);
+    Ok(out)
+}
+
+/// Sets the siginfo of the signal about to be delivered.
+pub fn setsiginfo(pid: Pid, raw: &[u8]) -> nix::Result<()> {
+    let mut buf = [0u8; 128];
+    buf[..raw.len().min(128)].copy_from_slice(&raw[..raw.len().min(128)]);
+    // SAFETY: siginfo_t is plain data of 128 bytes; any bit pattern is a valid value for the kernel to check.
+    let si: libc::siginfo_t = unsafe { std::ptr::read_unaligned(buf.as_ptr() as *const libc::siginfo_t) };
+    ptrace::setsiginfo(pid, &si)
+}
+
+/// What PTRACE_GET_SYSCALL_INFO says about a stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyscallInfo {
+    /// Not a syscall stop.
+    None,
+    /// Syscall-entry stop.
+    Entry { nr: u64, args: [u64; 6] },
+    /// Syscall-exit stop.
+    Exit { ret: i64 },
+    /// Seccomp stop (before the syscall runs).
+    Seccomp { nr: u64, args: [u64; 6] },
+}
+
+/// PTRACE_GET_SYSCALL_INFO.
+pub fn syscall_info(pid: Pid) -> nix::Result<SyscallInfo> {
+    // nix's wrapper passes a zero size (the kernel then copies nothing): call it directly.
+    // SAFETY: zero-initialised plain-data struct, its size passed along.
+    let mut i: libc::ptrace_syscall_info = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::ptrace(libc::PTRACE_GET_SYSCALL_INFO, pid.as_raw(), std::mem::size_of::<libc::ptrace_syscall_info>(), &mut i as *mut libc::ptrace_syscall_info)
+    };
+    Errno::result(r)?;
+    // SAFETY: the union member read is the one `op` says the kernel filled in.
+    Ok(unsafe {
+        match i.op {
+            libc::PTRACE_SYSCALL_INFO_ENTRY => SyscallInfo::Entry { nr: i.u.entry.nr, args: i.u.entry.args },
+            libc::PTRACE_SYSCALL_INFO_EXIT => SyscallInfo::Exit { ret: i.u.exit.sval },
+            libc::PTRACE_SYSCALL_INFO_SECCOMP => SyscallInfo::Seccomp { nr: i.u.seccomp.nr, args: i.u.seccomp.args },
+            _ => SyscallInfo::None,
+        }
+    })
+}
+
+/// Offset of `u_debugreg[0]` in `struct user` on x86-64.
+const DEBUGREG_OFFSET: usize = 848;
+
+/// Reads debug register `n` (0..=7).
+pub fn get_debugreg(pid: Pid, n: usize) -> nix::Result<u64> {
+    ptrace::read_user(pid, (DEBUGREG_OFFSET + 8 * n) as ptrace::AddressType).map(|v| v as u64)
+}
+
+/// Writes debug register `n` (0..=7).
+pub fn set_debugreg(pid: Pid, n: usize, value: u64) -> nix::Result<()> {
+    // SAFETY: POKEUSER on the debug-register area; the kernel validates the value.
+    unsafe { ptrace::write_user(pid, (DEBUGREG_OFFSET + 8 * n) as ptrace::AddressType, value as libc::c_long) }
+}
+
+/// Waits for a state change of `pid` (or any child with `None`), all
+/// clone kinds included. With `nohang`, `Ok(None)` when nothing is ready.
+pub fn wait(pid: Option<Pid>, nohang: bool) -> nix::Result<Option<WaitStatus>> {
+    let mut f = WaitPidFlag::__WALL;
+    if nohang {
+        f |= WaitPidFlag::WNOHANG;
+    }
+    match waitpid(pid, Some(f))? {
+        WaitStatus::StillAlive => Ok(None),
+        s => Ok(Some(s)),
+    }
+}
+
+/// Access to a process's memory through `/proc/PID/mem` (reads and writes
+/// work on read-only mappings too, as a debugger's do).
+pub struct Mem {
+    file: File,
+}
+
+impl Mem {
+    /// Opens the memory of process (or thread) `pid`. Reopen after an exec.
+    pub fn open(pid: Pid) -> std::io::Result<Mem> {
+        Ok(Mem { file: std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{pid}/mem"))? })
+    }
+    /// Reads `len` bytes at `addr`.
+    pub fn read(&self, addr: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, addr)?;
+        Ok(buf)
+    }
+    /// Reads as many bytes as are readable at `addr`, up to `len`.
+    pub fn read_partial(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            match self.file.read_at(&mut buf[got..], addr + got as u64) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        buf.truncate(got);
+        buf
+    }
+    /// Writes `data` at `addr`.
+    pub fn write(&self, addr: u64, data: &[u8]) -> std::io::Result<()> {
+        self.file.write_all_at(data, addr)
+    }
+    /// Reads a NUL-terminated string (at most `max` bytes).
+    pub fn read_cstr(&self, addr: u64, max: usize) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut at = addr;
+        while out.len() < max {
+            let chunk = self.read_partial(at, 256.min(max - out.len()));
+            if chunk.is_empty() {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("unreadable string at {addr:#x}")));
+            }
+            if let Some(i) = chunk.iter().position(|b| *b == 0) {
+                out.extend_from_slice(&chunk[..i]);
+                return Ok(out);
+            }
+            at += chunk.len() as u64;
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+    /// Reads a u64.
+    pub fn read_u64(&self, addr: u64) -> std::io::Result<u64> {
+        let b = self.read(addr, 8)?;
+        Ok(u64::from_le_bytes(b.try_into().unwrap()))
+    }
+}
+
+/// How to start the tracee.
+pub struct SpawnSpec {
+    /// Executable path as given to execve.
+    pub path: CString,
+    /// Argument vector.
+    pub argv: Vec<CString>,
+    /// Environment.
+    pub env: Vec<CString>,
+    /// Working directory to change to first (inside `chroot` when set).
+    pub cwd: Option<CString>,
+    /// Directory to chroot into (replay).
+    pub chroot: Option<CString>,
+    /// RLIMIT_STACK to set (it shapes the address space).
+    pub stack_limit: Option<(u64, u64)>,
+    /// Seccomp filter to install right before exec.
+    pub seccomp: Vec<libc::sock_filter>,
+    /// Replace stdin with /dev/null (replay: the program reads nothing real).
+    pub null_stdio: bool,
+}
+
+/// Forks and execs the tracee under ptrace, with address-space
+/// randomisation off, rdtsc trapping (PR_SET_TSC) and the seccomp filter.
+/// Returns once the tracee is seized and about to run its execve.
+pub fn spawn(spec: &SpawnSpec) -> std::io::Result<Pid> {
+    let argv: Vec<*const libc::c_char> = spec.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let envp: Vec<*const libc::c_char> = spec.env.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let devnull = c"/dev/null";
+    let prog = libc::sock_fprog { len: spec.seccomp.len() as u16, filter: spec.seccomp.as_ptr() as *mut libc::sock_filter };
+    let is_root = // SAFETY: geteuid cannot fail.
+        unsafe { libc::geteuid() } == 0;
+    // SAFETY: between fork and exec the child only makes raw syscalls on data
+    // prepared before the fork (no allocation, no locks), then execs or exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // Child.
+        unsafe {
+            let fail = |code: i32| -> ! { libc::_exit(code) };
+            if spec.null_stdio {
+                let fd = libc::open(devnull.as_ptr(), libc::O_RDONLY);
+                if fd >= 0 {
+                    libc::dup2(fd, 0);
+                    libc::close(fd);
+                }
+            }
+            if let Some(root) = &spec.chroot {
+                if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                    fail(120);
+                }
+            }
+            if let Some(cwd) = &spec.cwd {
+                if libc::chdir(cwd.as_ptr()) != 0 {
+                    fail(121);
+                }
+            }
+            if let Some((cur, max)) = spec.stack_limit {
+                let r = libc::rlimit { rlim_cur: cur, rlim_max: max };
+                libc::setrlimit(libc::RLIMIT_STACK, &r);
+            }
+            if libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong) < 0 {
+                fail(122);
+            }
+            if libc::prctl(libc::PR_SET_TSC, libc::PR_TSC_SIGSEGV, 0, 0, 0) != 0 {
+                fail(123);
+            }
+            libc::raise(libc::SIGSTOP);
+            if !spec.seccomp.is_empty() {
+                if !is_root && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    fail(124);
+                }
+                if libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog as *const libc::sock_fprog) != 0 {
+                    fail(125);
+                }
+            }
+            libc::execve(spec.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            fail(127);
+        }
+    }
+    let pid = Pid::from_raw(pid);
+    // Wait for the child's SIGSTOP, seize it, let it go on to its execve.
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WSTOPPED)).map_err(std::io::Error::from)? {
+            WaitStatus::Stopped(_, Signal::SIGSTOP) => break,
+            WaitStatus::Exited(_, code) => return Err(std::io::Error::other(format!("tracee setup failed (exit code {code}: {})", setup_failure(code)))),
+            _ => {}
+        }
+    }
+    ptrace::seize(pid, trace_options()).map_err(std::io::Error::from)?;
+    nix::sys::signal::kill(pid, Signal::SIGCONT).map_err(std::io::Error::from)?;
+    Ok(pid)
+}
+
+fn setup_failure(code: i32) -> &'static str {
+    match code {
+        120 => "chroot failed",
+        121 => "chdir failed",
+        122 => "personality(ADDR_NO_RANDOMIZE) failed",
+        123 => "prctl(PR_SET_TSC) failed",
+        124 => "prctl(PR_SET_NO_NEW_PRIVS) failed",
+        125 => "installing the seccomp filter failed",
+        127 => "execve failed",
+        _ => "unknown",
+    }
+}
+
+/// Executes `cpuid` for the tracee's request.
+pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
+    // SAFETY: cpuid is available on every x86-64 CPU.
+    let r = std::arch::x86_64::__cpuid_count(leaf, subleaf);
+    [r.eax, r.ebx, r.ecx, r.edx]
+}
+
+/// Reads the time-stamp counter (and, for rdtscp, the processor id).
+pub fn rdtsc(with_aux: bool) -> (u64, Option<u32>) {
+    if with_aux {
+        let mut aux = 0u32;
+        // SAFETY: rdtscp exists where the tracee could execute it.
+        let t = unsafe { std::arch::x86_64::__rdtscp(&mut aux) };
+        (t, Some(aux))
+    } else {
+        // SAFETY: rdtsc is available on every x86-64 CPU.
+        (unsafe { std::arch::x86_64::_rdtsc() }, None)
+    }
+}
+
+/// Builds the seccomp filter program: `allowed` syscalls run without a stop
+/// (each with optional (arg, mask, value) conditions); all others stop the
+/// tracee with SECCOMP_RET_TRACE.
+pub fn seccomp_filter(allowed: &[(i64, Option<(u8, u64, u64)>)]) -> Vec<libc::sock_filter> {
+    use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
+    let mut rules = std::collections::BTreeMap::new();
+    for (nr, cond) in allowed {
+        let r = match cond {
+            None => vec![],
+            Some((arg, mask, value)) => vec![SeccompRule::new(vec![SeccompCondition::new(*arg, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(*mask), *value).expect("valid condition")]).expect("valid rule")],
+        };
+        rules.insert(*nr, r);
+    }
+    let f = SeccompFilter::new(rules, SeccompAction::Trace(0), SeccompAction::Allow, seccompiler::TargetArch::x86_64).expect("valid filter");
+    let prog: seccompiler::BpfProgram = f.try_into().expect("filter compiles");
+    prog.into_iter().map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect()
+}
+
+/// Wakes the tracer when a child changes state, with a timeout: a signalfd
+/// for SIGCHLD (blocked for normal delivery in the calling thread).
+pub struct ChildWaker {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl ChildWaker {
+    /// Blocks SIGCHLD in this thread and opens the signalfd.
+    pub fn new() -> std::io::Result<ChildWaker> {
+        let mut set = nix::sys::signal::SigSet::empty();
+        set.add(Signal::SIGCHLD);
+        set.thread_block().map_err(std::io::Error::from)?;
+        let sfd = nix::sys::signalfd::SignalFd::with_flags(&set, nix::sys::signalfd::SfdFlags::SFD_NONBLOCK | nix::sys::signalfd::SfdFlags::SFD_CLOEXEC).map_err(std::io::Error::from)?;
+        let fd: std::os::fd::OwnedFd = sfd.into();
+        Ok(ChildWaker { fd })
+    }
+    /// Sleeps until a SIGCHLD arrives or `timeout_ms` passes; drains the fd.
+    pub fn wait(&self, timeout_ms: i32) {
+        use std::os::fd::AsFd;
+        let mut pfd = [nix::poll::PollFd::new(self.fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let t = nix::poll::PollTimeout::try_from(timeout_ms.max(0)).unwrap_or(nix::poll::PollTimeout::MAX);
+        let _ = nix::poll::poll(&mut pfd, t);
+        let mut buf = [0u8; 128 * 8];
+        while nix::unistd::read(&self.fd, &mut buf).map(|n| n > 0).unwrap_or(false) {}
+    }
+}

@@ -1,0 +1,762 @@
+//! Recording a process tree under ptrace into a `.kpl` log.
+//!
+//! Threads run user code one at a time. Each event that lets a task run
+//! again (a syscall completing, a signal being delivered, a new task's first
+//! run, a preempted task resuming) is written at the moment the task is
+//! resumed, so the order of events in the log is the order in which tasks
+//! ran; replay resumes them in that order. Events that happen while a task
+//! is stopped (fork, exit, preemption, trapped rdtsc/cpuid) are written when
+//! they happen. A task inside a blocking syscall lets others run meanwhile.
+
+use crate::files::FileCapture;
+use crate::os::{self, Mem, Pid, Regs, SyscallInfo};
+use crate::sys::{self, Class};
+use crate::{landing_of, vdso, Error};
+use kpl::event::*;
+use kpl::{Event, EventBody, Metadata, Writer};
+use nix::sys::wait::WaitStatus;
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use syscalls::Sysno;
+
+/// What to record and how.
+#[derive(Clone, Debug)]
+pub struct RecordOptions {
+    /// Where to write the log.
+    pub output: PathBuf,
+    /// The command and its arguments.
+    pub argv: Vec<String>,
+    /// Longest time a thread runs user code while others wait (default 20 ms).
+    pub time_slice: Duration,
+}
+
+/// The result of a recording.
+#[derive(Clone, Debug)]
+pub struct RecordOutcome {
+    /// Exit code as a shell reports it (128 + signal when killed).
+    pub exit_code: i32,
+    /// Events written.
+    pub events: u64,
+    /// Log size in bytes.
+    pub bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum St {
+    /// Created; its first stop has not been seen yet.
+    New,
+    /// Running user code (holds the CPU).
+    Running,
+    /// Inside a syscall that may block; others may run.
+    InKernel,
+    /// Inside a quick syscall; keeps the CPU.
+    InKernelQuick,
+    /// Stopped, waiting to be resumed.
+    Ready,
+    /// Exiting (its exit event was written).
+    Exiting,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// PTRACE_CONT: next stop is a seccomp stop, a signal or an event.
+    Cont,
+    /// PTRACE_SYSCALL: inside a syscall, the next stop is its exit.
+    Syscall,
+}
+
+struct Entry {
+    nr: u32,
+    args: [u64; 6],
+    ts: u64,
+    t0: Instant,
+    class: Class,
+    /// Data captured at entry for an execve.
+    exec: Option<ExecInfo>,
+}
+
+struct ExecInfo {
+    argv: Vec<String>,
+    env: Vec<String>,
+    cwd: String,
+    exe: FileRef,
+    snapshots: Vec<FileSnapshot>,
+}
+
+struct Task {
+    tid: Pid,
+    tgid: Pid,
+    st: St,
+    /// Events to write when the task is resumed (the last one is the resume
+    /// event), each with its timestamp (`None`: the time of writing).
+    pending: Vec<(Option<u64>, EventBody)>,
+    resume_mode: Mode,
+    resume_sig: i32,
+    entry: Option<Entry>,
+    last_exit_regs: Option<Regs>,
+    execed: bool,
+    preempt_asked: bool,
+    /// The creator's fork event was written (a new task may run only after it).
+    forked: bool,
+    /// A new task's first stop was seen.
+    first_stop: bool,
+}
+
+/// Per-process state.
+struct Proc {
+    mem: Mem,
+    vdso: vdso::Vdso,
+}
+
+struct Recorder {
+    w: Writer,
+    tasks: HashMap<Pid, Task>,
+    procs: HashMap<Pid, Proc>,
+    ready: VecDeque<Pid>,
+    running: Option<Pid>,
+    slice_end: Instant,
+    slice: Duration,
+    root: Pid,
+    root_status: Option<i32>,
+    files: FileCapture,
+    waker: os::ChildWaker,
+    /// (device, inode) of the recorder's own stdout and stderr.
+    own_stdio: [Option<(u64, u64)>; 2],
+}
+
+/// Records `opts.argv` into `opts.output`. The program's stdout and stderr
+/// pass through live; the outcome carries its exit code.
+pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, Error> {
+    let cmd = opts.argv.first().ok_or_else(|| Error::Usage("no command to record".into()))?;
+    let path = resolve_command(cmd).ok_or_else(|| Error::Usage(format!("command not found: {cmd}")))?;
+    let c = |s: &str| std::ffi::CString::new(s).map_err(|_| Error::Usage(format!("NUL byte in {s:?}")));
+    let env: Vec<std::ffi::CString> = std::env::vars_os()
+        .map(|(k, v)| {
+            let mut s = k.into_encoded_bytes();
+            s.push(b'=');
+            s.extend(v.into_encoded_bytes());
+            std::ffi::CString::new(s).unwrap_or_default()
+        })
+        .collect();
+    let stack = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_STACK).unwrap_or((8 << 20, u64::MAX));
+    let spec = os::SpawnSpec {
+        path: c(&path)?,
+        argv: opts.argv.iter().map(|a| c(a)).collect::<Result<_, _>>()?,
+        env,
+        cwd: None,
+        chroot: None,
+        stack_limit: Some(stack),
+        seccomp: os::seccomp_filter(&sys::seccomp_allowed()),
+        null_stdio: false,
+    };
+    let mut meta = Metadata::for_this_host("ptrace", opts.argv.clone());
+    meta.extra.push(("rlimit_stack".into(), format!("{} {}", stack.0, stack.1)));
+    meta.extra.push(("cwd".into(), std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default()));
+    let w = Writer::create(&opts.output, &meta)?;
+    let waker = os::ChildWaker::new().map_err(|e| Error::Os(format!("signalfd: {e}")))?;
+    let root = os::spawn(&spec).map_err(|e| Error::Os(format!("starting {cmd}: {e}")))?;
+    let mut r = Recorder {
+        w,
+        tasks: HashMap::new(),
+        procs: HashMap::new(),
+        ready: VecDeque::new(),
+        running: Some(root),
+        slice_end: Instant::now() + opts.time_slice,
+        slice: opts.time_slice,
+        root,
+        root_status: None,
+        files: FileCapture::default(),
+        waker,
+        own_stdio: [file_id("/proc/self/fd/1"), file_id("/proc/self/fd/2")],
+    };
+    r.tasks.insert(root, Task::new(root, root, St::Running));
+    let res = r.run();
+    if res.is_err() {
+        for t in r.tasks.keys() {
+            os::kill(*t);
+        }
+        // Reap what we can so no zombie outlives us.
+        while let Ok(Some(_)) = os::wait(None, true) {}
+    }
+    res?;
+    let code = r.root_status.unwrap_or(0);
+    r.w.set_exit_code(Some(code));
+    let (_, st) = r.w.finish()?;
+    Ok(RecordOutcome { exit_code: code, events: st.events, bytes: st.bytes })
+}
+
+fn resolve_command(cmd: &str) -> Option<String> {
+    if cmd.contains('/') {
+        return Some(cmd.to_owned());
+    }
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+    path.split(':').map(|d| format!("{d}/{cmd}")).find(|p| std::fs::metadata(p).map(|m| m.is_file()).unwrap_or(false))
+}
+
+impl Task {
+    fn new(tid: Pid, tgid: Pid, st: St) -> Task {
+        Task { tid, tgid, st, pending: Vec::new(), resume_mode: Mode::Cont, resume_sig: 0, entry: None, last_exit_regs: None, execed: false, preempt_asked: false, forked: false, first_stop: false }
+    }
+}
+
+fn now_ns() -> u64 {
+    kpl::now_ns()
+}
+
+impl Recorder {
+    fn emit(&mut self, tid: Pid, body: EventBody) -> Result<u64, Error> {
+        let tgid = self.tasks.get(&tid).map(|t| t.tgid).unwrap_or(tid);
+        Ok(self.w.append(Event::new(now_ns(), tgid.as_raw() as u32, tid.as_raw() as u32, u16::MAX, body))?)
+    }
+
+    fn emit_at(&mut self, tid: Pid, ts: u64, body: EventBody) -> Result<u64, Error> {
+        let tgid = self.tasks.get(&tid).map(|t| t.tgid).unwrap_or(tid);
+        Ok(self.w.append(Event::new(ts, tgid.as_raw() as u32, tid.as_raw() as u32, u16::MAX, body))?)
+    }
+
+    fn mem(&self, tid: Pid) -> Result<&Mem, Error> {
+        let tgid = self.tasks.get(&tid).map(|t| t.tgid).unwrap_or(tid);
+        self.procs.get(&tgid).map(|p| &p.mem).ok_or_else(|| Error::Os(format!("no memory handle for process {tgid}")))
+    }
+
+    fn run(&mut self) -> Result<(), Error> {
+        loop {
+            if self.tasks.is_empty() {
+                return Ok(());
+            }
+            self.schedule()?;
+            // Preempt a thread that ran out of its slice while others wait.
+            if let Some(r) = self.running {
+                if Instant::now() >= self.slice_end && !self.ready.is_empty() {
+                    let t = self.tasks.get_mut(&r).unwrap();
+                    if t.st == St::Running && !t.preempt_asked {
+                        t.preempt_asked = true;
+                        let _ = os::interrupt(r);
+                    }
+                }
+            }
+            match os::wait(None, true) {
+                Ok(Some(s)) => self.handle(s)?,
+                Ok(None) => {
+                    let ms = if self.running.is_some() && !self.ready.is_empty() {
+                        self.slice_end.saturating_duration_since(Instant::now()).as_millis().clamp(1, 50) as i32
+                    } else {
+                        50
+                    };
+                    self.waker.wait(ms);
+                }
+                Err(nix::errno::Errno::ECHILD) => return Ok(()),
+                Err(e) => return Err(Error::Os(format!("waitpid: {e}"))),
+            }
+        }
+    }
+
+    /// Gives the CPU to the next ready task when nobody holds it.
+    fn schedule(&mut self) -> Result<(), Error> {
+        while self.running.is_none() {
+            let Some(tid) = self.ready.pop_front() else { return Ok(()) };
+            let Some(t) = self.tasks.get_mut(&tid) else { continue };
+            if t.st != St::Ready {
+                continue;
+            }
+            let pending = std::mem::take(&mut t.pending);
+            let (mode, sig) = (t.resume_mode, t.resume_sig);
+            t.resume_sig = 0;
+            for (ts, b) in pending {
+                match ts {
+                    Some(ts) => self.emit_at(tid, ts, b)?,
+                    None => self.emit(tid, b)?,
+                };
+            }
+            let t = self.tasks.get_mut(&tid).unwrap();
+            t.st = if mode == Mode::Syscall { St::InKernel } else { St::Running };
+            t.preempt_asked = false;
+            let r = match mode {
+                Mode::Cont => os::cont(tid, sig),
+                Mode::Syscall => os::syscall(tid, sig),
+            };
+            if r.is_err() {
+                // The task died meanwhile (killed by another thread's exit_group): its exit is coming.
+                continue;
+            }
+            if mode == Mode::Cont {
+                self.running = Some(tid);
+                self.slice_end = Instant::now() + self.slice;
+            }
+        }
+        Ok(())
+    }
+
+    /// Parks a stopped task until scheduled, with the events to write then.
+    fn make_ready(&mut self, tid: Pid, front: bool) {
+        if self.running == Some(tid) {
+            self.running = None;
+        }
+        if let Some(t) = self.tasks.get_mut(&tid) {
+            t.st = St::Ready;
+        }
+        if front {
+            self.ready.push_front(tid);
+        } else {
+            self.ready.push_back(tid);
+        }
+    }
+
+    fn release_cpu(&mut self, tid: Pid) {
+        if self.running == Some(tid) {
+            self.running = None;
+        }
+    }
+
+    fn handle(&mut self, s: WaitStatus) -> Result<(), Error> {
+        let pid = match s.pid() {
+            Some(p) => p,
+            None => return Ok(()),
+        };
+        if !self.tasks.contains_key(&pid) {
+            // A new task reported before its parent's fork event: adopt it.
+            self.tasks.insert(pid, Task::new(pid, pid, St::New));
+        }
+        match s {
+            WaitStatus::Exited(_, code) => self.reaped(pid, code),
+            WaitStatus::Signaled(_, sig, _) => self.reaped(pid, 128 + sig as i32),
+            WaitStatus::PtraceEvent(_, sig, ev) => self.on_event(pid, sig as i32, ev),
+            WaitStatus::PtraceSyscall(_) => self.on_syscall_stop(pid),
+            WaitStatus::Stopped(_, sig) => self.on_signal(pid, sig as i32),
+            _ => Ok(()),
+        }
+    }
+
+    fn reaped(&mut self, pid: Pid, status: i32) -> Result<(), Error> {
+        if pid == self.root {
+            self.root_status = Some(status);
+        }
+        self.release_cpu(pid);
+        self.tasks.remove(&pid);
+        self.procs.remove(&pid);
+        self.ready.retain(|p| *p != pid);
+        Ok(())
+    }
+
+    fn on_event(&mut self, pid: Pid, sig: i32, ev: i32) -> Result<(), Error> {
+        match ev {
+            libc::PTRACE_EVENT_SECCOMP => self.on_entry(pid),
+            libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK | libc::PTRACE_EVENT_CLONE => {
+                let child = Pid::from_raw(os::getevent(pid).map_err(|e| Error::Os(format!("getevent: {e}")))? as i32);
+                let (flags, parent_tgid) = {
+                    let t = &self.tasks[&pid];
+                    let flags = match &t.entry {
+                        Some(e) if e.nr == sys::nr(Sysno::clone3) => self.mem(pid)?.read_u64(e.args[0]).unwrap_or(0),
+                        Some(e) if e.nr == sys::nr(Sysno::clone) => e.args[0],
+                        _ => 0,
+                    };
+                    (flags, t.tgid)
+                };
+                let kind = match ev {
+                    libc::PTRACE_EVENT_VFORK => ForkKind::Vfork,
+                    libc::PTRACE_EVENT_CLONE if flags & libc::CLONE_THREAD as u64 != 0 => ForkKind::Thread,
+                    _ => ForkKind::Fork,
+                };
+                let tgid = if kind == ForkKind::Thread { parent_tgid } else { child };
+                let entry = self.tasks.entry(child).or_insert_with(|| Task::new(child, tgid, St::New));
+                entry.tgid = tgid;
+                entry.execed = true;
+                if kind != ForkKind::Thread {
+                    let mem = Mem::open(child).map_err(|e| Error::Os(format!("opening memory of {child}: {e}")))?;
+                    let vdso = self.procs.get(&parent_tgid).map(|p| p.vdso.clone()).unwrap_or_default();
+                    self.procs.insert(child, Proc { mem, vdso });
+                }
+                self.emit(pid, EventBody::Fork(Fork { kind, child_pid: tgid.as_raw() as u32, child_tid: child.as_raw() as u32, flags }))?;
+                let c = self.tasks.get_mut(&child).unwrap();
+                c.forked = true;
+                if c.first_stop {
+                    self.start(child);
+                }
+                os::syscall(pid, 0).map_err(|e| Error::Os(format!("resuming {pid} after fork: {e}")))?;
+                Ok(())
+            }
+            libc::PTRACE_EVENT_EXEC => {
+                let former = Pid::from_raw(os::getevent(pid).unwrap_or(pid.as_raw() as u64) as i32);
+                if former != pid {
+                    // A non-leader thread exec'd and took over the leader's tid.
+                    if let Some(mut t) = self.tasks.remove(&former) {
+                        t.tid = pid;
+                        self.tasks.insert(pid, t);
+                    }
+                    if self.running == Some(former) {
+                        self.running = Some(pid);
+                    }
+                }
+                let mem = Mem::open(pid).map_err(|e| Error::Os(format!("opening memory of {pid}: {e}")))?;
+                let tgid = self.tasks[&pid].tgid;
+                self.procs.insert(tgid, Proc { mem, vdso: Default::default() });
+                os::syscall(pid, 0).map_err(|e| Error::Os(format!("resuming {pid} after exec: {e}")))?;
+                Ok(())
+            }
+            libc::PTRACE_EVENT_EXIT => {
+                let status = os::getevent(pid).unwrap_or(0) as i32;
+                let (code, signal, core) = if libc::WIFSIGNALED(status) {
+                    (0, Some(libc::WTERMSIG(status)), libc::WCOREDUMP(status))
+                } else {
+                    (libc::WEXITSTATUS(status), None, false)
+                };
+                let group = self.tasks[&pid].entry.as_ref().map(|e| e.nr == sys::nr(Sysno::exit_group)).unwrap_or(true);
+                if self.tasks[&pid].execed {
+                    self.emit(pid, EventBody::Exit(Exit { code, signal, core_dumped: core, group }))?;
+                }
+                self.release_cpu(pid);
+                self.tasks.get_mut(&pid).unwrap().st = St::Exiting;
+                let _ = os::cont(pid, 0);
+                Ok(())
+            }
+            libc::PTRACE_EVENT_STOP => {
+                let st = self.tasks[&pid].st;
+                if !self.tasks[&pid].execed && st != St::New {
+                    // Our own start-up stops before the first exec.
+                    let _ = os::cont(pid, 0);
+                    return Ok(());
+                }
+                match st {
+                    St::New => {
+                        self.start(pid);
+                        Ok(())
+                    }
+                    St::Running if sig == libc::SIGTRAP || self.tasks[&pid].preempt_asked => {
+                        // Preempted: the slice ends here.
+                        let regs = os::getregs(pid).map_err(|e| Error::Os(format!("getregs: {e}")))?;
+                        let landing = landing_of(&regs, self.tasks[&pid].last_exit_regs.as_ref());
+                        self.emit(pid, EventBody::Preempt(Preempt { landing }))?;
+                        let t = self.tasks.get_mut(&pid).unwrap();
+                        t.pending = vec![(None, EventBody::Resume(Resume { reason: ResumeReason::AfterPreempt }))];
+                        t.resume_mode = Mode::Cont;
+                        t.preempt_asked = false;
+                        self.make_ready(pid, false);
+                        Ok(())
+                    }
+                    _ => {
+                        // A group-stop (job control) or a late interrupt: carry on as before.
+                        let mode = if matches!(st, St::InKernel | St::InKernelQuick) { Mode::Syscall } else { Mode::Cont };
+                        let _ = match mode {
+                            Mode::Cont => os::cont(pid, 0),
+                            Mode::Syscall => os::syscall(pid, 0),
+                        };
+                        Ok(())
+                    }
+                }
+            }
+            _ => {
+                let _ = os::cont(pid, 0);
+                Ok(())
+            }
+        }
+    }
+
+    /// A new task's first stop: it becomes ready once its creator's fork event was written.
+    fn start(&mut self, tid: Pid) {
+        let t = self.tasks.get_mut(&tid).unwrap();
+        t.first_stop = true;
+        if !t.forked {
+            return;
+        }
+        t.pending = vec![(None, EventBody::Resume(Resume { reason: ResumeReason::Start }))];
+        t.resume_mode = Mode::Cont;
+        t.st = St::Ready;
+        t.execed = true;
+        self.ready.push_back(tid);
+    }
+
+    fn on_entry(&mut self, pid: Pid) -> Result<(), Error> {
+        let (nr, args) = match os::syscall_info(pid).map_err(|e| Error::Os(format!("syscall info: {e}")))? {
+            SyscallInfo::Seccomp { nr, args } | SyscallInfo::Entry { nr, args } => (nr as u32, args),
+            other => {
+                let regs = os::getregs(pid).ok();
+                return Err(Error::Os(format!("task {pid}: expected a syscall entry, got {other:?} (regs {regs:?})")));
+            }
+        };
+        let class = sys::class(nr, &args);
+        if let Class::Unsupported(why) = class {
+            let regs = os::getregs(pid).ok();
+            return Err(Error::Unsupported { tid: pid.as_raw(), syscall: sys::name(nr), why: why.to_owned(), ip: regs.map(|r| r.rip).unwrap_or(0) });
+        }
+        let mut exec = None;
+        if nr == sys::nr(Sysno::execve) || nr == sys::nr(Sysno::execveat) {
+            exec = self.capture_exec(pid, nr, &args)?;
+        }
+        if class == Class::Refuse {
+            let mut regs = os::getregs(pid).map_err(|e| Error::Os(format!("getregs: {e}")))?;
+            regs.orig_rax = u64::MAX;
+            os::setregs(pid, &regs).map_err(|e| Error::Os(format!("setregs: {e}")))?;
+        }
+        let quick = sys::quick(nr, &args);
+        let t = self.tasks.get_mut(&pid).unwrap();
+        t.entry = Some(Entry { nr, args, ts: now_ns(), t0: Instant::now(), class, exec });
+        if quick {
+            t.st = St::InKernelQuick;
+        } else {
+            t.st = St::InKernel;
+            self.release_cpu(pid);
+        }
+        os::syscall(pid, 0).map_err(|e| Error::Os(format!("resuming {pid} into its syscall: {e}")))?;
+        Ok(())
+    }
+
+    fn capture_exec(&mut self, pid: Pid, nr: u32, args: &[u64; 6]) -> Result<Option<ExecInfo>, Error> {
+        let tgid = self.tasks[&pid].tgid;
+        if !self.procs.contains_key(&tgid) {
+            let mem = Mem::open(pid).map_err(|e| Error::Os(format!("opening memory of {pid}: {e}")))?;
+            self.procs.insert(tgid, Proc { mem, vdso: Default::default() });
+        }
+        let mem = self.mem(pid)?;
+        let (path_ptr, argv_ptr, env_ptr) = if nr == sys::nr(Sysno::execveat) { (args[1], args[2], args[3]) } else { (args[0], args[1], args[2]) };
+        let filename = String::from_utf8_lossy(&mem.read_cstr(path_ptr, 4096).unwrap_or_default()).into_owned();
+        let strings = |ptr: u64| -> Vec<String> {
+            let mut v = Vec::new();
+            if ptr == 0 {
+                return v;
+            }
+            for i in 0..65536u64 {
+                let p = mem.read_u64(ptr + 8 * i).unwrap_or(0);
+                if p == 0 {
+                    break;
+                }
+                v.push(String::from_utf8_lossy(&mem.read_cstr(p, 1 << 20).unwrap_or_default()).into_owned());
+            }
+            v
+        };
+        let argv = strings(argv_ptr);
+        let env = strings(env_ptr);
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).map(|p| p.display().to_string()).unwrap_or_default();
+        let abs = if filename.starts_with('/') { filename.clone() } else { format!("{}/{}", cwd.trim_end_matches('/'), filename) };
+        let mut snapshots = Vec::new();
+        let exe = match self.files.capture_path(&mut self.w, pid, &abs)? {
+            Some(f) => f,
+            None => return Ok(None), // execve will fail; nothing to keep.
+        };
+        snapshots.push(FileSnapshot { file: exe.clone(), reason: "exec".into() });
+        // The interpreter chain: `#!` scripts and ELF PT_INTERP.
+        let mut next = self.files.interpreter_of(&exe);
+        let mut depth = 0;
+        while let Some(p) = next.take() {
+            depth += 1;
+            if depth > 4 {
+                break;
+            }
+            if let Some(f) = self.files.capture_path(&mut self.w, pid, &p)? {
+                next = self.files.interpreter_of(&f);
+                snapshots.push(FileSnapshot { file: f, reason: "interp".into() });
+            }
+        }
+        Ok(Some(ExecInfo { argv, env, cwd, exe, snapshots }))
+    }
+
+    fn on_syscall_stop(&mut self, pid: Pid) -> Result<(), Error> {
+        match os::syscall_info(pid).map_err(|e| Error::Os(format!("syscall info: {e}")))? {
+            SyscallInfo::Exit { ret } => self.on_exit(pid, ret),
+            SyscallInfo::Entry { .. } => {
+                // An entry stop after a PTRACE_SYSCALL resume (a restarted syscall): treat as an entry.
+                self.on_entry(pid)
+            }
+            _ => {
+                let _ = os::cont(pid, 0);
+                Ok(())
+            }
+        }
+    }
+
+    fn on_exit(&mut self, pid: Pid, mut ret: i64) -> Result<(), Error> {
+        let Some(entry) = self.tasks.get_mut(&pid).and_then(|t| t.entry.take()) else {
+            // An exit stop we did not see enter (e.g. an injected syscall): continue.
+            let _ = os::cont(pid, 0);
+            return Ok(());
+        };
+        let mut regs = os::getregs(pid).map_err(|e| Error::Os(format!("getregs: {e}")))?;
+        if entry.class == Class::Refuse {
+            ret = -(libc::ENOSYS as i64);
+            regs.rax = ret as u64;
+            os::setregs(pid, &regs).map_err(|e| Error::Os(format!("setregs: {e}")))?;
+        }
+        let duration_ns = entry.t0.elapsed().as_nanos() as u64;
+        let mut writes = Vec::new();
+        let mut pending = Vec::new();
+        let mut flags = 0;
+        let nr = entry.nr;
+        let args = entry.args;
+        if nr == sys::nr(Sysno::execve) || nr == sys::nr(Sysno::execveat) {
+            if ret == 0 {
+                self.after_exec(pid, &regs, entry.exec, &mut pending, &mut writes)?;
+                regs = os::getregs(pid).map_err(|e| Error::Os(format!("getregs: {e}")))?;
+            }
+        } else if ret >= 0 || matches!(-ret as i32, libc::EINTR) {
+            let mem = self.mem(pid)?;
+            let regions = sys::outputs(nr, &args, ret, mem).map_err(|e| Error::Unsupported {
+                tid: pid.as_raw(),
+                syscall: sys::name(nr),
+                why: format!("the recorder does not know which memory {} writes", e.0),
+                ip: regs.rip,
+            })?;
+            for (addr, len) in regions {
+                let data = mem.read_partial(addr, len);
+                if !data.is_empty() {
+                    writes.push(MemWrite { addr, data: Data::Bytes(data) });
+                }
+            }
+            if let Some((fd, regions)) = sys::written_data(nr, &args, ret, mem) {
+                if let Some(flag) = self.shown_fd(pid, fd) {
+                    flags |= flag;
+                    for (addr, len) in regions {
+                        writes.push(MemWrite { addr, data: Data::Bytes(mem.read_partial(addr, len)) });
+                    }
+                }
+            }
+            if entry.class == Class::MmapFile && ret >= 0 {
+                if let Some(f) = self.files.capture_fd(&mut self.w, pid, args[4] as i32)? {
+                    pending.push((None, EventBody::FileSnapshot(FileSnapshot { file: f, reason: "mmap".into() })));
+                }
+            }
+        }
+        let sc = Syscall { nr, args, ret, duration_ns, writes, fd_type: FdType::Unknown, flags };
+        // The syscall event carries its entry time.
+        pending.push((Some(entry.ts), EventBody::Syscall(sc)));
+        let t = self.tasks.get_mut(&pid).unwrap();
+        t.pending = pending;
+        t.resume_mode = Mode::Cont;
+        t.last_exit_regs = Some(regs);
+        let quick = t.st == St::InKernelQuick;
+        // A quick syscall keeps the CPU unless the slice is over and others wait.
+        let keep = quick && (Instant::now() < self.slice_end || self.ready.is_empty());
+        if quick {
+            self.running = None;
+        }
+        self.make_ready(pid, keep);
+        if keep {
+            // Resume right away (no switch).
+            self.schedule()?;
+        }
+        Ok(())
+    }
+
+    fn after_exec(&mut self, pid: Pid, regs: &Regs, info: Option<ExecInfo>, pending: &mut Vec<(Option<u64>, EventBody)>, writes: &mut Vec<MemWrite>) -> Result<(), Error> {
+        let tgid = self.tasks[&pid].tgid;
+        let mem = Mem::open(pid).map_err(|e| Error::Os(format!("opening memory of {pid}: {e}")))?;
+        let v = vdso::patch(pid, &mem).map_err(|e| Error::Os(format!("task {pid}: {e}")))?;
+        let cpuid = crate::inject::enable_cpuid_faulting(pid, v.syscall_insn).map_err(|e| Error::Os(format!("task {pid}: {e}")))?;
+        self.procs.insert(tgid, Proc { mem, vdso: v });
+        if !cpuid {
+            self.w.set_summary_fact("cpuid_faulting", "unavailable");
+        }
+        let auxv = read_auxv(pid);
+        let mem = self.mem(pid)?;
+        // The initial stack (argv, env, auxv, AT_RANDOM bytes...), restored as is at replay.
+        if let Some(end) = stack_end(pid) {
+            let data = mem.read_partial(regs.rsp, (end - regs.rsp) as usize);
+            writes.push(MemWrite { addr: regs.rsp, data: Data::Bytes(data) });
+        }
+        self.tasks.get_mut(&pid).unwrap().execed = true;
+        if let Some(i) = info {
+            for s in i.snapshots {
+                pending.push((None, EventBody::FileSnapshot(s)));
+            }
+            pending.push((None, EventBody::Exec(Exec { exe: i.exe, argv: i.argv, env: i.env, cwd: i.cwd, auxv })));
+        }
+        Ok(())
+    }
+
+    /// Whether descriptor `fd` of `pid` is the recorder's own stdout or stderr.
+    fn shown_fd(&self, pid: Pid, fd: u64) -> Option<u32> {
+        let id = file_id(&format!("/proc/{pid}/fd/{fd}"))?;
+        if Some(id) == self.own_stdio[0] {
+            Some(Syscall::FLAG_STDOUT)
+        } else if Some(id) == self.own_stdio[1] {
+            Some(Syscall::FLAG_STDERR)
+        } else {
+            None
+        }
+    }
+
+    fn on_signal(&mut self, pid: Pid, sig: i32) -> Result<(), Error> {
+        let t = &self.tasks[&pid];
+        if !t.execed || t.st == St::New {
+            // Before the first exec (our own SIGSTOP/SIGCONT) or a new task's first stop.
+            if t.st == St::New && sig == libc::SIGSTOP {
+                self.start(pid);
+                return Ok(());
+            }
+            let _ = os::cont(pid, if sig == libc::SIGSTOP { 0 } else { sig });
+            return Ok(());
+        }
+        let regs = os::getregs(pid).map_err(|e| Error::Os(format!("getregs: {e}")))?;
+        let siginfo = os::getsiginfo(pid).unwrap_or([0; 128]);
+        let code = i32::from_le_bytes(siginfo[8..12].try_into().unwrap());
+        if sig == libc::SIGSEGV && code == 0x80 {
+            if let Some(b) = self.trap(pid, regs)? {
+                self.emit(pid, b)?;
+                let _ = os::cont(pid, 0);
+                return Ok(());
+            }
+        }
+        let synchronous = matches!(sig, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP) && code > 0 && code != 0x80;
+        let sender_pid = if code <= 0 || code == 0x80 { u32::from_le_bytes(siginfo[16..20].try_into().unwrap()) } else { 0 };
+        let addr = if synchronous { u64::from_le_bytes(siginfo[16..24].try_into().unwrap()) } else { 0 };
+        let landing = landing_of(&regs, self.tasks[&pid].last_exit_regs.as_ref());
+        let body = EventBody::Signal(Signal { signo: sig, code, sender_pid, addr, landing, synchronous, siginfo: siginfo.to_vec() });
+        let t = self.tasks.get_mut(&pid).unwrap();
+        t.pending = vec![(None, body)];
+        t.resume_mode = Mode::Cont;
+        t.resume_sig = sig;
+        let was_running = self.running == Some(pid);
+        self.make_ready(pid, was_running);
+        Ok(())
+    }
+
+    /// rdtsc, rdtscp or cpuid trapped (SIGSEGV, si_code SI_KERNEL): executes it
+    /// for the tracee and returns the event; `None` if it was another fault.
+    fn trap(&mut self, pid: Pid, mut regs: Regs) -> Result<Option<EventBody>, Error> {
+        let insn = self.mem(pid)?.read_partial(regs.rip, 3);
+        let body = if insn.starts_with(&[0x0f, 0x31]) || insn.starts_with(&[0x0f, 0x01, 0xf9]) {
+            let p = insn[1] == 0x01;
+            let (tsc, aux) = os::rdtsc(p);
+            regs.rax = tsc & 0xffff_ffff;
+            regs.rdx = tsc >> 32;
+            if let Some(a) = aux {
+                regs.rcx = a as u64;
+            }
+            let ip = regs.rip;
+            regs.rip += if p { 3 } else { 2 };
+            EventBody::Rdtsc(Rdtsc { ip, tsc, aux })
+        } else if insn.starts_with(&[0x0f, 0xa2]) {
+            let (leaf, sub) = (regs.rax as u32, regs.rcx as u32);
+            let r = os::cpuid(leaf, sub);
+            regs.rax = r[0] as u64;
+            regs.rbx = r[1] as u64;
+            regs.rcx = r[2] as u64;
+            regs.rdx = r[3] as u64;
+            let ip = regs.rip;
+            regs.rip += 2;
+            EventBody::Cpuid(Cpuid { ip, leaf, subleaf: sub, regs: r })
+        } else {
+            return Ok(None);
+        };
+        os::setregs(pid, &regs).map_err(|e| Error::Os(format!("setregs: {e}")))?;
+        Ok(Some(body))
+    }
+}
+
+fn file_id(p: &str) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The auxiliary vector of a process.
+pub fn read_auxv(pid: Pid) -> Vec<(u64, u64)> {
+    let b = std::fs::read(format!("/proc/{pid}/auxv")).unwrap_or_default();
+    b.chunks_exact(16).map(|c| (u64::from_le_bytes(c[0..8].try_into().unwrap()), u64::from_le_bytes(c[8..16].try_into().unwrap()))).take_while(|(k, _)| *k != 0).collect()
+}
+
+/// End address of the `[stack]` mapping.
+pub fn stack_end(pid: Pid) -> Option<u64> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let l = maps.lines().find(|l| l.ends_with("[stack]"))?;
+    let (_, b) = l.split_whitespace().next()?.split_once('-')?;
+    u64::from_str_radix(b, 16).ok()
+}

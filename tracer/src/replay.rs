@@ -1,0 +1,997 @@
+//! Deterministic replay of a `.kpl` recording under ptrace.
+//!
+//! The program runs again, in a private root directory that holds only the
+//! executables and interpreters from the log's file store (it cannot open,
+//! write or delete a real file: every such syscall is served from the log).
+//! Events are processed in log order; each event lets one task run until
+//! its next stop, so tasks run one at a time in the recorded order.
+//!
+//! * Syscalls that touch the outside world are not executed: the recorded
+//!   result is returned and the recorded memory writes are applied.
+//! * Syscalls that shape the process (memory layout, signal handlers,
+//!   threads, exec, exit) are executed and their results checked.
+//! * File mappings become anonymous mappings at the recorded address,
+//!   filled from the file store.
+//! * rdtsc and cpuid (trapped) return the recorded values; the vDSO is
+//!   patched as at record time so time queries are syscalls served from the log.
+//! * Asynchronous signals and preemptions are delivered where they landed:
+//!   a hardware breakpoint at the recorded instruction pointer, repeated
+//!   until the register fingerprint matches.
+//!
+//! Any difference between what the program asks for and the log is a
+//! [`Error::Divergence`] naming the event, the task, both sides and the
+//! nearest symbol.
+
+use crate::os::{self, Mem, Pid, Regs, SyscallInfo};
+use crate::sys::{self, Class};
+use crate::{fingerprint, vdso, Error};
+use kpl::event::*;
+use kpl::{Event, EventBody, Reader};
+use nix::sys::wait::WaitStatus;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use syscalls::Sysno;
+
+/// How to replay.
+#[derive(Clone, Debug, Default)]
+pub struct ReplayOptions {
+    /// The log.
+    pub log: PathBuf,
+    /// Do not show the program's stdout/stderr.
+    pub quiet: bool,
+    /// Stop before processing this event.
+    pub until_event: Option<u64>,
+}
+
+/// Where a replay stopped before the end.
+#[derive(Clone, Debug)]
+pub struct StopReport {
+    /// The next event (not yet processed).
+    pub seq: u64,
+    /// Its task (recorded tid).
+    pub tid: u32,
+    /// One-line description of the event.
+    pub event: String,
+    /// Instruction pointer of the task.
+    pub ip: u64,
+    /// Nearest symbol, if known.
+    pub symbol: String,
+}
+
+/// The result of a replay.
+#[derive(Clone, Debug)]
+pub struct ReplayOutcome {
+    /// Recorded exit code of the root process (128 + signal when killed).
+    pub exit_code: i32,
+    /// Events processed.
+    pub events: u64,
+    /// Set when the replay stopped early (`until_event`).
+    pub stopped: Option<StopReport>,
+}
+
+/// A task's state as the replayer knows it.
+#[derive(Clone, Debug, PartialEq)]
+enum Stop {
+    /// Running (or inside an executed syscall): its next stop is unknown.
+    Running,
+    /// Stopped at a syscall entry.
+    Entry { nr: u32, args: [u64; 6] },
+    /// Stopped at a syscall exit (after a served syscall; held there).
+    Exit,
+    /// Stopped at a signal-delivery-stop.
+    Signal(i32),
+    /// Stopped at a recorded landing point.
+    Landing,
+    /// Stopped at a ptrace event (fork, exec).
+    Event(i32),
+    /// Stopped on its way out (PTRACE_EVENT_EXIT).
+    Exiting,
+    /// New task, not yet seen.
+    New,
+    /// New task stopped at its first stop.
+    Started,
+    /// Gone.
+    Gone(i32),
+}
+
+struct Task {
+    real: Pid,
+    tgid: u32,
+    stop: Stop,
+    /// A signal we are injecting: its delivery stop is expected.
+    injecting: Option<i32>,
+    /// Last mapping-related file seen for this task (for the next mmap).
+    snapshot: Option<FileSnapshot>,
+    /// Files to put in the replay root before the next exec.
+    exec_files: Vec<FileSnapshot>,
+}
+
+struct Proc {
+    mem: Mem,
+    vdso: vdso::Vdso,
+    real: Pid,
+}
+
+/// A file-backed mapping, for symbolization.
+#[derive(Clone)]
+struct Mapping {
+    start: u64,
+    len: u64,
+    offset: u64,
+    file: FileRef,
+}
+
+/// Replays a log step by step.
+pub struct Replayer {
+    r: Reader,
+    opts: ReplayOptions,
+    seq: u64,
+    end: u64,
+    tasks: HashMap<u32, Task>,
+    procs: HashMap<u32, Proc>,
+    root_dir: tempfile::TempDir,
+    root_tid: u32,
+    root_status: Option<i32>,
+    running: Option<u32>,
+    mappings: Vec<Mapping>,
+    out: std::io::Stdout,
+    err: std::io::Stderr,
+}
+
+fn os_err(what: impl std::fmt::Display) -> impl Fn(nix::Error) -> Error {
+    move |e| Error::Os(format!("{what}: {e}"))
+}
+
+impl Replayer {
+    /// Opens the log and starts the program, stopped before its first exec.
+    pub fn new(opts: ReplayOptions) -> Result<Replayer, Error> {
+        let r = Reader::open(&opts.log)?;
+        if r.meta().backend != "ptrace" && r.meta().backend != "ebpf" {
+            return Err(Error::Usage(format!("{}: a {} log cannot be replayed (recorded by `kprobe record`?)", opts.log.display(), r.meta().backend)));
+        }
+        let end = r.end_seq();
+        // The first exec says what to start.
+        let mut first_exec = None;
+        let mut snapshots = Vec::new();
+        for ev in r.events() {
+            let ev = ev?;
+            match ev.body {
+                EventBody::FileSnapshot(s) => snapshots.push(s),
+                EventBody::Exec(e) => {
+                    first_exec = Some((ev.tid, e));
+                    break;
+                }
+                _ => {}
+            }
+            if ev.seq > 10_000 {
+                break;
+            }
+        }
+        let (root_tid, exec) = first_exec.ok_or_else(|| Error::Usage(format!("{}: the log holds no exec event to start from", opts.log.display())))?;
+        let root_dir = tempfile::Builder::new().prefix("kprobe-replay-").tempdir().map_err(|e| Error::Os(format!("temporary directory: {e}")))?;
+        let mut me = Replayer {
+            r,
+            opts,
+            seq: 0,
+            end,
+            tasks: HashMap::new(),
+            procs: HashMap::new(),
+            root_dir,
+            root_tid,
+            root_status: None,
+            running: None,
+            mappings: Vec::new(),
+            out: std::io::stdout(),
+            err: std::io::stderr(),
+        };
+        for s in &snapshots {
+            me.materialize(s)?;
+        }
+        let cwd = me.root_dir.path().join(exec.cwd.trim_start_matches('/'));
+        std::fs::create_dir_all(&cwd).map_err(|e| Error::Os(format!("creating {}: {e}", cwd.display())))?;
+        let c = |s: &str| std::ffi::CString::new(s).map_err(|_| Error::Usage(format!("NUL byte in {s:?}")));
+        let stack = me.r.meta().extra.iter().find(|(k, _)| k == "rlimit_stack").and_then(|(_, v)| {
+            let mut it = v.split_whitespace().map(|x| x.parse::<u64>().ok());
+            Some((it.next()??, it.next()??))
+        });
+        let spec = os::SpawnSpec {
+            path: c(&exec.exe.path)?,
+            argv: exec.argv.iter().map(|a| c(a)).collect::<Result<_, _>>()?,
+            env: exec.env.iter().map(|a| c(a)).collect::<Result<_, _>>()?,
+            cwd: Some(c(&exec.cwd)?),
+            chroot: Some(c(&me.root_dir.path().display().to_string())?),
+            stack_limit: stack,
+            seccomp: os::seccomp_filter(&sys::seccomp_allowed()),
+            null_stdio: true,
+        };
+        let pid = os::spawn(&spec).map_err(|e| Error::Os(format!("starting the replay of {}: {e}", exec.exe.path)))?;
+        let root_pid = me.r.get(0).map(|e| e.pid).unwrap_or(root_tid);
+        me.tasks.insert(root_tid, Task { real: pid, tgid: root_pid, stop: Stop::Running, injecting: None, snapshot: None, exec_files: Vec::new() });
+        let mem = Mem::open(pid).map_err(|e| Error::Os(format!("memory of {pid}: {e}")))?;
+        me.procs.insert(root_pid, Proc { mem, vdso: Default::default(), real: pid });
+        me.running = Some(root_tid);
+        Ok(me)
+    }
+
+    /// Sequence number of the next event to process.
+    pub fn position(&self) -> u64 {
+        self.seq
+    }
+
+    /// Replays to the end (or to `until_event`).
+    pub fn run(mut self) -> Result<ReplayOutcome, Error> {
+        let res = self.run_inner();
+        self.kill_all();
+        res
+    }
+
+    fn run_inner(&mut self) -> Result<ReplayOutcome, Error> {
+        while self.seq < self.end {
+            if self.opts.until_event == Some(self.seq) {
+                let ev = self.r.get(self.seq)?;
+                let (ip, symbol) = self.where_is(ev.tid);
+                return Ok(ReplayOutcome {
+                    exit_code: self.recorded_exit(),
+                    events: self.seq,
+                    stopped: Some(StopReport { seq: self.seq, tid: ev.tid, event: kpl::text::describe(&ev), ip, symbol }),
+                });
+            }
+            let ev = match self.r.get(self.seq) {
+                Ok(e) => e,
+                Err(kpl::Error::NoSuchEvent { .. }) => {
+                    self.seq += 1;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            tracing::debug!(seq = self.seq, tid = ev.tid, "{}", kpl::text::describe(&ev));
+            self.step(&ev)?;
+            self.seq += 1;
+        }
+        // Let remaining tasks finish (their exits were all in the log).
+        for t in self.tasks.values() {
+            if !matches!(t.stop, Stop::Gone(_)) {
+                os::kill(t.real);
+            }
+        }
+        Ok(ReplayOutcome { exit_code: self.recorded_exit(), events: self.seq, stopped: None })
+    }
+
+    fn recorded_exit(&self) -> i32 {
+        self.root_status.or(self.r.index().summary.exit_code).unwrap_or(0)
+    }
+
+    fn kill_all(&mut self) {
+        for t in self.tasks.values() {
+            if !matches!(t.stop, Stop::Gone(_)) {
+                os::kill(t.real);
+            }
+        }
+        for t in self.tasks.values() {
+            if !matches!(t.stop, Stop::Gone(_)) {
+                let _ = os::wait(Some(t.real), false);
+            }
+        }
+    }
+
+    // ---- events ----
+
+    fn step(&mut self, ev: &Event) -> Result<(), Error> {
+        match &ev.body {
+            EventBody::FileSnapshot(s) => {
+                if let Some(t) = self.tasks.get_mut(&ev.tid) {
+                    if s.reason == "mmap" {
+                        t.snapshot = Some(s.clone());
+                    } else {
+                        t.exec_files.push(s.clone());
+                    }
+                }
+                Ok(())
+            }
+            EventBody::Syscall(sc) => self.syscall(ev, sc),
+            EventBody::Fork(f) => self.fork(ev, f),
+            EventBody::Exit(x) => self.exit(ev, x),
+            EventBody::Signal(s) => self.signal(ev, s),
+            EventBody::Preempt(_) => {
+                let st = self.ensure_stop(ev.tid)?;
+                if st != Stop::Landing {
+                    return Err(self.diverge(ev, "to be preempted at its recorded landing point", &st));
+                }
+                self.running = None;
+                Ok(())
+            }
+            EventBody::Resume(_) => {
+                let st = self.ensure_stop(ev.tid)?;
+                if !matches!(st, Stop::Started | Stop::Landing | Stop::Exit | Stop::Event(_)) {
+                    return Err(self.diverge(ev, "to be stopped, ready to resume", &st));
+                }
+                self.continue_task(ev.tid, 0)
+            }
+            EventBody::Rdtsc(x) => self.trap(ev, x.ip, |regs| {
+                regs.rax = x.tsc & 0xffff_ffff;
+                regs.rdx = x.tsc >> 32;
+                if let Some(a) = x.aux {
+                    regs.rcx = a as u64;
+                }
+                regs.rip += if x.aux.is_some() { 3 } else { 2 };
+            }),
+            EventBody::Cpuid(x) => self.trap(ev, x.ip, |regs| {
+                regs.rax = x.regs[0] as u64;
+                regs.rbx = x.regs[1] as u64;
+                regs.rcx = x.regs[2] as u64;
+                regs.rdx = x.regs[3] as u64;
+                regs.rip += 2;
+            }),
+            // Kernel-level and engine events do not drive the program.
+            _ => Ok(()),
+        }
+    }
+
+    fn task(&self, tid: u32) -> Result<&Task, Error> {
+        self.tasks.get(&tid).ok_or_else(|| Error::Replay { seq: self.seq, tid, why: "the log names a task the replay never created".into() })
+    }
+
+    fn real(&self, tid: u32) -> Result<Pid, Error> {
+        Ok(self.task(tid)?.real)
+    }
+
+    fn proc_of(&self, tid: u32) -> Result<&Proc, Error> {
+        let tgid = self.task(tid)?.tgid;
+        self.procs.get(&tgid).ok_or_else(|| Error::Replay { seq: self.seq, tid, why: format!("no process {tgid}") })
+    }
+
+    fn set_stop(&mut self, tid: u32, s: Stop) {
+        if let Some(t) = self.tasks.get_mut(&tid) {
+            t.stop = s;
+        }
+    }
+
+    fn syscall(&mut self, ev: &Event, sc: &Syscall) -> Result<(), Error> {
+        let tid = ev.tid;
+        let st = self.ensure_stop(tid)?;
+        // clone/fork/vfork were started at their fork event: this is their exit.
+        if self.is_forklike(sc.nr) && st == Stop::Exit {
+            return self.finish_forklike(ev, sc);
+        }
+        let Stop::Entry { nr, args } = st else {
+            return Err(self.diverge(ev, &format!("to enter {}", kpl::text::describe(ev)), &st));
+        };
+        let first_exec = self.seq < 64 && nr == sys::nr(Sysno::execve) && !self.procs.values().any(|p| p.vdso.syscall_insn != 0);
+        if nr != sc.nr || (args != sc.args && !first_exec) {
+            let actual = format!("called {}({})", sys::name(nr), args.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(", "));
+            return Err(self.divergence(ev, &format!("{}({})", sc.name(), sc.args.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(", ")), &actual));
+        }
+        let real = self.real(tid)?;
+        let class = sys::class(nr, &args);
+        if nr == sys::nr(Sysno::execve) || nr == sys::nr(Sysno::execveat) {
+            return self.exec(ev, sc);
+        }
+        match class {
+            Class::Emulate | Class::Refuse | Class::Unsupported(_) => {
+                self.skip_syscall(tid, real, sc)?;
+                self.show_output(sc)?;
+            }
+            Class::MmapFile if sc.ret < 0 => self.skip_syscall(tid, real, sc)?,
+            // A fork that failed at record time must fail here too.
+            Class::ExecutePatch if sc.ret < 0 && self.is_forklike(nr) => self.skip_syscall(tid, real, sc)?,
+            Class::MmapFile => self.mmap_file(ev, real, sc)?,
+            Class::ExecuteCheck | Class::ExecutePatch => {
+                os::syscall(real, 0).map_err(os_err("resuming into a syscall"))?;
+                self.set_stop(tid, Stop::Running);
+                let st = self.wait_stop(tid)?;
+                if st != Stop::Exit {
+                    return Err(self.diverge(ev, &format!("to complete {}", sc.name()), &st));
+                }
+                let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
+                if class == Class::ExecutePatch {
+                    regs.rax = sc.ret as u64;
+                    os::setregs(real, &regs).map_err(os_err("setregs"))?;
+                } else if regs.rax as i64 != sc.ret {
+                    return Err(self.divergence(ev, &format!("{} to return {}", sc.name(), kpl::sys::format_ret(sc.ret)), &format!("got {}", kpl::sys::format_ret(regs.rax as i64))));
+                }
+            }
+        }
+        self.set_stop(tid, Stop::Exit);
+        self.continue_task(tid, 0)
+    }
+
+    fn is_forklike(&self, nr: u32) -> bool {
+        [Sysno::clone, Sysno::clone3, Sysno::fork, Sysno::vfork].iter().any(|s| sys::nr(*s) == nr)
+    }
+
+    /// The exit of a clone/fork/vfork whose child was created at its fork event.
+    fn finish_forklike(&mut self, ev: &Event, sc: &Syscall) -> Result<(), Error> {
+        let tid = ev.tid;
+        let real = self.real(tid)?;
+        let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
+        regs.rax = sc.ret as u64;
+        os::setregs(real, &regs).map_err(os_err("setregs"))?;
+        self.continue_task(tid, 0)
+    }
+
+    /// Serves a syscall from the log: skipped in the kernel, recorded result
+    /// and memory writes applied at its exit.
+    fn skip_syscall(&mut self, tid: u32, real: Pid, sc: &Syscall) -> Result<(), Error> {
+        let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
+        regs.orig_rax = u64::MAX;
+        os::setregs(real, &regs).map_err(os_err("setregs"))?;
+        os::syscall(real, 0).map_err(os_err("resuming a served syscall"))?;
+        self.set_stop(tid, Stop::Running);
+        let st = self.wait_stop(tid)?;
+        if st != Stop::Exit {
+            return Err(Error::Replay { seq: self.seq, tid, why: format!("a served {} did not come back (stopped: {st:?})", sc.name()) });
+        }
+        let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
+        regs.rax = sc.ret as u64;
+        // Restart codes: the kernel restarts the call after a signal only if it knows its number.
+        if matches!(sc.ret, -512 | -513 | -514 | -516) {
+            regs.orig_rax = sc.nr as u64;
+        }
+        os::setregs(real, &regs).map_err(os_err("setregs"))?;
+        if sys::written_data(sc.nr, &sc.args, sc.ret, &NoMem).is_none() {
+            for w in &sc.writes {
+                let bytes = self.bytes(&w.data, tid)?;
+                self.proc_of(tid)?.mem.write(w.addr, &bytes).map_err(|e| Error::Replay { seq: self.seq, tid, why: format!("writing {} bytes at {:#x}: {e}", bytes.len(), w.addr) })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn bytes(&self, d: &Data, tid: u32) -> Result<Vec<u8>, Error> {
+        match self.r.payload(d) {
+            Ok(b) => Ok(b.into_owned()),
+            Err(kpl::Error::Redacted { len, rule, .. }) => Err(Error::Replay { seq: self.seq, tid, why: format!("the program reads {len} bytes that were redacted at record time by capture policy rule `{rule}`") }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn show_output(&mut self, sc: &Syscall) -> Result<(), Error> {
+        if self.opts.quiet || sc.flags & (Syscall::FLAG_STDOUT | Syscall::FLAG_STDERR) == 0 {
+            return Ok(());
+        }
+        for w in &sc.writes {
+            let b = self.r.payload(&w.data).map(|c| c.into_owned()).unwrap_or_default();
+            let _ = if sc.flags & Syscall::FLAG_STDOUT != 0 { self.out.write_all(&b) } else { self.err.write_all(&b) };
+        }
+        let _ = self.out.flush();
+        Ok(())
+    }
+
+    fn mmap_file(&mut self, ev: &Event, real: Pid, sc: &Syscall) -> Result<(), Error> {
+        let tid = ev.tid;
+        let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
+        regs.rdi = sc.ret as u64;
+        regs.r10 = ((sc.args[3] as i32 & !(libc::MAP_SHARED | libc::MAP_SHARED_VALIDATE)) | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED) as u64;
+        regs.r8 = u64::MAX;
+        regs.r9 = 0;
+        os::setregs(real, &regs).map_err(os_err("setregs"))?;
+        os::syscall(real, 0).map_err(os_err("resuming into mmap"))?;
+        self.set_stop(tid, Stop::Running);
+        let st = self.wait_stop(tid)?;
+        if st != Stop::Exit {
+            return Err(self.diverge(ev, "to complete mmap", &st));
+        }
+        let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
+        if regs.rax != sc.ret as u64 {
+            return Err(self.divergence(ev, &format!("mmap at {:#x}", sc.ret), &format!("got {}", kpl::sys::format_ret(regs.rax as i64))));
+        }
+        let snap = self.tasks.get_mut(&tid).and_then(|t| t.snapshot.take());
+        if let Some(s) = snap {
+            if let Some(h) = s.file.hash {
+                let content = self.r.file(&h)?;
+                let off = sc.args[5] as usize;
+                let len = (sc.args[1] as usize).min(content.len().saturating_sub(off));
+                if len > 0 {
+                    self.proc_of(tid)?.mem.write(sc.ret as u64, &content[off..off + len]).map_err(|e| Error::Replay { seq: self.seq, tid, why: format!("filling the mapping of {}: {e}", s.file.path) })?;
+                }
+                self.mappings.push(Mapping { start: sc.ret as u64, len: sc.args[1], offset: sc.args[5], file: s.file });
+            }
+        }
+        regs.rax = sc.ret as u64;
+        // Give the program back its own argument registers.
+        regs.rdi = sc.args[0];
+        regs.r10 = sc.args[3];
+        regs.r8 = sc.args[4];
+        regs.r9 = sc.args[5];
+        os::setregs(real, &regs).map_err(os_err("setregs"))?;
+        Ok(())
+    }
+
+    fn materialize(&self, s: &FileSnapshot) -> Result<(), Error> {
+        let Some(h) = s.file.hash else { return Ok(()) };
+        let dest = self.root_dir.path().join(s.file.path.trim_start_matches('/'));
+        if dest.exists() {
+            return Ok(());
+        }
+        let content = self.r.file(&h)?;
+        if let Some(p) = dest.parent() {
+            std::fs::create_dir_all(p).map_err(|e| Error::Os(format!("creating {}: {e}", p.display())))?;
+        }
+        std::fs::write(&dest, content).map_err(|e| Error::Os(format!("writing {}: {e}", dest.display())))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).map_err(|e| Error::Os(format!("chmod {}: {e}", dest.display())))?;
+        Ok(())
+    }
+
+    fn exec(&mut self, ev: &Event, sc: &Syscall) -> Result<(), Error> {
+        let tid = ev.tid;
+        let files = std::mem::take(&mut self.tasks.get_mut(&tid).unwrap().exec_files);
+        for f in &files {
+            self.materialize(f)?;
+        }
+        if sc.ret < 0 {
+            let real = self.real(tid)?;
+            self.skip_syscall(tid, real, sc)?;
+            self.set_stop(tid, Stop::Exit);
+            return self.continue_task(tid, 0);
+        }
+        // The filename as recorded resolves inside the replay root only if
+        // absolute: point the call at the absolute path of the stored file.
+        let real = self.real(tid)?;
+        if let Some(exe) = files.iter().find(|f| f.reason == "exec") {
+            let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
+            let path_reg = if sc.nr == sys::nr(Sysno::execveat) { regs.rsi } else { regs.rdi };
+            let cur = self.proc_of(tid)?.mem.read_cstr(path_reg, 4096).unwrap_or_default();
+            if cur != exe.file.path.as_bytes() {
+                let mut s = exe.file.path.clone().into_bytes();
+                s.push(0);
+                let at = (regs.rsp - 4096 - s.len() as u64) & !15;
+                self.proc_of(tid)?.mem.write(at, &s).map_err(|e| Error::Replay { seq: self.seq, tid, why: format!("rewriting the exec path: {e}") })?;
+                if sc.nr == sys::nr(Sysno::execveat) {
+                    regs.rsi = at;
+                    regs.rdi = libc::AT_FDCWD as u64;
+                } else {
+                    regs.rdi = at;
+                }
+                os::setregs(real, &regs).map_err(os_err("setregs"))?;
+            }
+        }
+        os::syscall(real, 0).map_err(os_err("resuming into execve"))?;
+        self.set_stop(tid, Stop::Running);
+        // Other threads of the process die first; then the exec event, then the exit.
+        let mut st = self.wait_stop(tid)?;
+        if st == Stop::Event(libc::PTRACE_EVENT_EXEC) {
+            os::syscall(self.real(tid)?, 0).map_err(os_err("resuming after exec"))?;
+            self.set_stop(tid, Stop::Running);
+            st = self.wait_stop(tid)?;
+        }
+        if st != Stop::Exit {
+            return Err(self.diverge(ev, "to complete execve", &st));
+        }
+        let real = self.real(tid)?;
+        let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
+        if regs.rax != 0 {
+            return Err(self.divergence(ev, "execve to succeed", &format!("got {}", kpl::sys::format_ret(regs.rax as i64))));
+        }
+        let tgid = self.task(tid)?.tgid;
+        let mem = Mem::open(real).map_err(|e| Error::Os(format!("memory of {real}: {e}")))?;
+        let v = vdso::patch(real, &mem).map_err(|e| Error::Replay { seq: self.seq, tid, why: e })?;
+        crate::inject::enable_cpuid_faulting(real, v.syscall_insn).map_err(|e| Error::Replay { seq: self.seq, tid, why: e })?;
+        // The recorded initial stack (same argv, env, auxv, AT_RANDOM bytes).
+        if let Some(w) = sc.writes.first() {
+            let bytes = self.bytes(&w.data, tid)?;
+            mem.write(w.addr, &bytes).map_err(|e| Error::Replay { seq: self.seq, tid, why: format!("restoring the initial stack: {e}") })?;
+            regs.rsp = w.addr;
+        }
+        os::setregs(real, &regs).map_err(os_err("setregs"))?;
+        self.procs.insert(tgid, Proc { mem, vdso: v, real });
+        self.mappings.retain(|_| false);
+        self.set_stop(tid, Stop::Exit);
+        self.continue_task(tid, 0)
+    }
+
+    fn fork(&mut self, ev: &Event, f: &Fork) -> Result<(), Error> {
+        let tid = ev.tid;
+        let st = self.ensure_stop(tid)?;
+        let Stop::Entry { nr, args } = st else {
+            return Err(self.diverge(ev, "to enter clone/fork/vfork", &st));
+        };
+        if !self.is_forklike(nr) {
+            return Err(self.divergence(ev, "clone, fork or vfork", &format!("called {}", sys::name(nr))));
+        }
+        let real = self.real(tid)?;
+        os::syscall(real, 0).map_err(os_err("resuming into fork"))?;
+        self.set_stop(tid, Stop::Running);
+        let st = self.wait_stop(tid)?;
+        let Stop::Event(_) = st else {
+            return Err(self.diverge(ev, "to create a task", &st));
+        };
+        let child = Pid::from_raw(os::getevent(real).map_err(os_err("getevent"))? as i32);
+        let parent_tgid = self.task(tid)?.tgid;
+        let tgid = if f.kind == ForkKind::Thread { parent_tgid } else { f.child_pid };
+        self.tasks.insert(f.child_tid, Task { real: child, tgid, stop: Stop::New, injecting: None, snapshot: None, exec_files: Vec::new() });
+        if f.kind != ForkKind::Thread {
+            let mem = Mem::open(child).map_err(|e| Error::Os(format!("memory of {child}: {e}")))?;
+            let v = self.proc_of(tid)?.vdso.clone();
+            self.procs.insert(tgid, Proc { mem, vdso: v, real: child });
+        }
+        // Thread ids the kernel wrote into memory are the replay's: write the recorded ones.
+        let (flags, ptid, ctid) = if nr == sys::nr(Sysno::clone3) {
+            let m = &self.proc_of(tid)?.mem;
+            (m.read_u64(args[0]).unwrap_or(0), m.read_u64(args[0] + 24).unwrap_or(0), m.read_u64(args[0] + 16).unwrap_or(0))
+        } else if nr == sys::nr(Sysno::clone) {
+            (args[0], args[2], args[3])
+        } else {
+            (0, 0, 0)
+        };
+        let rec = (f.child_tid as i32).to_le_bytes();
+        if flags & libc::CLONE_PARENT_SETTID as u64 != 0 && ptid != 0 {
+            let _ = self.proc_of(tid)?.mem.write(ptid, &rec);
+        }
+        if flags & libc::CLONE_CHILD_SETTID as u64 != 0 && ctid != 0 {
+            let _ = self.proc_of(f.child_tid)?.mem.write(ctid, &rec);
+        }
+        os::syscall(real, 0).map_err(os_err("resuming after fork"))?;
+        self.set_stop(tid, Stop::Running);
+        if self.running == Some(tid) {
+            self.running = None;
+        }
+        Ok(())
+    }
+
+    fn exit(&mut self, ev: &Event, x: &Exit) -> Result<(), Error> {
+        let tid = ev.tid;
+        let mut st = self.ensure_stop(tid)?;
+        if let Stop::Entry { nr, .. } = st {
+            if nr == sys::nr(Sysno::exit) || nr == sys::nr(Sysno::exit_group) {
+                os::cont(self.real(tid)?, 0).map_err(os_err("resuming into exit"))?;
+                self.set_stop(tid, Stop::Running);
+                st = self.wait_stop(tid)?;
+            }
+        }
+        if st != Stop::Exiting {
+            // Killed with its group: let the sibling that ends the group go on.
+            self.drive_group_exit(tid)?;
+            st = self.wait_stop(tid)?;
+        }
+        if st != Stop::Exiting {
+            return Err(self.diverge(ev, "to exit", &st));
+        }
+        let real = self.real(tid)?;
+        let status = os::getevent(real).unwrap_or(0) as i32;
+        let sig = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
+        if sig != x.signal || (sig.is_none() && libc::WEXITSTATUS(status) != x.code) {
+            return Err(self.divergence(ev, &format!("exit {:?}/{}", x.signal, x.code), &format!("exited with status {status:#x}")));
+        }
+        let _ = os::cont(real, 0);
+        // Reap it (threads of a live group are reaped by the kernel).
+        match os::wait(Some(real), false) {
+            Ok(Some(WaitStatus::Exited(_, c))) => self.set_stop(tid, Stop::Gone(c)),
+            Ok(Some(WaitStatus::Signaled(_, s, _))) => self.set_stop(tid, Stop::Gone(128 + s as i32)),
+            _ => self.set_stop(tid, Stop::Gone(0)),
+        }
+        if tid == self.root_tid || ev.pid == self.task(self.root_tid).map(|t| t.tgid).unwrap_or(0) && x.group && ev.tid == ev.pid {
+            self.root_status = Some(match x.signal {
+                Some(s) => 128 + s,
+                None => x.code,
+            });
+        }
+        if self.running == Some(tid) {
+            self.running = None;
+        }
+        Ok(())
+    }
+
+    /// A task is recorded as exiting because a sibling ended the process
+    /// (exit_group, exec, fatal signal): resume the sibling that does it.
+    fn drive_group_exit(&mut self, tid: u32) -> Result<(), Error> {
+        let tgid = self.task(tid)?.tgid;
+        let sibs: Vec<(u32, Stop)> = self.tasks.iter().filter(|(t, x)| **t != tid && x.tgid == tgid).map(|(t, x)| (*t, x.stop.clone())).collect();
+        for (s, st) in sibs {
+            if let Stop::Entry { nr, .. } = st {
+                if nr == sys::nr(Sysno::exit_group) {
+                    os::cont(self.real(s)?, 0).map_err(os_err("resuming into exit_group"))?;
+                    self.set_stop(s, Stop::Running);
+                    return Ok(());
+                }
+                if nr == sys::nr(Sysno::execve) || nr == sys::nr(Sysno::execveat) {
+                    // The exec event of that sibling will find it in flight.
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn signal(&mut self, ev: &Event, s: &Signal) -> Result<(), Error> {
+        let tid = ev.tid;
+        let st = self.ensure_stop(tid)?;
+        let real = self.real(tid)?;
+        match st {
+            Stop::Signal(sig) if sig == s.signo && s.synchronous => {
+                let _ = os::setsiginfo(real, &s.siginfo);
+                self.continue_task(tid, s.signo)
+            }
+            Stop::Exit | Stop::Entry { .. } | Stop::Started if s.landing.in_syscall || matches!(st, Stop::Started) => {
+                // Queue it at this syscall stop; it is delivered before any user code runs.
+                self.tasks.get_mut(&tid).unwrap().injecting = Some(s.signo);
+                os::cont(real, s.signo).map_err(os_err("injecting a signal"))?;
+                self.set_stop(tid, Stop::Running);
+                let st = self.wait_stop(tid)?;
+                if st != Stop::Signal(s.signo) {
+                    return Err(self.diverge(ev, &format!("to take {}", kpl::json::signal_name(s.signo)), &st));
+                }
+                let _ = os::setsiginfo(real, &s.siginfo);
+                self.continue_task(tid, s.signo)
+            }
+            Stop::Landing => {
+                let _ = os::setsiginfo(real, &s.siginfo);
+                self.continue_task(tid, s.signo)
+            }
+            other => Err(self.diverge(ev, &format!("to be where {} was delivered", kpl::json::signal_name(s.signo)), &other)),
+        }
+    }
+
+    fn trap(&mut self, ev: &Event, ip: u64, apply: impl FnOnce(&mut Regs)) -> Result<(), Error> {
+        let tid = ev.tid;
+        let st = self.ensure_stop(tid)?;
+        let real = self.real(tid)?;
+        let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
+        if st != Stop::Signal(libc::SIGSEGV) || regs.rip != ip {
+            return Err(self.diverge(ev, &format!("to trap on {} at {ip:#x}", kpl::text::describe(ev)), &st));
+        }
+        apply(&mut regs);
+        os::setregs(real, &regs).map_err(os_err("setregs"))?;
+        self.continue_task(tid, 0)
+    }
+
+    // ---- running tasks ----
+
+    /// Lets `tid` run until its next stop. Where its next event lands in
+    /// user code (a preemption or an asynchronous signal), runs it exactly
+    /// there; where its next event is a signal at this syscall's exit, keeps
+    /// it stopped.
+    fn continue_task(&mut self, tid: u32, sig: i32) -> Result<(), Error> {
+        // One task runs user code at a time.
+        if let Some(r) = self.running {
+            if r != tid && self.tasks.get(&r).is_some_and(|t| t.stop == Stop::Running) {
+                self.wait_stop(r)?;
+            }
+        }
+        let next = self.next_event_of(tid)?;
+        let real = self.real(tid)?;
+        if sig == 0 {
+            if let Some(n) = &next {
+                match &n.body {
+                    EventBody::Signal(s) if s.landing.in_syscall && !s.synchronous => return Ok(()),
+                    EventBody::Preempt(p) => return self.run_to_landing(tid, &p.landing, n.seq),
+                    EventBody::Signal(s) if !s.synchronous => return self.run_to_landing(tid, &s.landing, n.seq),
+                    _ => {}
+                }
+            }
+        }
+        os::cont(real, sig).map_err(os_err(format!("resuming task {tid}")))?;
+        self.set_stop(tid, Stop::Running);
+        self.running = Some(tid);
+        Ok(())
+    }
+
+    fn next_event_of(&self, tid: u32) -> Result<Option<Event>, Error> {
+        let mut s = self.seq + 1;
+        while s < self.end {
+            match self.r.get(s) {
+                Ok(e) if e.tid == tid => return Ok(Some(e)),
+                Ok(_) | Err(kpl::Error::NoSuchEvent { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            s += 1;
+            if s - self.seq > 200_000 {
+                // Far away: use the thread index.
+                return Ok(self.r.tid_events(tid, s).next().transpose()?);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Runs `tid` to a recorded landing point: a hardware breakpoint at its
+    /// instruction pointer, until the register fingerprint matches.
+    fn run_to_landing(&mut self, tid: u32, l: &Landing, seq: u64) -> Result<(), Error> {
+        let real = self.real(tid)?;
+        let here = os::getregs(real).map_err(os_err("getregs"))?;
+        if here.rip == l.ip && fingerprint(&here) == l.fingerprint {
+            self.set_stop(tid, Stop::Landing);
+            return Ok(());
+        }
+        os::set_debugreg(real, 0, l.ip).map_err(os_err("setting a hardware breakpoint"))?;
+        os::set_debugreg(real, 7, 1).map_err(os_err("enabling a hardware breakpoint"))?;
+        let mut passes = 0u64;
+        let res = loop {
+            os::cont(real, 0).map_err(os_err("resuming to a landing point"))?;
+            self.set_stop(tid, Stop::Running);
+            self.running = Some(tid);
+            let st = self.wait_stop(tid)?;
+            let regs = os::getregs(real).map_err(os_err("getregs"))?;
+            if st == Stop::Signal(libc::SIGTRAP) && regs.rip == l.ip {
+                if fingerprint(&regs) == l.fingerprint {
+                    break Ok(());
+                }
+                passes += 1;
+                if passes > 50_000_000 {
+                    break Err(Error::Replay { seq, tid, why: format!("passed the landing point {:#x} {passes} times without matching its registers", l.ip) });
+                }
+                // Step over the breakpoint and go on.
+                let _ = os::set_debugreg(real, 7, 0);
+                os::step(real, 0).map_err(os_err("single-step"))?;
+                self.set_stop(tid, Stop::Running);
+                let st = self.wait_stop(tid)?;
+                if st != Stop::Signal(libc::SIGTRAP) {
+                    break Err(self.diverge_at(seq, tid, &format!("to reach {:#x}", l.ip), &st));
+                }
+                let _ = os::set_debugreg(real, 7, 1);
+                continue;
+            }
+            break Err(self.diverge_at(seq, tid, &format!("to reach its landing point {:#x}", l.ip), &st));
+        };
+        let _ = os::set_debugreg(real, 7, 0);
+        res?;
+        self.set_stop(tid, Stop::Landing);
+        self.running = None;
+        Ok(())
+    }
+
+    /// The task's current stop, waiting for it if it is running.
+    fn ensure_stop(&mut self, tid: u32) -> Result<Stop, Error> {
+        let st = self.task(tid)?.stop.clone();
+        match st {
+            Stop::Running | Stop::New => self.wait_stop(tid),
+            s => Ok(s),
+        }
+    }
+
+    /// Waits for the task's next stop; suppresses signals the log does not
+    /// deliver (the replay's own SIGCHLDs and the like).
+    fn wait_stop(&mut self, tid: u32) -> Result<Stop, Error> {
+        let real = self.real(tid)?;
+        loop {
+            let s = match os::wait(Some(real), false) {
+                Ok(Some(s)) => s,
+                Ok(None) => continue,
+                Err(e) => return Err(Error::Os(format!("waiting for task {tid} ({real}): {e}"))),
+            };
+            let was_new = self.task(tid)?.stop == Stop::New;
+            let stop = match s {
+                WaitStatus::Exited(_, c) => Stop::Gone(c),
+                WaitStatus::Signaled(_, sig, _) => Stop::Gone(128 + sig as i32),
+                WaitStatus::PtraceSyscall(_) => match os::syscall_info(real).map_err(os_err("syscall info"))? {
+                    SyscallInfo::Entry { nr, args } | SyscallInfo::Seccomp { nr, args } => Stop::Entry { nr: nr as u32, args },
+                    SyscallInfo::Exit { .. } => Stop::Exit,
+                    SyscallInfo::None => continue,
+                },
+                WaitStatus::PtraceEvent(_, _, ev) => match ev {
+                    libc::PTRACE_EVENT_SECCOMP => match os::syscall_info(real).map_err(os_err("syscall info"))? {
+                        SyscallInfo::Seccomp { nr, args } | SyscallInfo::Entry { nr, args } => Stop::Entry { nr: nr as u32, args },
+                        _ => continue,
+                    },
+                    libc::PTRACE_EVENT_EXIT => Stop::Exiting,
+                    libc::PTRACE_EVENT_STOP if was_new => Stop::Started,
+                    libc::PTRACE_EVENT_STOP => {
+                        let _ = os::cont(real, 0);
+                        continue;
+                    }
+                    libc::PTRACE_EVENT_EXEC => {
+                        // The exec'ing thread may have taken over the leader's tid.
+                        let former = os::getevent(real).unwrap_or(0) as i32;
+                        let _ = former;
+                        Stop::Event(ev)
+                    }
+                    e => Stop::Event(e),
+                },
+                WaitStatus::Stopped(_, sig) => {
+                    let sig = sig as i32;
+                    if was_new && sig == libc::SIGSTOP {
+                        Stop::Started
+                    } else if self.task(tid)?.injecting == Some(sig) {
+                        self.tasks.get_mut(&tid).unwrap().injecting = None;
+                        Stop::Signal(sig)
+                    } else if matches!(sig, libc::SIGSEGV | libc::SIGTRAP | libc::SIGBUS | libc::SIGILL | libc::SIGFPE) {
+                        Stop::Signal(sig)
+                    } else {
+                        // A real signal the recording does not have: suppress it.
+                        let _ = os::cont(real, 0);
+                        continue;
+                    }
+                }
+                _ => continue,
+            };
+            self.set_stop(tid, stop.clone());
+            if self.running == Some(tid) && stop != Stop::Running {
+                self.running = None;
+            }
+            return Ok(stop);
+        }
+    }
+
+    // ---- reports ----
+
+    fn where_is(&self, tid: u32) -> (u64, String) {
+        let Some(t) = self.tasks.get(&tid) else { return (0, String::new()) };
+        let Ok(regs) = os::getregs(t.real) else { return (0, String::new()) };
+        (regs.rip, self.symbolize(t.real, regs.rip))
+    }
+
+    fn symbolize(&self, real: Pid, ip: u64) -> String {
+        let file_at = |m: &Mapping| -> Option<String> {
+            let bytes = self.r.file(&m.file.hash?).ok()?;
+            let (name, off) = crate::elf::symbol_at(&bytes, ip - m.start + m.offset)?;
+            Some(format!("{name}+{off:#x} in {}", m.file.path))
+        };
+        if let Some(m) = self.mappings.iter().find(|m| ip >= m.start && ip < m.start + m.len) {
+            if let Some(s) = file_at(m) {
+                return s;
+            }
+        }
+        // The executable and interpreter, mapped by the kernel from the replay root.
+        let maps = std::fs::read_to_string(format!("/proc/{real}/maps")).unwrap_or_default();
+        let root = self.root_dir.path().display().to_string();
+        for l in maps.lines() {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 6 {
+                continue;
+            }
+            let Some((a, b)) = f[0].split_once('-') else { continue };
+            let (a, b) = (u64::from_str_radix(a, 16).unwrap_or(0), u64::from_str_radix(b, 16).unwrap_or(0));
+            if ip < a || ip >= b {
+                continue;
+            }
+            let off = u64::from_str_radix(f[2], 16).unwrap_or(0);
+            let path = f[5].strip_prefix(&root).unwrap_or(f[5]);
+            let full = self.root_dir.path().join(path.trim_start_matches('/'));
+            if let Ok(bytes) = std::fs::read(&full) {
+                if let Some((name, d)) = crate::elf::symbol_at(&bytes, ip - a + off) {
+                    return format!("{name}+{d:#x} in {path}");
+                }
+            }
+            return format!("in {path}");
+        }
+        String::new()
+    }
+
+    fn place(&self, tid: u32) -> String {
+        let (ip, sym) = self.where_is(tid);
+        if ip == 0 {
+            String::new()
+        } else if sym.is_empty() {
+            format!(" (at ip {ip:#x})")
+        } else {
+            format!(" (at ip {ip:#x}, {sym})")
+        }
+    }
+
+    fn divergence(&self, ev: &Event, expected: &str, actual: &str) -> Error {
+        Error::Divergence { seq: ev.seq, tid: ev.tid, expected: expected.to_owned(), actual: actual.to_owned(), place: self.place(ev.tid) }
+    }
+
+    fn diverge(&self, ev: &Event, expected: &str, st: &Stop) -> Error {
+        self.diverge_at(ev.seq, ev.tid, expected, st)
+    }
+
+    fn diverge_at(&self, seq: u64, tid: u32, expected: &str, st: &Stop) -> Error {
+        let actual = match st {
+            Stop::Entry { nr, args } => format!("called {}({})", sys::name(*nr), args.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(", ")),
+            Stop::Signal(s) => format!("stopped with {}", kpl::json::signal_name(*s)),
+            Stop::Gone(c) => format!("ended (status {c})"),
+            Stop::Exiting => "is exiting".to_owned(),
+            other => format!("stopped ({other:?})"),
+        };
+        Error::Divergence { seq, tid, expected: format!("task {tid} {expected}"), actual, place: self.place(tid) }
+    }
+
+    /// The log being replayed.
+    pub fn log(&self) -> &Path {
+        &self.opts.log
+    }
+}
+
+/// A memory reader that reads nothing (for rules that only look at arguments).
+struct NoMem;
+impl sys::MemRead for NoMem {
+    fn read(&self, _: u64, _: usize) -> Vec<u8> {
+        Vec::new()
+    }
+}
+
+/// Replays `opts.log` to the end (or to `until_event`).
+pub fn replay(opts: ReplayOptions) -> Result<ReplayOutcome, Error> {
+    Replayer::new(opts)?.run()
+}
