@@ -13,8 +13,9 @@
 //! replicas). When a delivery fails (broker down past `message.timeout.ms`,
 //! a broker restarted with its producer state lost) or the producer hits a
 //! fatal idempotence error, nothing new is produced; once every outstanding
-//! report is in, the failed messages are produced again in id order (a new
-//! producer after a fatal error). Segments of the spool are deleted once
+//! report is in, the failed messages are produced again in id order, by a
+//! new producer (a broker restarted without its state answers the old
+//! producer id with UNKNOWN_PRODUCER_ID for ever). Segments of the spool are deleted once
 //! fully acknowledged.
 
 use crate::sink::{event_json, topic_of, EventMeta, Lag, Sink, TOPICS};
@@ -112,6 +113,8 @@ pub struct KafkaSink {
     delivered: u64,
     retries: u64,
     producers_made: u64,
+    topic_job: Option<std::thread::JoinHandle<()>>,
+    last_topic_job: Option<Instant>,
 }
 
 fn producer_config(o: &KafkaOptions) -> ClientConfig {
@@ -143,7 +146,9 @@ pub fn create_topics(o: &KafkaOptions) -> Result<()> {
                 .set("min.insync.replicas", &min_isr)
         })
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
     let res = futures_executor::block_on(admin.create_topics(&new, &opts))
         .with_context(|| format!("creating topics on {}", o.brokers))?;
     for r in res {
@@ -178,6 +183,8 @@ impl KafkaSink {
             delivered: 0,
             retries: 0,
             producers_made: 0,
+            topic_job: None,
+            last_topic_job: None,
         };
         s.make_producer()?;
         Ok(s)
@@ -196,6 +203,28 @@ impl KafkaSink {
     /// Messages delivered (acknowledged) so far.
     pub fn delivered(&self) -> u64 {
         self.delivered
+    }
+
+    /// Deliveries fail: maybe the broker came back without our topics (a
+    /// new cluster, memory storage). Creates them in the background, at
+    /// most every 2 s, so the reader loop never blocks on the admin API.
+    fn ensure_topics(&mut self) {
+        if let Some(j) = &self.topic_job {
+            if !j.is_finished() {
+                return;
+            }
+            self.topic_job = None;
+        }
+        if self.last_topic_job.map(|t| t.elapsed() < Duration::from_secs(2)).unwrap_or(false) {
+            return;
+        }
+        self.last_topic_job = Some(Instant::now());
+        let o = self.opts.clone();
+        self.topic_job = Some(std::thread::spawn(move || {
+            if let Err(e) = create_topics(&o) {
+                tracing::debug!("kafka: {e:#}");
+            }
+        }));
     }
 
     fn produce(&mut self, id: u64, m: &Message) -> bool {
@@ -247,6 +276,11 @@ impl KafkaSink {
                 return Ok(());
             }
             self.last_retry = Some(Instant::now());
+            self.ensure_topics();
+            // A new producer (new producer id): a broker that lost its state
+            // answers the old one with UNKNOWN_PRODUCER_ID forever.
+            self.producer = None;
+            self.make_producer()?;
             let ids: Vec<u64> = std::mem::take(&mut self.failed).into_iter().collect();
             for id in ids {
                 let m = self.inflight[&id].clone();
