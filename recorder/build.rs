@@ -8,9 +8,12 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn run(cmd: &mut Command, what: &str) -> Vec<u8> {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run {:?}: {e} (scripts/setup.sh installs it)", cmd.get_program()));
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!(
+            "{what}: cannot run {:?}: {e} (scripts/setup.sh installs it)",
+            cmd.get_program()
+        )
+    });
     if !out.status.success() {
         panic!(
             "{what} failed ({}):\n{}{}",
@@ -33,7 +36,8 @@ fn find(candidates: &[&str]) -> String {
 
 fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    let btf = std::env::var("KPROBE_VMLINUX_BTF").unwrap_or_else(|_| "/sys/kernel/btf/vmlinux".into());
+    let btf =
+        std::env::var("KPROBE_VMLINUX_BTF").unwrap_or_else(|_| "/sys/kernel/btf/vmlinux".into());
     println!("cargo:rerun-if-changed=bpf/recorder.bpf.c");
     println!("cargo:rerun-if-changed=bpf/recorder.h");
     println!("cargo:rerun-if-env-changed=KPROBE_VMLINUX_BTF");
@@ -50,7 +54,15 @@ fn main() {
     let obj = out.join("recorder.bpf.o");
     run(
         Command::new(&clang)
-            .args(["-target", "bpf", "-O2", "-g", "-Wall", "-Werror", "-D__TARGET_ARCH_x86"])
+            .args([
+                "-target",
+                "bpf",
+                "-O2",
+                "-g",
+                "-Wall",
+                "-Werror",
+                "-D__TARGET_ARCH_x86",
+            ])
             .arg("-I")
             .arg(&out)
             .arg("-I")

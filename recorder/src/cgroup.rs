@@ -27,10 +27,17 @@ pub fn container_id(path: &str) -> String {
     let mut found = String::new();
     for comp in path.split('/') {
         let c = comp.strip_suffix(".scope").unwrap_or(comp);
-        let c = ["cri-containerd-", "crio-conmon-", "crio-", "docker-", "containerd-", "libpod-"]
-            .iter()
-            .find_map(|p| c.strip_prefix(p))
-            .unwrap_or(c);
+        let c = [
+            "cri-containerd-",
+            "crio-conmon-",
+            "crio-",
+            "docker-",
+            "containerd-",
+            "libpod-",
+        ]
+        .iter()
+        .find_map(|p| c.strip_prefix(p))
+        .unwrap_or(c);
         if c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit()) {
             found = c.to_owned();
         }
@@ -73,13 +80,14 @@ impl Resolver {
 
     fn scan(&mut self) {
         self.last_scan = Some(Instant::now());
-        let Some(root) = self.root.clone() else { return };
+        let Some(root) = self.root.clone() else {
+            return;
+        };
         let mut stack = vec![std::path::PathBuf::from(&root)];
         while let Some(dir) = stack.pop() {
             if let Ok(md) = std::fs::metadata(&dir) {
                 let rel = dir.strip_prefix(Path::new(&root)).unwrap_or(&dir);
-                self.known
-                    .insert(md.ino(), format!("/{}", rel.display()));
+                self.known.insert(md.ino(), format!("/{}", rel.display()));
             }
             if let Ok(rd) = std::fs::read_dir(&dir) {
                 for e in rd.flatten() {

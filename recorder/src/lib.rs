@@ -178,7 +178,11 @@ impl Recorder {
     fn push(&mut self, sink: &mut dyn Sink, mut ev: Event) -> Result<()> {
         ev.seq = self.seq;
         self.seq += 1;
-        let cid = self.containers.get(&ev.cgroup).map(String::as_str).unwrap_or("");
+        let cid = self
+            .containers
+            .get(&ev.cgroup)
+            .map(String::as_str)
+            .unwrap_or("");
         sink.send(
             &ev,
             &EventMeta {
@@ -208,8 +212,14 @@ impl Recorder {
             let name = raw::HOOK_NAMES[h];
             let old = self.reported[h];
             let labels = vec![("hook".to_owned(), name.to_owned())];
-            self.metrics.events.get_or_create(&labels).inc_by(c.events - old.events);
-            self.metrics.drops.get_or_create(&labels).inc_by(c.drops - old.drops);
+            self.metrics
+                .events
+                .get_or_create(&labels)
+                .inc_by(c.events - old.events);
+            self.metrics
+                .drops
+                .get_or_create(&labels)
+                .inc_by(c.drops - old.drops);
             if c.drops > old.drops {
                 let ev = Event::new(
                     self.now(),

@@ -54,8 +54,12 @@ pub fn cgroup_id_level(path: &str) -> Result<(u64, u32)> {
     } else {
         std::path::Path::new(&root).join(path.trim_start_matches('/'))
     };
-    let md = std::fs::metadata(&full)
-        .with_context(|| format!("--cgroup {path}: {} is not a cgroup v2 directory", full.display()))?;
+    let md = std::fs::metadata(&full).with_context(|| {
+        format!(
+            "--cgroup {path}: {} is not a cgroup v2 directory",
+            full.display()
+        )
+    })?;
     if !md.is_dir() {
         bail!("--cgroup {path}: {} is not a directory", full.display());
     }
@@ -123,7 +127,9 @@ impl Probe {
             let mut targets: BpfHashMap<_, u32, u8> =
                 BpfHashMap::try_from(ebpf.map_mut("targets").context("map targets")?)?;
             for p in selected {
-                targets.insert(p, 1, 0).with_context(|| format!("selecting pid {p}"))?;
+                targets
+                    .insert(p, 1, 0)
+                    .with_context(|| format!("selecting pid {p}"))?;
             }
         }
 
@@ -152,7 +158,12 @@ impl Probe {
             attach(&mut ebpf, &btf, "on_sock_send_length", "sock_send_length")?;
             attach(&mut ebpf, &btf, "on_sock_recv_length", "sock_recv_length")?;
             attach(&mut ebpf, &btf, "on_tcp_retransmit", "tcp_retransmit_skb")?;
-            attach(&mut ebpf, &btf, "on_inet_sock_set_state", "inet_sock_set_state")?;
+            attach(
+                &mut ebpf,
+                &btf,
+                "on_inet_sock_set_state",
+                "inet_sock_set_state",
+            )?;
         }
         if fault {
             attach(&mut ebpf, &btf, "on_page_fault_user", "page_fault_user")?;

@@ -66,7 +66,12 @@ impl R<'_> {
                 None => IpAddr::V6(v6),
             }
         } else {
-            IpAddr::V4(Ipv4Addr::new(self.0[o], self.0[o + 1], self.0[o + 2], self.0[o + 3]))
+            IpAddr::V4(Ipv4Addr::new(
+                self.0[o],
+                self.0[o + 1],
+                self.0[o + 2],
+                self.0[o + 3],
+            ))
         }
     }
 }

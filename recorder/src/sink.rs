@@ -68,7 +68,8 @@ impl KplSink {
     /// Creates `path` with recorder metadata.
     pub fn create(path: &Path, command: Vec<String>) -> Result<KplSink> {
         let meta = Metadata::for_this_host("ebpf", command);
-        let w = Writer::create(path, &meta).with_context(|| format!("creating {}", path.display()))?;
+        let w =
+            Writer::create(path, &meta).with_context(|| format!("creating {}", path.display()))?;
         Ok(KplSink {
             path: path.to_owned(),
             w: Some(w),
@@ -155,4 +156,9 @@ pub fn topic_of(ev: &Event) -> &'static str {
 }
 
 /// The four topics the recorder produces to.
-pub const TOPICS: [&str; 4] = ["kernel.tcp", "kernel.sched", "kernel.syscall", "kernel.fault"];
+pub const TOPICS: [&str; 4] = [
+    "kernel.tcp",
+    "kernel.sched",
+    "kernel.syscall",
+    "kernel.fault",
+];

@@ -85,7 +85,8 @@ impl Spool {
     /// are read first. A torn record at the end of the last segment (a crash
     /// mid-write) is cut off.
     pub fn open(dir: &Path) -> Result<Spool> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating spool {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating spool {}", dir.display()))?;
         let mut firsts: Vec<u64> = std::fs::read_dir(dir)
             .with_context(|| format!("reading spool {}", dir.display()))?
             .flatten()
@@ -101,7 +102,9 @@ impl Spool {
             let path = seg_path(dir, first);
             let mut count = 0u64;
             let mut good = 0u64;
-            let mut r = BufReader::new(File::open(&path).with_context(|| format!("opening {}", path.display()))?);
+            let mut r = BufReader::new(
+                File::open(&path).with_context(|| format!("opening {}", path.display()))?,
+            );
             loop {
                 match read_record(&mut r, &path) {
                     Ok(Some((_, n))) => {
@@ -118,7 +121,11 @@ impl Spool {
                 }
             }
             next_id = first + count;
-            segments.push_back(Segment { first, path, bytes: good });
+            segments.push_back(Segment {
+                first,
+                path,
+                bytes: good,
+            });
         }
         let read_id = segments.front().map(|s| s.first).unwrap_or(next_id);
         if segments.is_empty() {
@@ -205,11 +212,16 @@ impl Spool {
         loop {
             let si = match self.segments.iter().rposition(|s| s.first <= self.read_id) {
                 Some(i) => i,
-                None => bail!("spool {}: message {} is missing", self.dir.display(), self.read_id),
+                None => bail!(
+                    "spool {}: message {} is missing",
+                    self.dir.display(),
+                    self.read_id
+                ),
             };
             if self.reader.as_ref().map(|(i, _)| *i) != Some(si) || self.reader.is_none() {
                 let seg = &self.segments[si];
-                let mut f = File::open(&seg.path).with_context(|| format!("opening {}", seg.path.display()))?;
+                let mut f = File::open(&seg.path)
+                    .with_context(|| format!("opening {}", seg.path.display()))?;
                 // skip to read_id
                 let mut r = BufReader::with_capacity(1 << 16, {
                     f.seek(SeekFrom::Start(0))?;
@@ -236,7 +248,11 @@ impl Spool {
                     }
                     self.reader = None;
                     if self.segments[si + 1].first > self.read_id {
-                        bail!("spool {}: messages {}.. are missing", self.dir.display(), self.read_id);
+                        bail!(
+                            "spool {}: messages {}.. are missing",
+                            self.dir.display(),
+                            self.read_id
+                        );
                     }
                 }
             }
@@ -248,7 +264,8 @@ impl Spool {
     pub fn ack_below(&mut self, id: u64) -> Result<()> {
         while self.segments.len() > 1 && self.segments[1].first <= id {
             let s = self.segments.pop_front().unwrap();
-            std::fs::remove_file(&s.path).with_context(|| format!("removing {}", s.path.display()))?;
+            std::fs::remove_file(&s.path)
+                .with_context(|| format!("removing {}", s.path.display()))?;
             if let Some((i, _)) = &mut self.reader {
                 if *i == 0 {
                     self.reader = None;
@@ -305,7 +322,10 @@ mod tests {
         let mut s = Spool::open(dir.path()).unwrap();
         s.segment_max = 200;
         for i in 0..50u32 {
-            assert_eq!(s.append((i % 4) as u8, b"k", &i.to_le_bytes()).unwrap(), i as u64);
+            assert_eq!(
+                s.append((i % 4) as u8, b"k", &i.to_le_bytes()).unwrap(),
+                i as u64
+            );
         }
         s.flush(false).unwrap();
         for i in 0..20u32 {
@@ -316,13 +336,21 @@ mod tests {
         s.ack_below(20).unwrap();
         drop(s);
         // a torn record at the end is cut off
-        let last = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.path()).max().unwrap();
+        let last = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .max()
+            .unwrap();
         let mut f = OpenOptions::new().append(true).open(&last).unwrap();
         f.write_all(&[9, 0, 0]).unwrap();
         drop(f);
         let mut s = Spool::open(dir.path()).unwrap();
         let (first, _) = s.read_next().unwrap().unwrap();
-        assert!(first <= 20, "acknowledged segments are gone, the rest is read again");
+        assert!(
+            first <= 20,
+            "acknowledged segments are gone, the rest is read again"
+        );
         let mut last_id = first;
         while let Some((id, m)) = s.read_next().unwrap() {
             assert_eq!(id, last_id + 1);

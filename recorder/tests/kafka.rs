@@ -40,7 +40,11 @@ fn tansu_path() -> String {
 }
 
 fn unique_prefix(tag: &str) -> String {
-    format!("kptest-{tag}-{}-{}.", std::process::id(), kpl::now_ns() % 1_000_000_000)
+    format!(
+        "kptest-{tag}-{}-{}.",
+        std::process::id(),
+        kpl::now_ns() % 1_000_000_000
+    )
 }
 
 /// Consumes partition 0 of `topic` from the beginning (no consumer group:
@@ -59,7 +63,8 @@ fn consumer(brokers: &str) -> BaseConsumer {
 
 fn assign(c: &BaseConsumer, topic: &str) {
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
     c.assign(&tpl).unwrap();
 }
 
@@ -67,7 +72,8 @@ fn drain(c: &BaseConsumer, out: &mut Vec<Value>) {
     while let Some(r) = c.poll(Duration::from_millis(100)) {
         match r {
             Ok(m) => {
-                let v: Value = serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON message");
+                let v: Value =
+                    serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON message");
                 out.push(v);
             }
             Err(e) => {
@@ -123,14 +129,20 @@ impl Writer {
 }
 
 fn writer(exe: &std::path::Path) -> Writer {
-    let mut child = Command::new(exe).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new(exe)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let out = BufReader::new(child.stdout.take().unwrap());
     Writer { child, out }
 }
 
 fn writes_of(vals: &[Value], pid: u32) -> usize {
     vals.iter()
-        .filter(|v| v["pid"] == pid && v["kind"] == "syscall" && v["name"] == "write" && v["args"][2] == 1)
+        .filter(|v| {
+            v["pid"] == pid && v["kind"] == "syscall" && v["name"] == "write" && v["args"][2] == 1
+        })
         .count()
 }
 
@@ -168,7 +180,11 @@ fn kafka_sink_delivers_every_event_in_order() {
         drain(&c, &mut got);
     }
     let seqs: Vec<u64> = got.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (0..summary.events).collect::<Vec<_>>(), "every event, once, in order");
+    assert_eq!(
+        seqs,
+        (0..summary.events).collect::<Vec<_>>(),
+        "every event, once, in order"
+    );
     assert_eq!(writes_of(&got, pid), 700);
     assert!(got.iter().all(|v| v["host"].is_string()));
 }
@@ -182,17 +198,31 @@ impl Broker {
     fn start(port: u16) -> Broker {
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu_path())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("starting tansu");
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not come up on port {port}");
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not come up on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Broker { child: Some(child), port }
+        Broker {
+            child: Some(child),
+            port,
+        }
     }
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -209,7 +239,11 @@ impl Drop for Broker {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -237,7 +271,8 @@ fn broker_killed_and_restarted_mid_stream_loses_nothing() {
     let got = Arc::new(Mutex::new(Vec::<Value>::new()));
     let done = Arc::new(AtomicBool::new(false));
     let cons = {
-        let (got, done, brokers, topic) = (got.clone(), done.clone(), brokers.clone(), topic.clone());
+        let (got, done, brokers, topic) =
+            (got.clone(), done.clone(), brokers.clone(), topic.clone());
         std::thread::spawn(move || {
             let mut c = consumer(&brokers);
             assign(&c, &topic);
@@ -267,7 +302,10 @@ fn broker_killed_and_restarted_mid_stream_loses_nothing() {
     // wait until the first burst is on the broker and read back
     let deadline = Instant::now() + Duration::from_secs(120);
     while writes_of(&got.lock().unwrap(), pid) < 400 {
-        assert!(Instant::now() < deadline, "first burst never reached the consumer");
+        assert!(
+            Instant::now() < deadline,
+            "first burst never reached the consumer"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     broker.kill();
@@ -278,10 +316,18 @@ fn broker_killed_and_restarted_mid_stream_loses_nothing() {
     drop(w.child.stdin.take());
     w.child.wait().unwrap();
     stop.store(true, Ordering::Relaxed);
-    let summary = th.join().unwrap().expect("recorder drains its spool after the restart");
+    let summary = th
+        .join()
+        .unwrap()
+        .expect("recorder drains its spool after the restart");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let seqs: BTreeSet<u64> = got.lock().unwrap().iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+        let seqs: BTreeSet<u64> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|v| v["seq"].as_u64().unwrap())
+            .collect();
         if seqs.len() as u64 >= summary.events {
             break;
         }
@@ -298,7 +344,11 @@ fn broker_killed_and_restarted_mid_stream_loses_nothing() {
     cons.join().unwrap();
     let got = got.lock().unwrap();
     let seqs: BTreeSet<u64> = got.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (0..summary.events).collect::<BTreeSet<_>>(), "zero events lost");
+    assert_eq!(
+        seqs,
+        (0..summary.events).collect::<BTreeSet<_>>(),
+        "zero events lost"
+    );
     let writes: BTreeSet<u64> = got
         .iter()
         .filter(|v| v["pid"] == pid && v["name"] == "write" && v["args"][2] == 1)

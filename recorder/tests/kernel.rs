@@ -51,27 +51,46 @@ fn syscall_counts_are_exact() {
     };
     let rec = start(cfg);
     let n = 5000;
-    let child = Command::new(&exe).arg(n.to_string()).arg(dir.path().join("data")).spawn().unwrap();
+    let child = Command::new(&exe)
+        .arg(n.to_string())
+        .arg(dir.path().join("data"))
+        .spawn()
+        .unwrap();
     let pid = child.id();
     let st = child.wait_with_output().unwrap();
     assert!(st.status.success());
     let (summary, evs) = rec.finish();
-    assert_eq!(summary.dropped(), 0, "no drops expected at this rate: {summary:?}");
+    assert_eq!(
+        summary.dropped(),
+        0,
+        "no drops expected at this rate: {summary:?}"
+    );
     let sys = syscalls_of(&evs, pid);
     let writes: Vec<_> = sys.iter().filter(|s| s.nr == 1).collect();
     assert_eq!(writes.len(), n, "write(2) calls");
-    assert!(writes.iter().all(|s| s.ret == 7 && s.args[2] == 7 && s.fd_type == FdType::Char));
+    assert!(writes
+        .iter()
+        .all(|s| s.ret == 7 && s.args[2] == 7 && s.fd_type == FdType::Char));
     // (the dynamic loader preads ELF headers too: count the fixture's own)
-    let preads: Vec<_> = sys.iter().filter(|s| s.nr == 17 && s.args[2] == 16).collect();
+    let preads: Vec<_> = sys
+        .iter()
+        .filter(|s| s.nr == 17 && s.args[2] == 16)
+        .collect();
     assert_eq!(preads.len(), n / 2, "pread64(2) calls");
-    assert!(preads.iter().all(|s| s.ret == 16 && s.fd_type == FdType::Char));
+    assert!(preads
+        .iter()
+        .all(|s| s.ret == 16 && s.fd_type == FdType::Char));
     let pwrites: Vec<_> = sys.iter().filter(|s| s.nr == 18).collect();
     assert_eq!(pwrites.len(), 3);
-    assert!(pwrites.iter().all(|s| s.ret == 5 && s.fd_type == FdType::File));
+    assert!(pwrites
+        .iter()
+        .all(|s| s.ret == 5 && s.fd_type == FdType::File));
     assert_eq!(count(&sys, 75), 3, "fdatasync");
     assert_eq!(count(&sys, 74), 1, "fsync");
     // only the read/write family is captured
-    assert!(sys.iter().all(|s| [0, 1, 17, 18, 19, 20, 44, 45, 46, 47, 74, 75].contains(&s.nr)));
+    assert!(sys
+        .iter()
+        .all(|s| [0, 1, 17, 18, 19, 20, 44, 45, 46, 47, 74, 75].contains(&s.nr)));
     // nothing from other processes
     assert!(evs
         .iter()
@@ -90,9 +109,15 @@ fn syscall_counts_are_exact() {
 #[test]
 fn cgroup_filter_and_container_id() {
     let root = recorder::cgroup::v2_root().expect("cgroup v2 is mounted");
-    let cid = format!("{:064x}", std::process::id() as u128 * 0x9e3779b97f4a7c15u128);
+    let cid = format!(
+        "{:064x}",
+        std::process::id() as u128 * 0x9e3779b97f4a7c15u128
+    );
     let cid = &cid[cid.len() - 64..];
-    let rel = format!("kprobe-test-{}.slice/cri-containerd-{cid}.scope", std::process::id());
+    let rel = format!(
+        "kprobe-test-{}.slice/cri-containerd-{cid}.scope",
+        std::process::id()
+    );
     let path = std::path::Path::new(&root).join(&rel);
     std::fs::create_dir_all(&path).expect("creating a cgroup v2");
     struct Rm(std::path::PathBuf);
@@ -112,20 +137,35 @@ fn cgroup_filter_and_container_id() {
         ..Config::default()
     });
     // one run outside the cgroup, one inside
-    let outside = Command::new(&exe).arg("100").arg(dir.path().join("a")).status().unwrap();
+    let outside = Command::new(&exe)
+        .arg("100")
+        .arg(dir.path().join("a"))
+        .status()
+        .unwrap();
     assert!(outside.success());
     let procs = path.join("cgroup.procs");
     let inside = Command::new("sh")
         .arg("-c")
-        .arg(format!("echo $$ > {} && exec {} 200 {}", procs.display(), exe.display(), dir.path().join("b").display()))
+        .arg(format!(
+            "echo $$ > {} && exec {} 200 {}",
+            procs.display(),
+            exe.display(),
+            dir.path().join("b").display()
+        ))
         .spawn()
         .unwrap();
     let pid = inside.id();
     assert!(inside.wait_with_output().unwrap().status.success());
     let (_, evs) = rec.finish();
-    let sys: Vec<&Event> = evs.iter().filter(|e| matches!(e.body, EventBody::Syscall(_))).collect();
+    let sys: Vec<&Event> = evs
+        .iter()
+        .filter(|e| matches!(e.body, EventBody::Syscall(_)))
+        .collect();
     assert!(!sys.is_empty());
-    assert!(sys.iter().all(|e| e.pid == pid), "only the process in the cgroup is recorded");
+    assert!(
+        sys.iter().all(|e| e.pid == pid),
+        "only the process in the cgroup is recorded"
+    );
     assert_eq!(count(&syscalls_of(&evs, pid), 1), 200);
     let cg = sys[0].cgroup;
     let info = evs
@@ -191,7 +231,10 @@ fn tiny_ring_buffer_reports_drops() {
         .unwrap();
     assert!(st.success());
     let (summary, evs) = rec.finish();
-    assert!(summary.dropped() > 0, "a 4 KiB ring under dd must overflow: {summary:?}");
+    assert!(
+        summary.dropped() > 0,
+        "a 4 KiB ring under dd must overflow: {summary:?}"
+    );
     let lost: u64 = evs
         .iter()
         .filter_map(|e| match &e.body {
@@ -199,7 +242,11 @@ fn tiny_ring_buffer_reports_drops() {
             _ => None,
         })
         .sum();
-    assert_eq!(lost, summary.dropped(), "every drop is in the stream as a lost event");
+    assert_eq!(
+        lost,
+        summary.dropped(),
+        "every drop is in the stream as a lost event"
+    );
     let mut per_hook: HashMap<String, u64> = HashMap::new();
     for e in &evs {
         if let EventBody::Lost(l) = &e.body {
@@ -207,9 +254,17 @@ fn tiny_ring_buffer_reports_drops() {
         }
     }
     for (i, n) in recorder::raw::HOOK_NAMES.iter().enumerate() {
-        assert_eq!(per_hook.get(*n).copied().unwrap_or(0), summary.hooks[i].drops, "hook {n}");
+        assert_eq!(
+            per_hook.get(*n).copied().unwrap_or(0),
+            summary.hooks[i].drops,
+            "hook {n}"
+        );
     }
-    assert_eq!(summary.received, summary.hooks.map(|h| h.events), "what was written was read");
+    assert_eq!(
+        summary.received,
+        summary.hooks.map(|h| h.events),
+        "what was written was read"
+    );
 }
 
 const SVC: &str = r#"
@@ -243,7 +298,9 @@ fn cpu_hog_is_the_culprit_of_run_queue_delay() {
         }
     }
     let mut line = String::new();
-    BufReader::new(hog.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(hog.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let hog_pid = hog.id();
     let _hog = Kill(hog);
     let rec = start(Config {
@@ -251,7 +308,12 @@ fn cpu_hog_is_the_culprit_of_run_queue_delay() {
         filter: Filter::Comm(svc_comm),
         ..Config::default()
     });
-    let child = Command::new("taskset").arg("-c").arg("1").arg(&svc).spawn().unwrap();
+    let child = Command::new("taskset")
+        .arg("-c")
+        .arg("1")
+        .arg(&svc)
+        .spawn()
+        .unwrap();
     let svc_pid = child.id();
     assert!(child.wait_with_output().unwrap().status.success());
     let (_, evs) = rec.finish();
@@ -259,7 +321,9 @@ fn cpu_hog_is_the_culprit_of_run_queue_delay() {
     for e in &evs {
         if let EventBody::SchedDelay(d) = &e.body {
             if e.pid == svc_pid {
-                let x = by_culprit.entry(d.culprit_pid).or_insert((0, d.culprit_comm.clone()));
+                let x = by_culprit
+                    .entry(d.culprit_pid)
+                    .or_insert((0, d.culprit_comm.clone()));
                 x.0 += d.delay_ns;
             }
         }
@@ -268,11 +332,18 @@ fn cpu_hog_is_the_culprit_of_run_queue_delay() {
         .iter()
         .max_by_key(|(_, (t, _))| *t)
         .expect("run-queue delay events for the service");
-    assert_eq!(*top, hog_pid, "the hog delays the service most: {by_culprit:?}");
+    assert_eq!(
+        *top, hog_pid,
+        "the hog delays the service most: {by_culprit:?}"
+    );
     assert_eq!(comm, &hog_comm);
     assert!(*total > 0);
-    assert!(evs.iter().any(|e| e.pid == svc_pid && matches!(e.body, EventBody::SchedWakeup(_))));
-    assert!(evs.iter().any(|e| e.pid == svc_pid && matches!(e.body, EventBody::SchedSwitch(_))));
+    assert!(evs
+        .iter()
+        .any(|e| e.pid == svc_pid && matches!(e.body, EventBody::SchedWakeup(_))));
+    assert!(evs
+        .iter()
+        .any(|e| e.pid == svc_pid && matches!(e.body, EventBody::SchedSwitch(_))));
 }
 
 /// Two network namespaces joined by a veth pair; removed on drop.
@@ -292,11 +363,18 @@ impl Net {
         let (a, b) = (format!("kpr{id}a"), format!("kpr{id}b"));
         let _ = Command::new("ip").args(["netns", "del", &a]).status();
         let _ = Command::new("ip").args(["netns", "del", &b]).status();
-        let net = Net { a: a.clone(), b: b.clone() };
+        let net = Net {
+            a: a.clone(),
+            b: b.clone(),
+        };
         let o = (id % 250) as u8;
         sh(&format!("ip netns add {a} && ip netns add {b}"));
-        sh(&format!("ip link add kpv{id}a type veth peer name kpv{id}b"));
-        sh(&format!("ip link set kpv{id}a netns {a} && ip link set kpv{id}b netns {b}"));
+        sh(&format!(
+            "ip link add kpv{id}a type veth peer name kpv{id}b"
+        ));
+        sh(&format!(
+            "ip link set kpv{id}a netns {a} && ip link set kpv{id}b netns {b}"
+        ));
         sh(&format!("ip -n {a} addr add 10.213.{o}.1/24 dev kpv{id}a && ip -n {a} link set kpv{id}a up && ip -n {a} link set lo up"));
         sh(&format!("ip -n {b} addr add 10.213.{o}.2/24 dev kpv{id}b && ip -n {b} link set kpv{id}b up && ip -n {b} link set lo up"));
         net
@@ -364,10 +442,14 @@ fn tcp_retransmits_match_nstat() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert_eq!(line.trim(), "ready");
     let mut client = Command::new("ip")
-        .args(["netns", "exec", &net.a, "python3", "-c", CLIENT, &server_ip, "60"])
+        .args([
+            "netns", "exec", &net.a, "python3", "-c", CLIENT, &server_ip, "60",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -398,8 +480,15 @@ fn tcp_retransmits_match_nstat() {
         .filter(|e| matches!(&e.body, EventBody::TcpRetransmit(_)))
         .collect();
     let nstat = after - before;
-    assert!(nstat > 0, "20% loss on 60 round trips must cause retransmits");
-    assert_eq!(retrans.len() as u64, nstat, "retransmit events vs the namespace's TcpRetransSegs");
+    assert!(
+        nstat > 0,
+        "20% loss on 60 round trips must cause retransmits"
+    );
+    assert_eq!(
+        retrans.len() as u64,
+        nstat,
+        "retransmit events vs the namespace's TcpRetransSegs"
+    );
     assert!(retrans.iter().all(|e| e.pid == client_pid));
     for e in &retrans {
         if let EventBody::TcpRetransmit(t) = &e.body {

@@ -163,10 +163,14 @@ pub fn run(a: RecorderArgs) -> Result<ExitCode> {
     } else if a.json {
         Box::new(JsonLinesSink::new(std::io::stdout()))
     } else {
-        let path = a.output.clone().unwrap_or_else(|| "kprobe-recorder.kpl".into());
+        let path = a
+            .output
+            .clone()
+            .unwrap_or_else(|| "kprobe-recorder.kpl".into());
         Box::new(KplSink::create(&path, std::env::args().collect())?)
     };
-    let mut rec = Recorder::start(cfg).context("starting the eBPF recorder (it needs root, BTF and tracepoints)")?;
+    let mut rec = Recorder::start(cfg)
+        .context("starting the eBPF recorder (it needs root, BTF and tracepoints)")?;
     let _server = match &a.metrics_addr {
         Some(addr) => {
             let s = recorder::metrics::serve(addr, rec.metrics())?;
@@ -181,7 +185,9 @@ pub fn run(a: RecorderArgs) -> Result<ExitCode> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
-    let deadline = a.duration.map(|d| Instant::now() + Duration::from_secs_f64(d));
+    let deadline = a
+        .duration
+        .map(|d| Instant::now() + Duration::from_secs_f64(d));
     eprintln!("kprobe recorder: recording (hooks attached)");
     let summary = rec.run(sink.as_mut(), &|| {
         stop.load(Ordering::Relaxed) || deadline.map(|d| Instant::now() >= d).unwrap_or(false)
@@ -191,7 +197,11 @@ pub fn run(a: RecorderArgs) -> Result<ExitCode> {
         "kprobe recorder: {} events, {} dropped in the kernel{}; {}",
         summary.events,
         summary.dropped(),
-        if summary.dropped() > 0 { " (reported as `lost` events)" } else { "" },
+        if summary.dropped() > 0 {
+            " (reported as `lost` events)"
+        } else {
+            ""
+        },
         summary.sink
     );
     for (i, n) in recorder::raw::HOOK_NAMES.iter().enumerate() {
