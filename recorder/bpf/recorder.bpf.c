@@ -68,10 +68,11 @@ struct sys_entry {
 	__u32 fd_type;
 };
 
+/* The syscall in progress, per task (task-local storage: no hashing, no lock). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct sys_entry);
 } sys_inflight SEC(".maps");
 
@@ -383,28 +384,29 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 {
 	if (!rw_family(id) || !wanted_current())
 		return 0;
-	struct sys_entry e = {};
-	e.ts = bpf_ktime_get_ns();
-	e.nr = id;
-	e.args[0] = BPF_CORE_READ(regs, di);
-	e.args[1] = BPF_CORE_READ(regs, si);
-	e.args[2] = BPF_CORE_READ(regs, dx);
-	e.args[3] = BPF_CORE_READ(regs, r10);
-	e.args[4] = BPF_CORE_READ(regs, r8);
-	e.args[5] = BPF_CORE_READ(regs, r9);
-	e.fd_type = cfg_emit_syscalls ? fd_type_of(e.args[0]) : 0;
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	if (bpf_map_update_elem(&sys_inflight, &tid, &e, BPF_ANY))
+	struct sys_entry *e = bpf_task_storage_get(&sys_inflight, bpf_get_current_task_btf(), 0,
+						   BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!e) {
 		count(HOOK_SYSCALL, 1);
+		return 0;
+	}
+	e->ts = bpf_ktime_get_ns();
+	e->nr = id;
+	e->args[0] = BPF_CORE_READ(regs, di);
+	e->args[1] = BPF_CORE_READ(regs, si);
+	e->args[2] = BPF_CORE_READ(regs, dx);
+	e->args[3] = BPF_CORE_READ(regs, r10);
+	e->args[4] = BPF_CORE_READ(regs, r8);
+	e->args[5] = BPF_CORE_READ(regs, r9);
+	e->fd_type = cfg_emit_syscalls ? fd_type_of(e->args[0]) : 0;
 	return 0;
 }
 
 SEC("tp_btf/sys_exit")
 int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct sys_entry *e = bpf_map_lookup_elem(&sys_inflight, &tid);
-	if (!e)
+	struct sys_entry *e = bpf_task_storage_get(&sys_inflight, bpf_get_current_task_btf(), 0, 0);
+	if (!e || !e->ts)
 		return 0;
 	__u64 now = bpf_ktime_get_ns();
 	struct rec_syscall *r = cfg_emit_syscalls ? reserve(HOOK_SYSCALL, sizeof(*r)) : NULL;
@@ -417,7 +419,7 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 		r->fd_type = e->fd_type;
 		submit(HOOK_SYSCALL, r);
 	}
-	bpf_map_delete_elem(&sys_inflight, &tid);
+	e->ts = 0;
 	return 0;
 }
 
@@ -467,8 +469,8 @@ static __always_inline int tcp_io(struct sock *sk, int ret, __u16 kind)
 	if (!r)
 		return 0;
 	__u64 now = bpf_ktime_get_ns();
-	struct sys_entry *e = bpf_map_lookup_elem(&sys_inflight, &tid);
-	__u64 start = (e && e->ts < now) ? e->ts : now;
+	struct sys_entry *e = bpf_task_storage_get(&sys_inflight, bpf_get_current_task_btf(), 0, 0);
+	__u64 start = (e && e->ts && e->ts < now) ? e->ts : now;
 	hdr_current(&r->h, kind, sizeof(*r), start);
 	tcp_fill(r, sk);
 	r->bytes = ret;
@@ -520,10 +522,8 @@ static __always_inline bool sk_owner_of(const struct sock *sk, struct sk_owner *
 SEC("tp_btf/tcp_retransmit_skb")
 int BPF_PROG(on_tcp_retransmit, const struct sock *sk, const struct sk_buff *skb, int err)
 {
-	/* An attempt that failed locally sent nothing: not a retransmission
-	 * (the kernel's TcpRetransSegs does not count it either). */
-	if (err)
-		return 0;
+	/* Every attempt, as the kernel's TcpRetransSegs counts them (it is
+	 * incremented before the segment is handed to the IP layer). */
 	struct sk_owner o;
 	if (!sk_owner_of(sk, &o, false))
 		return 0;

@@ -106,6 +106,8 @@ impl Probe {
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&btf))
+            // sys_inflight is task-local storage, which aya has no typed wrapper for (it is only used in the kernel)
+            .allow_unsupported_maps()
             .map_max_entries("events", ring_bytes as u32)
             .override_global("cfg_self_tgid", &self_tgid, true)
             .override_global("cfg_filter", &filter, true)

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 /// `kprobe bench ...`
 #[derive(Subcommand)]
 pub enum BenchCmd {
+    /// eBPF recorder: added ns per syscall next to no probes, events/s, RSS, bpftrace cross-check.
+    Recorder(crate::cmd::recorder::BenchArgs),
     /// Write/read throughput, bytes/event next to JSON+zstd, seek latency.
     Log {
         /// Events in the synthetic log.
@@ -36,6 +38,7 @@ pub enum BenchCmd {
 /// Runs a bench subcommand.
 pub fn run(cmd: BenchCmd) -> Result<ExitCode> {
     match cmd {
+        BenchCmd::Recorder(a) => crate::cmd::recorder::bench(a),
         BenchCmd::Log {
             events,
             output,

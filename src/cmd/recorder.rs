@@ -216,3 +216,269 @@ pub fn run(a: RecorderArgs) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Options of `kprobe bench recorder`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Syscalls per timed loop (overhead rows).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub calls: u64,
+    /// Rounds of each overhead configuration (median reported).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// read(2) calls per worker in the throughput run.
+    #[arg(long, default_value_t = 4_000_000)]
+    pub events: u64,
+    /// Parallel workers in the throughput run.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Ring-buffer size of the throughput run, KiB.
+    #[arg(long, default_value_t = 4096)]
+    pub ring_kb: u32,
+    /// Skip the bpftrace cross-check.
+    #[arg(long)]
+    pub no_bpftrace: bool,
+}
+
+const BENCH_LOOP: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int mode = atoi(argv[1]);
+    long n = atol(argv[2]);
+    int fd = open("/dev/zero", O_RDONLY);
+    char b[64];
+    struct timespec a, z;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (long i = 0; i < n; i++) {
+        if (mode == 0) syscall(SYS_getpid); else syscall(SYS_read, fd, b, 1);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &z);
+    printf("%.3f\n", ((z.tv_sec - a.tv_sec) * 1e9 + (z.tv_nsec - a.tv_nsec)) / n);
+    return 0;
+}
+"#;
+
+/// Counts events, keeps nothing: the capture path without a sink's cost.
+struct NullSink(u64);
+
+impl Sink for NullSink {
+    fn send(&mut self, _ev: &kpl::Event, _m: &recorder::sink::EventMeta) -> Result<()> {
+        self.0 += 1;
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<String> {
+        Ok(format!("null: {} events", self.0))
+    }
+}
+
+fn run_loop(exe: &std::path::Path, mode: u32, n: u64) -> Result<f64> {
+    let out = std::process::Command::new(exe)
+        .arg(mode.to_string())
+        .arg(n.to_string())
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "benchmark loop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn with_recorder<T>(cfg: Config, f: impl FnOnce() -> Result<T>) -> Result<(T, Summary)> {
+    let mut rec = Recorder::start(cfg)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let th = std::thread::spawn(move || {
+        let mut sink = NullSink(0);
+        rec.run(&mut sink, &|| s2.load(Ordering::Relaxed))
+    });
+    let r = f();
+    stop.store(true, Ordering::Relaxed);
+    let s = th
+        .join()
+        .map_err(|_| anyhow::anyhow!("recorder thread panicked"))??;
+    Ok((r?, s))
+}
+
+fn ensure_tracefs() {
+    if !std::path::Path::new("/sys/kernel/tracing/available_events").exists() {
+        let _ = std::process::Command::new("mount")
+            .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+            .status();
+    }
+}
+
+/// Runs `kprobe bench recorder`.
+pub fn bench(a: BenchArgs) -> Result<ExitCode> {
+    let dir = std::env::temp_dir().join(format!("kprobe-bench-recorder-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let src = dir.join("kpbench.c");
+    std::fs::write(&src, BENCH_LOOP)?;
+    let exe = dir.join("kpbench");
+    let st = std::process::Command::new("gcc")
+        .args(["-O2", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .context("running gcc to build the benchmark loop")?;
+    if !st.success() {
+        bail!("gcc failed on {}", src.display());
+    }
+    let mut idle = std::process::Command::new("sleep").arg("100000").spawn()?;
+    let hooks = Hooks::default();
+    let filtered = Config {
+        hooks,
+        filter: Filter::Pid(vec![idle.id()]),
+        ..Config::default()
+    };
+    let hit = Config {
+        hooks,
+        filter: Filter::Comm("kpbench".into()),
+        ..Config::default()
+    };
+    println!("== added time per syscall: a getpid loop (not instrumented, but raw_syscalls fires) and a read loop (instrumented), {} calls, median of {} rounds", a.calls, a.rounds);
+    println!("   all hooks attached; `filtered out`: the recorder selects another process; `hit`: it records the loop (sink: counting only)");
+    let mut rows = Vec::new();
+    for (mode, name) in [(0u32, "getpid"), (1, "read")] {
+        let (mut base, mut filt, mut hitv) = (vec![], vec![], vec![]);
+        let mut drops = 0;
+        for _ in 0..a.rounds {
+            base.push(run_loop(&exe, mode, a.calls)?);
+            filt.push(with_recorder(filtered.clone(), || run_loop(&exe, mode, a.calls))?.0);
+            let (v, s) = with_recorder(hit.clone(), || run_loop(&exe, mode, a.calls))?;
+            drops += s.dropped();
+            hitv.push(v);
+        }
+        let (b, f, h) = (median(base), median(filt), median(hitv));
+        println!(
+            "{name:7} ns/call: no probes {b:8.1} | filtered out {f:8.1} (+{:6.1}, x{:.2}) | hit {h:8.1} (+{:6.1}, x{:.2}) | drops {drops}",
+            f - b,
+            f / b,
+            h - b,
+            h / b
+        );
+        rows.push((name, b, f, h, drops));
+    }
+    let _ = idle.kill();
+    let _ = idle.wait();
+
+    println!("== throughput: {} workers x {} read(2) calls, syscall hook, ring {} KiB, `kprobe recorder` to a .kpl file", a.workers, a.events, a.ring_kb);
+    ensure_tracefs();
+    let kpl_out = dir.join("throughput.kpl");
+    let summary_path = dir.join("summary.json");
+    let mut rec = std::process::Command::new(std::env::current_exe()?)
+        .args([
+            "recorder",
+            "--hooks",
+            "syscall",
+            "--comm",
+            "kpbench",
+            "--ring-kb",
+        ])
+        .arg(a.ring_kb.to_string())
+        .arg("-o")
+        .arg(&kpl_out)
+        .arg("--summary")
+        .arg(&summary_path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(rec.stderr.as_mut().unwrap()).read_line(&mut line)?;
+        if !line.contains("recording") {
+            bail!("kprobe recorder did not start: {line}");
+        }
+    }
+    let bpftrace = if a.no_bpftrace {
+        None
+    } else {
+        let mut c = std::process::Command::new("bpftrace")
+            .args(["-e", "tracepoint:raw_syscalls:sys_exit /comm == \"kpbench\" && (args->id == 0 || args->id == 1 || args->id == 17 || args->id == 18 || args->id == 19 || args->id == 20 || (args->id >= 44 && args->id <= 47) || args->id == 74 || args->id == 75)/ { @n = count(); }"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("running bpftrace (scripts/setup.sh installs it; --no-bpftrace skips the cross-check)")?;
+        use std::io::BufRead;
+        let mut out = std::io::BufReader::new(c.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        if !line.contains("Attaching") {
+            bail!("bpftrace did not attach: {line}");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        Some((c, out))
+    };
+    let t0 = Instant::now();
+    let workers: Vec<_> = (0..a.workers)
+        .map(|_| {
+            std::process::Command::new(&exe)
+                .arg("1")
+                .arg(a.events.to_string())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+        })
+        .collect::<std::io::Result<_>>()?;
+    for mut w in workers {
+        w.wait()?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    let bt_count = match bpftrace {
+        Some((c, mut out)) => {
+            let _ = std::process::Command::new("kill")
+                .arg("-INT")
+                .arg(c.id().to_string())
+                .status();
+            let mut s = String::new();
+            use std::io::Read;
+            out.read_to_string(&mut s)?;
+            s.lines().find_map(|l| {
+                l.trim()
+                    .strip_prefix("@n: ")
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+        }
+        None => None,
+    };
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(rec.id().to_string())
+        .status();
+    let st = rec.wait()?;
+    if !st.success() {
+        bail!("kprobe recorder failed ({st})");
+    }
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary_path)?)?;
+    let got = s["hooks"]["syscall"]["received"].as_u64().unwrap_or(0);
+    let drops = s["hooks"]["syscall"]["drops"].as_u64().unwrap_or(0);
+    let offered = a.workers as f64 * a.events as f64 / secs;
+    println!(
+        "captured {got} syscall events in {secs:.2} s of load = {:.2} M events/s (offered {:.2} M/s), drops {drops}, recorder peak RSS {:.1} MB",
+        got as f64 / secs / 1e6,
+        offered / 1e6,
+        s["max_rss_kb"].as_u64().unwrap_or(0) as f64 / 1024.0
+    );
+    if let Some(n) = bt_count {
+        println!(
+            "bpftrace counted {n} read/write-family syscall exits of kpbench; the recorder {} + {} dropped = {} ({})",
+            got,
+            drops,
+            got + drops,
+            if n == got + drops { "equal" } else { "DIFFERENT" }
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(ExitCode::SUCCESS)
+}
