@@ -341,11 +341,15 @@ static __always_inline bool rw_family(long nr)
 
 static __always_inline __u32 fd_type_of(long fd)
 {
+	/* tp_btf: trusted BTF pointers are read directly (no helper calls) */
 	struct task_struct *t = bpf_get_current_task_btf();
-	struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
-	if (!fdt || fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+	struct files_struct *files = t->files;
+	if (!files)
 		return 0;
-	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct fdtable *fdt = files->fdt;
+	if (!fdt || fd < 0 || fd >= fdt->max_fds)
+		return 0;
+	struct file **fds = fdt->fd;
 	struct file *f = NULL;
 	bpf_core_read(&f, sizeof(f), &fds[fd]);
 	if (!f)
@@ -392,12 +396,12 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 	}
 	e->ts = bpf_ktime_get_ns();
 	e->nr = id;
-	e->args[0] = BPF_CORE_READ(regs, di);
-	e->args[1] = BPF_CORE_READ(regs, si);
-	e->args[2] = BPF_CORE_READ(regs, dx);
-	e->args[3] = BPF_CORE_READ(regs, r10);
-	e->args[4] = BPF_CORE_READ(regs, r8);
-	e->args[5] = BPF_CORE_READ(regs, r9);
+	e->args[0] = regs->di;
+	e->args[1] = regs->si;
+	e->args[2] = regs->dx;
+	e->args[3] = regs->r10;
+	e->args[4] = regs->r8;
+	e->args[5] = regs->r9;
 	e->fd_type = cfg_emit_syscalls ? fd_type_of(e->args[0]) : 0;
 	return 0;
 }
