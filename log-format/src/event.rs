@@ -243,6 +243,10 @@ pub struct Landing {
     pub passes: u32,
     /// True when the task was inside a syscall (the landing is that syscall's).
     pub in_syscall: bool,
+    /// The general-purpose registers at the landing (x86-64
+    /// `user_regs_struct` order), so replay can compare them in the tracee
+    /// itself rather than stopping at every pass.
+    pub regs: Vec<u64>,
 }
 
 /// A signal was delivered to a task.

@@ -17,6 +17,7 @@
 pub mod elf;
 pub mod files;
 pub mod inject;
+pub mod landing;
 pub mod os;
 pub mod record;
 pub mod replay;
@@ -38,9 +39,20 @@ pub enum Error {
     #[error(transparent)]
     Log(#[from] kpl::Error),
     #[error("cannot record faithfully: task {tid} called {syscall} at ip {ip:#x}: {why}")]
-    Unsupported { tid: i32, syscall: String, why: String, ip: u64 },
+    Unsupported {
+        tid: i32,
+        syscall: String,
+        why: String,
+        ip: u64,
+    },
     #[error("replay diverged at event {seq} (task {tid}): expected {expected}, but the program {actual}{place}")]
-    Divergence { seq: u64, tid: u32, expected: String, actual: String, place: String },
+    Divergence {
+        seq: u64,
+        tid: u32,
+        expected: String,
+        actual: String,
+        place: String,
+    },
     #[error("replay cannot go on at event {seq} (task {tid}): {why}")]
     Replay { seq: u64, tid: u32, why: String },
 }
@@ -50,7 +62,27 @@ pub enum Error {
 /// bits): where an asynchronous event landed is found again at replay by
 /// stopping at the instruction pointer until the fingerprint matches.
 pub fn fingerprint(r: &os::Regs) -> u64 {
-    let v = [r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx, r.rsi, r.rdi, r.rip, r.eflags & !0x10100, r.rsp, r.fs_base];
+    let v = [
+        r.r15,
+        r.r14,
+        r.r13,
+        r.r12,
+        r.rbp,
+        r.rbx,
+        r.r11,
+        r.r10,
+        r.r9,
+        r.r8,
+        r.rax,
+        r.rcx,
+        r.rdx,
+        r.rsi,
+        r.rdi,
+        r.rip,
+        r.eflags & !0x10100,
+        r.rsp,
+        r.fs_base,
+    ];
     let mut bytes = Vec::with_capacity(v.len() * 8);
     for x in v {
         bytes.extend_from_slice(&x.to_le_bytes());
@@ -62,5 +94,11 @@ pub fn fingerprint(r: &os::Regs) -> u64 {
 /// where its last syscall returned (then the landing is that syscall's).
 pub fn landing_of(r: &os::Regs, last_exit: Option<&os::Regs>) -> Landing {
     let in_syscall = last_exit.is_some_and(|e| fingerprint(e) == fingerprint(r));
-    Landing { ip: r.rip, fingerprint: fingerprint(r), passes: 0, in_syscall }
+    Landing {
+        ip: r.rip,
+        fingerprint: fingerprint(r),
+        passes: 0,
+        in_syscall,
+        regs: landing::regs_vec(r),
+    }
 }

@@ -101,6 +101,8 @@ struct Task {
     stop: Stop,
     /// A signal we are injecting: its delivery stop is expected.
     injecting: Option<i32>,
+    /// A signal to deliver when the task next resumes, with its siginfo.
+    deliver: Option<(i32, Vec<u8>)>,
     /// Last mapping-related file seen for this task (for the next mmap).
     snapshot: Option<FileSnapshot>,
     /// Files to put in the replay root before the next exec.
@@ -148,7 +150,11 @@ impl Replayer {
     pub fn new(opts: ReplayOptions) -> Result<Replayer, Error> {
         let r = Reader::open(&opts.log)?;
         if r.meta().backend != "ptrace" && r.meta().backend != "ebpf" {
-            return Err(Error::Usage(format!("{}: a {} log cannot be replayed (recorded by `kprobe record`?)", opts.log.display(), r.meta().backend)));
+            return Err(Error::Usage(format!(
+                "{}: a {} log cannot be replayed (recorded by `kprobe record`?)",
+                opts.log.display(),
+                r.meta().backend
+            )));
         }
         let end = r.end_seq();
         // The first exec says what to start.
@@ -168,8 +174,16 @@ impl Replayer {
                 break;
             }
         }
-        let (root_tid, exec) = first_exec.ok_or_else(|| Error::Usage(format!("{}: the log holds no exec event to start from", opts.log.display())))?;
-        let root_dir = tempfile::Builder::new().prefix("kprobe-replay-").tempdir().map_err(|e| Error::Os(format!("temporary directory: {e}")))?;
+        let (root_tid, exec) = first_exec.ok_or_else(|| {
+            Error::Usage(format!(
+                "{}: the log holds no exec event to start from",
+                opts.log.display()
+            ))
+        })?;
+        let root_dir = tempfile::Builder::new()
+            .prefix("kprobe-replay-")
+            .tempdir()
+            .map_err(|e| Error::Os(format!("temporary directory: {e}")))?;
         let mut me = Replayer {
             r,
             opts,
@@ -189,12 +203,20 @@ impl Replayer {
             me.materialize(s)?;
         }
         let cwd = me.root_dir.path().join(exec.cwd.trim_start_matches('/'));
-        std::fs::create_dir_all(&cwd).map_err(|e| Error::Os(format!("creating {}: {e}", cwd.display())))?;
-        let c = |s: &str| std::ffi::CString::new(s).map_err(|_| Error::Usage(format!("NUL byte in {s:?}")));
-        let stack = me.r.meta().extra.iter().find(|(k, _)| k == "rlimit_stack").and_then(|(_, v)| {
-            let mut it = v.split_whitespace().map(|x| x.parse::<u64>().ok());
-            Some((it.next()??, it.next()??))
-        });
+        std::fs::create_dir_all(&cwd)
+            .map_err(|e| Error::Os(format!("creating {}: {e}", cwd.display())))?;
+        let c = |s: &str| {
+            std::ffi::CString::new(s).map_err(|_| Error::Usage(format!("NUL byte in {s:?}")))
+        };
+        let stack =
+            me.r.meta()
+                .extra
+                .iter()
+                .find(|(k, _)| k == "rlimit_stack")
+                .and_then(|(_, v)| {
+                    let mut it = v.split_whitespace().map(|x| x.parse::<u64>().ok());
+                    Some((it.next()??, it.next()??))
+                });
         let spec = os::SpawnSpec {
             path: c(&exec.exe.path)?,
             argv: exec.argv.iter().map(|a| c(a)).collect::<Result<_, _>>()?,
@@ -205,11 +227,30 @@ impl Replayer {
             seccomp: os::seccomp_filter(&sys::seccomp_allowed()),
             null_stdio: true,
         };
-        let pid = os::spawn(&spec).map_err(|e| Error::Os(format!("starting the replay of {}: {e}", exec.exe.path)))?;
+        let pid = os::spawn(&spec)
+            .map_err(|e| Error::Os(format!("starting the replay of {}: {e}", exec.exe.path)))?;
         let root_pid = me.r.get(0).map(|e| e.pid).unwrap_or(root_tid);
-        me.tasks.insert(root_tid, Task { real: pid, tgid: root_pid, stop: Stop::Running, injecting: None, snapshot: None, exec_files: Vec::new() });
+        me.tasks.insert(
+            root_tid,
+            Task {
+                real: pid,
+                tgid: root_pid,
+                stop: Stop::Running,
+                injecting: None,
+                deliver: None,
+                snapshot: None,
+                exec_files: Vec::new(),
+            },
+        );
         let mem = Mem::open(pid).map_err(|e| Error::Os(format!("memory of {pid}: {e}")))?;
-        me.procs.insert(root_pid, Proc { mem, vdso: Default::default(), real: pid });
+        me.procs.insert(
+            root_pid,
+            Proc {
+                mem,
+                vdso: Default::default(),
+                real: pid,
+            },
+        );
         me.running = Some(root_tid);
         Ok(me)
     }
@@ -234,7 +275,13 @@ impl Replayer {
                 return Ok(ReplayOutcome {
                     exit_code: self.recorded_exit(),
                     events: self.seq,
-                    stopped: Some(StopReport { seq: self.seq, tid: ev.tid, event: kpl::text::describe(&ev), ip, symbol }),
+                    stopped: Some(StopReport {
+                        seq: self.seq,
+                        tid: ev.tid,
+                        event: kpl::text::describe(&ev),
+                        ip,
+                        symbol,
+                    }),
                 });
             }
             let ev = match self.r.get(self.seq) {
@@ -255,11 +302,17 @@ impl Replayer {
                 os::kill(t.real);
             }
         }
-        Ok(ReplayOutcome { exit_code: self.recorded_exit(), events: self.seq, stopped: None })
+        Ok(ReplayOutcome {
+            exit_code: self.recorded_exit(),
+            events: self.seq,
+            stopped: None,
+        })
     }
 
     fn recorded_exit(&self) -> i32 {
-        self.root_status.or(self.r.index().summary.exit_code).unwrap_or(0)
+        self.root_status
+            .or(self.r.index().summary.exit_code)
+            .unwrap_or(0)
     }
 
     fn kill_all(&mut self) {
@@ -296,14 +349,21 @@ impl Replayer {
             EventBody::Preempt(_) => {
                 let st = self.ensure_stop(ev.tid)?;
                 if st != Stop::Landing {
-                    return Err(self.diverge(ev, "to be preempted at its recorded landing point", &st));
+                    return Err(self.diverge(
+                        ev,
+                        "to be preempted at its recorded landing point",
+                        &st,
+                    ));
                 }
                 self.running = None;
                 Ok(())
             }
             EventBody::Resume(_) => {
                 let st = self.ensure_stop(ev.tid)?;
-                if !matches!(st, Stop::Started | Stop::Landing | Stop::Exit | Stop::Event(_)) {
+                if !matches!(
+                    st,
+                    Stop::Started | Stop::Landing | Stop::Exit | Stop::Event(_)
+                ) {
                     return Err(self.diverge(ev, "to be stopped, ready to resume", &st));
                 }
                 self.continue_task(ev.tid, 0)
@@ -329,7 +389,11 @@ impl Replayer {
     }
 
     fn task(&self, tid: u32) -> Result<&Task, Error> {
-        self.tasks.get(&tid).ok_or_else(|| Error::Replay { seq: self.seq, tid, why: "the log names a task the replay never created".into() })
+        self.tasks.get(&tid).ok_or_else(|| Error::Replay {
+            seq: self.seq,
+            tid,
+            why: "the log names a task the replay never created".into(),
+        })
     }
 
     fn real(&self, tid: u32) -> Result<Pid, Error> {
@@ -338,7 +402,11 @@ impl Replayer {
 
     fn proc_of(&self, tid: u32) -> Result<&Proc, Error> {
         let tgid = self.task(tid)?.tgid;
-        self.procs.get(&tgid).ok_or_else(|| Error::Replay { seq: self.seq, tid, why: format!("no process {tgid}") })
+        self.procs.get(&tgid).ok_or_else(|| Error::Replay {
+            seq: self.seq,
+            tid,
+            why: format!("no process {tgid}"),
+        })
     }
 
     fn set_stop(&mut self, tid: u32, s: Stop) {
@@ -357,10 +425,31 @@ impl Replayer {
         let Stop::Entry { nr, args } = st else {
             return Err(self.diverge(ev, &format!("to enter {}", kpl::text::describe(ev)), &st));
         };
-        let first_exec = self.seq < 64 && nr == sys::nr(Sysno::execve) && !self.procs.values().any(|p| p.vdso.syscall_insn != 0);
+        let first_exec = self.seq < 64
+            && nr == sys::nr(Sysno::execve)
+            && !self.procs.values().any(|p| p.vdso.syscall_insn != 0);
         if nr != sc.nr || (args != sc.args && !first_exec) {
-            let actual = format!("called {}({})", sys::name(nr), args.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(", "));
-            return Err(self.divergence(ev, &format!("{}({})", sc.name(), sc.args.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(", ")), &actual));
+            let actual = format!(
+                "called {}({})",
+                sys::name(nr),
+                args.iter()
+                    .map(|a| format!("{a:#x}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            return Err(self.divergence(
+                ev,
+                &format!(
+                    "{}({})",
+                    sc.name(),
+                    sc.args
+                        .iter()
+                        .map(|a| format!("{a:#x}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                &actual,
+            ));
         }
         let real = self.real(tid)?;
         let class = sys::class(nr, &args);
@@ -374,7 +463,9 @@ impl Replayer {
             }
             Class::MmapFile if sc.ret < 0 => self.skip_syscall(tid, real, sc)?,
             // A fork that failed at record time must fail here too.
-            Class::ExecutePatch if sc.ret < 0 && self.is_forklike(nr) => self.skip_syscall(tid, real, sc)?,
+            Class::ExecutePatch if sc.ret < 0 && self.is_forklike(nr) => {
+                self.skip_syscall(tid, real, sc)?
+            }
             Class::MmapFile => self.mmap_file(ev, real, sc)?,
             Class::ExecuteCheck | Class::ExecutePatch => {
                 os::syscall(real, 0).map_err(os_err("resuming into a syscall"))?;
@@ -388,7 +479,11 @@ impl Replayer {
                     regs.rax = sc.ret as u64;
                     os::setregs(real, &regs).map_err(os_err("setregs"))?;
                 } else if regs.rax as i64 != sc.ret {
-                    return Err(self.divergence(ev, &format!("{} to return {}", sc.name(), kpl::sys::format_ret(sc.ret)), &format!("got {}", kpl::sys::format_ret(regs.rax as i64))));
+                    return Err(self.divergence(
+                        ev,
+                        &format!("{} to return {}", sc.name(), kpl::sys::format_ret(sc.ret)),
+                        &format!("got {}", kpl::sys::format_ret(regs.rax as i64)),
+                    ));
                 }
             }
         }
@@ -397,7 +492,9 @@ impl Replayer {
     }
 
     fn is_forklike(&self, nr: u32) -> bool {
-        [Sysno::clone, Sysno::clone3, Sysno::fork, Sysno::vfork].iter().any(|s| sys::nr(*s) == nr)
+        [Sysno::clone, Sysno::clone3, Sysno::fork, Sysno::vfork]
+            .iter()
+            .any(|s| sys::nr(*s) == nr)
     }
 
     /// The exit of a clone/fork/vfork whose child was created at its fork event.
@@ -420,7 +517,11 @@ impl Replayer {
         self.set_stop(tid, Stop::Running);
         let st = self.wait_stop(tid)?;
         if st != Stop::Exit {
-            return Err(Error::Replay { seq: self.seq, tid, why: format!("a served {} did not come back (stopped: {st:?})", sc.name()) });
+            return Err(Error::Replay {
+                seq: self.seq,
+                tid,
+                why: format!("a served {} did not come back (stopped: {st:?})", sc.name()),
+            });
         }
         let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
         regs.rax = sc.ret as u64;
@@ -432,7 +533,14 @@ impl Replayer {
         if sys::written_data(sc.nr, &sc.args, sc.ret, &NoMem).is_none() {
             for w in &sc.writes {
                 let bytes = self.bytes(&w.data, tid)?;
-                self.proc_of(tid)?.mem.write(w.addr, &bytes).map_err(|e| Error::Replay { seq: self.seq, tid, why: format!("writing {} bytes at {:#x}: {e}", bytes.len(), w.addr) })?;
+                self.proc_of(tid)?
+                    .mem
+                    .write(w.addr, &bytes)
+                    .map_err(|e| Error::Replay {
+                        seq: self.seq,
+                        tid,
+                        why: format!("writing {} bytes at {:#x}: {e}", bytes.len(), w.addr),
+                    })?;
             }
         }
         Ok(())
@@ -451,8 +559,16 @@ impl Replayer {
             return Ok(());
         }
         for w in &sc.writes {
-            let b = self.r.payload(&w.data).map(|c| c.into_owned()).unwrap_or_default();
-            let _ = if sc.flags & Syscall::FLAG_STDOUT != 0 { self.out.write_all(&b) } else { self.err.write_all(&b) };
+            let b = self
+                .r
+                .payload(&w.data)
+                .map(|c| c.into_owned())
+                .unwrap_or_default();
+            let _ = if sc.flags & Syscall::FLAG_STDOUT != 0 {
+                self.out.write_all(&b)
+            } else {
+                self.err.write_all(&b)
+            };
         }
         let _ = self.out.flush();
         Ok(())
@@ -462,7 +578,10 @@ impl Replayer {
         let tid = ev.tid;
         let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
         regs.rdi = sc.ret as u64;
-        regs.r10 = ((sc.args[3] as i32 & !(libc::MAP_SHARED | libc::MAP_SHARED_VALIDATE)) | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED) as u64;
+        regs.r10 = ((sc.args[3] as i32 & !(libc::MAP_SHARED | libc::MAP_SHARED_VALIDATE))
+            | libc::MAP_PRIVATE
+            | libc::MAP_ANONYMOUS
+            | libc::MAP_FIXED) as u64;
         regs.r8 = u64::MAX;
         regs.r9 = 0;
         os::setregs(real, &regs).map_err(os_err("setregs"))?;
@@ -474,7 +593,11 @@ impl Replayer {
         }
         let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
         if regs.rax != sc.ret as u64 {
-            return Err(self.divergence(ev, &format!("mmap at {:#x}", sc.ret), &format!("got {}", kpl::sys::format_ret(regs.rax as i64))));
+            return Err(self.divergence(
+                ev,
+                &format!("mmap at {:#x}", sc.ret),
+                &format!("got {}", kpl::sys::format_ret(regs.rax as i64)),
+            ));
         }
         let snap = self.tasks.get_mut(&tid).and_then(|t| t.snapshot.take());
         if let Some(s) = snap {
@@ -483,9 +606,21 @@ impl Replayer {
                 let off = sc.args[5] as usize;
                 let len = (sc.args[1] as usize).min(content.len().saturating_sub(off));
                 if len > 0 {
-                    self.proc_of(tid)?.mem.write(sc.ret as u64, &content[off..off + len]).map_err(|e| Error::Replay { seq: self.seq, tid, why: format!("filling the mapping of {}: {e}", s.file.path) })?;
+                    self.proc_of(tid)?
+                        .mem
+                        .write(sc.ret as u64, &content[off..off + len])
+                        .map_err(|e| Error::Replay {
+                            seq: self.seq,
+                            tid,
+                            why: format!("filling the mapping of {}: {e}", s.file.path),
+                        })?;
                 }
-                self.mappings.push(Mapping { start: sc.ret as u64, len: sc.args[1], offset: sc.args[5], file: s.file });
+                self.mappings.push(Mapping {
+                    start: sc.ret as u64,
+                    len: sc.args[1],
+                    offset: sc.args[5],
+                    file: s.file,
+                });
             }
         }
         regs.rax = sc.ret as u64;
@@ -500,17 +635,23 @@ impl Replayer {
 
     fn materialize(&self, s: &FileSnapshot) -> Result<(), Error> {
         let Some(h) = s.file.hash else { return Ok(()) };
-        let dest = self.root_dir.path().join(s.file.path.trim_start_matches('/'));
+        let dest = self
+            .root_dir
+            .path()
+            .join(s.file.path.trim_start_matches('/'));
         if dest.exists() {
             return Ok(());
         }
         let content = self.r.file(&h)?;
         if let Some(p) = dest.parent() {
-            std::fs::create_dir_all(p).map_err(|e| Error::Os(format!("creating {}: {e}", p.display())))?;
+            std::fs::create_dir_all(p)
+                .map_err(|e| Error::Os(format!("creating {}: {e}", p.display())))?;
         }
-        std::fs::write(&dest, content).map_err(|e| Error::Os(format!("writing {}: {e}", dest.display())))?;
+        std::fs::write(&dest, content)
+            .map_err(|e| Error::Os(format!("writing {}: {e}", dest.display())))?;
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).map_err(|e| Error::Os(format!("chmod {}: {e}", dest.display())))?;
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| Error::Os(format!("chmod {}: {e}", dest.display())))?;
         Ok(())
     }
 
@@ -531,13 +672,28 @@ impl Replayer {
         let real = self.real(tid)?;
         if let Some(exe) = files.iter().find(|f| f.reason == "exec") {
             let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
-            let path_reg = if sc.nr == sys::nr(Sysno::execveat) { regs.rsi } else { regs.rdi };
-            let cur = self.proc_of(tid)?.mem.read_cstr(path_reg, 4096).unwrap_or_default();
+            let path_reg = if sc.nr == sys::nr(Sysno::execveat) {
+                regs.rsi
+            } else {
+                regs.rdi
+            };
+            let cur = self
+                .proc_of(tid)?
+                .mem
+                .read_cstr(path_reg, 4096)
+                .unwrap_or_default();
             if cur != exe.file.path.as_bytes() {
                 let mut s = exe.file.path.clone().into_bytes();
                 s.push(0);
                 let at = (regs.rsp - 4096 - s.len() as u64) & !15;
-                self.proc_of(tid)?.mem.write(at, &s).map_err(|e| Error::Replay { seq: self.seq, tid, why: format!("rewriting the exec path: {e}") })?;
+                self.proc_of(tid)?
+                    .mem
+                    .write(at, &s)
+                    .map_err(|e| Error::Replay {
+                        seq: self.seq,
+                        tid,
+                        why: format!("rewriting the exec path: {e}"),
+                    })?;
                 if sc.nr == sys::nr(Sysno::execveat) {
                     regs.rsi = at;
                     regs.rdi = libc::AT_FDCWD as u64;
@@ -562,16 +718,32 @@ impl Replayer {
         let real = self.real(tid)?;
         let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
         if regs.rax != 0 {
-            return Err(self.divergence(ev, "execve to succeed", &format!("got {}", kpl::sys::format_ret(regs.rax as i64))));
+            return Err(self.divergence(
+                ev,
+                "execve to succeed",
+                &format!("got {}", kpl::sys::format_ret(regs.rax as i64)),
+            ));
         }
         let tgid = self.task(tid)?.tgid;
         let mem = Mem::open(real).map_err(|e| Error::Os(format!("memory of {real}: {e}")))?;
-        let v = vdso::patch(real, &mem).map_err(|e| Error::Replay { seq: self.seq, tid, why: e })?;
-        crate::inject::enable_cpuid_faulting(real, v.syscall_insn).map_err(|e| Error::Replay { seq: self.seq, tid, why: e })?;
+        let v = vdso::patch(real, &mem).map_err(|e| Error::Replay {
+            seq: self.seq,
+            tid,
+            why: e,
+        })?;
+        crate::inject::enable_cpuid_faulting(real, v.syscall_insn).map_err(|e| Error::Replay {
+            seq: self.seq,
+            tid,
+            why: e,
+        })?;
         // The recorded initial stack (same argv, env, auxv, AT_RANDOM bytes).
         if let Some(w) = sc.writes.first() {
             let bytes = self.bytes(&w.data, tid)?;
-            mem.write(w.addr, &bytes).map_err(|e| Error::Replay { seq: self.seq, tid, why: format!("restoring the initial stack: {e}") })?;
+            mem.write(w.addr, &bytes).map_err(|e| Error::Replay {
+                seq: self.seq,
+                tid,
+                why: format!("restoring the initial stack: {e}"),
+            })?;
             regs.rsp = w.addr;
         }
         os::setregs(real, &regs).map_err(os_err("setregs"))?;
@@ -588,7 +760,11 @@ impl Replayer {
             return Err(self.diverge(ev, "to enter clone/fork/vfork", &st));
         };
         if !self.is_forklike(nr) {
-            return Err(self.divergence(ev, "clone, fork or vfork", &format!("called {}", sys::name(nr))));
+            return Err(self.divergence(
+                ev,
+                "clone, fork or vfork",
+                &format!("called {}", sys::name(nr)),
+            ));
         }
         let real = self.real(tid)?;
         os::syscall(real, 0).map_err(os_err("resuming into fork"))?;
@@ -599,17 +775,43 @@ impl Replayer {
         };
         let child = Pid::from_raw(os::getevent(real).map_err(os_err("getevent"))? as i32);
         let parent_tgid = self.task(tid)?.tgid;
-        let tgid = if f.kind == ForkKind::Thread { parent_tgid } else { f.child_pid };
-        self.tasks.insert(f.child_tid, Task { real: child, tgid, stop: Stop::New, injecting: None, snapshot: None, exec_files: Vec::new() });
+        let tgid = if f.kind == ForkKind::Thread {
+            parent_tgid
+        } else {
+            f.child_pid
+        };
+        self.tasks.insert(
+            f.child_tid,
+            Task {
+                real: child,
+                tgid,
+                stop: Stop::New,
+                injecting: None,
+                deliver: None,
+                snapshot: None,
+                exec_files: Vec::new(),
+            },
+        );
         if f.kind != ForkKind::Thread {
             let mem = Mem::open(child).map_err(|e| Error::Os(format!("memory of {child}: {e}")))?;
             let v = self.proc_of(tid)?.vdso.clone();
-            self.procs.insert(tgid, Proc { mem, vdso: v, real: child });
+            self.procs.insert(
+                tgid,
+                Proc {
+                    mem,
+                    vdso: v,
+                    real: child,
+                },
+            );
         }
         // Thread ids the kernel wrote into memory are the replay's: write the recorded ones.
         let (flags, ptid, ctid) = if nr == sys::nr(Sysno::clone3) {
             let m = &self.proc_of(tid)?.mem;
-            (m.read_u64(args[0]).unwrap_or(0), m.read_u64(args[0] + 24).unwrap_or(0), m.read_u64(args[0] + 16).unwrap_or(0))
+            (
+                m.read_u64(args[0]).unwrap_or(0),
+                m.read_u64(args[0] + 24).unwrap_or(0),
+                m.read_u64(args[0] + 16).unwrap_or(0),
+            )
         } else if nr == sys::nr(Sysno::clone) {
             (args[0], args[2], args[3])
         } else {
@@ -652,16 +854,26 @@ impl Replayer {
         let status = os::getevent(real).unwrap_or(0) as i32;
         let sig = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
         if sig != x.signal || (sig.is_none() && libc::WEXITSTATUS(status) != x.code) {
-            return Err(self.divergence(ev, &format!("exit {:?}/{}", x.signal, x.code), &format!("exited with status {status:#x}")));
+            return Err(self.divergence(
+                ev,
+                &format!("exit {:?}/{}", x.signal, x.code),
+                &format!("exited with status {status:#x}"),
+            ));
         }
         let _ = os::cont(real, 0);
         // Reap it (threads of a live group are reaped by the kernel).
         match os::wait(Some(real), false) {
             Ok(Some(WaitStatus::Exited(_, c))) => self.set_stop(tid, Stop::Gone(c)),
-            Ok(Some(WaitStatus::Signaled(_, s, _))) => self.set_stop(tid, Stop::Gone(128 + s as i32)),
+            Ok(Some(WaitStatus::Signaled(_, s, _))) => {
+                self.set_stop(tid, Stop::Gone(128 + s as i32))
+            }
             _ => self.set_stop(tid, Stop::Gone(0)),
         }
-        if tid == self.root_tid || ev.pid == self.task(self.root_tid).map(|t| t.tgid).unwrap_or(0) && x.group && ev.tid == ev.pid {
+        if tid == self.root_tid
+            || ev.pid == self.task(self.root_tid).map(|t| t.tgid).unwrap_or(0)
+                && x.group
+                && ev.tid == ev.pid
+        {
             self.root_status = Some(match x.signal {
                 Some(s) => 128 + s,
                 None => x.code,
@@ -677,7 +889,12 @@ impl Replayer {
     /// (exit_group, exec, fatal signal): resume the sibling that does it.
     fn drive_group_exit(&mut self, tid: u32) -> Result<(), Error> {
         let tgid = self.task(tid)?.tgid;
-        let sibs: Vec<(u32, Stop)> = self.tasks.iter().filter(|(t, x)| **t != tid && x.tgid == tgid).map(|(t, x)| (*t, x.stop.clone())).collect();
+        let sibs: Vec<(u32, Stop)> = self
+            .tasks
+            .iter()
+            .filter(|(t, x)| **t != tid && x.tgid == tgid)
+            .map(|(t, x)| (*t, x.stop.clone()))
+            .collect();
         for (s, st) in sibs {
             if let Stop::Entry { nr, .. } = st {
                 if nr == sys::nr(Sysno::exit_group) {
@@ -697,30 +914,55 @@ impl Replayer {
     fn signal(&mut self, ev: &Event, s: &Signal) -> Result<(), Error> {
         let tid = ev.tid;
         let st = self.ensure_stop(tid)?;
-        let real = self.real(tid)?;
         match st {
-            Stop::Signal(sig) if sig == s.signo && s.synchronous => {
-                let _ = os::setsiginfo(real, &s.siginfo);
-                self.continue_task(tid, s.signo)
+            Stop::Signal(sig) if sig == s.signo && s.synchronous => {}
+            Stop::Exit
+            | Stop::Entry { .. }
+            | Stop::Started
+            | Stop::Landing
+            | Stop::Signal(libc::SIGTRAP)
+                if !s.synchronous => {}
+            other => {
+                return Err(self.diverge(
+                    ev,
+                    &format!(
+                        "to be where {} was delivered",
+                        kpl::json::signal_name(s.signo)
+                    ),
+                    &other,
+                ))
             }
-            Stop::Exit | Stop::Entry { .. } | Stop::Started if s.landing.in_syscall || matches!(st, Stop::Started) => {
-                // Queue it at this syscall stop; it is delivered before any user code runs.
-                self.tasks.get_mut(&tid).unwrap().injecting = Some(s.signo);
-                os::cont(real, s.signo).map_err(os_err("injecting a signal"))?;
-                self.set_stop(tid, Stop::Running);
-                let st = self.wait_stop(tid)?;
-                if st != Stop::Signal(s.signo) {
-                    return Err(self.diverge(ev, &format!("to take {}", kpl::json::signal_name(s.signo)), &st));
-                }
-                let _ = os::setsiginfo(real, &s.siginfo);
-                self.continue_task(tid, s.signo)
-            }
-            Stop::Landing => {
-                let _ = os::setsiginfo(real, &s.siginfo);
-                self.continue_task(tid, s.signo)
-            }
-            other => Err(self.diverge(ev, &format!("to be where {} was delivered", kpl::json::signal_name(s.signo)), &other)),
         }
+        self.tasks.get_mut(&tid).unwrap().deliver = Some((s.signo, s.siginfo.clone()));
+        self.continue_task(tid, 0)
+    }
+
+    /// Brings a task with a signal to deliver to that signal's delivery stop
+    /// (queueing it from the tracer when needed) with the recorded siginfo;
+    /// returns the signal to resume with (0 if none).
+    fn arm_signal(&mut self, tid: u32) -> Result<i32, Error> {
+        let Some((sig, info)) = self.tasks.get_mut(&tid).and_then(|t| t.deliver.take()) else {
+            return Ok(0);
+        };
+        let real = self.real(tid)?;
+        if self.task(tid)?.stop != Stop::Signal(sig) {
+            let tgid = self.proc_of(tid)?.real;
+            self.tasks.get_mut(&tid).unwrap().injecting = Some(sig);
+            os::tgkill(tgid, real, sig).map_err(os_err("queueing a signal"))?;
+            os::cont(real, 0).map_err(os_err("resuming to take a signal"))?;
+            self.set_stop(tid, Stop::Running);
+            let st = self.wait_stop(tid)?;
+            if st != Stop::Signal(sig) {
+                return Err(self.diverge_at(
+                    self.seq,
+                    tid,
+                    &format!("to take {}", kpl::json::signal_name(sig)),
+                    &st,
+                ));
+            }
+        }
+        let _ = os::setsiginfo(real, &info);
+        Ok(sig)
     }
 
     fn trap(&mut self, ev: &Event, ip: u64, apply: impl FnOnce(&mut Regs)) -> Result<(), Error> {
@@ -729,7 +971,11 @@ impl Replayer {
         let real = self.real(tid)?;
         let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
         if st != Stop::Signal(libc::SIGSEGV) || regs.rip != ip {
-            return Err(self.diverge(ev, &format!("to trap on {} at {ip:#x}", kpl::text::describe(ev)), &st));
+            return Err(self.diverge(
+                ev,
+                &format!("to trap on {} at {ip:#x}", kpl::text::describe(ev)),
+                &st,
+            ));
         }
         apply(&mut regs);
         os::setregs(real, &regs).map_err(os_err("setregs"))?;
@@ -743,6 +989,7 @@ impl Replayer {
     /// there; where its next event is a signal at this syscall's exit, keeps
     /// it stopped.
     fn continue_task(&mut self, tid: u32, sig: i32) -> Result<(), Error> {
+        debug_assert_eq!(sig, 0, "signals go through Task::deliver");
         // One task runs user code at a time.
         if let Some(r) = self.running {
             if r != tid && self.tasks.get(&r).is_some_and(|t| t.stop == Stop::Running) {
@@ -750,17 +997,21 @@ impl Replayer {
             }
         }
         let next = self.next_event_of(tid)?;
-        let real = self.real(tid)?;
-        if sig == 0 {
-            if let Some(n) = &next {
-                match &n.body {
-                    EventBody::Signal(s) if s.landing.in_syscall && !s.synchronous => return Ok(()),
-                    EventBody::Preempt(p) => return self.run_to_landing(tid, &p.landing, n.seq),
-                    EventBody::Signal(s) if !s.synchronous => return self.run_to_landing(tid, &s.landing, n.seq),
-                    _ => {}
+        let delivering = self.task(tid)?.deliver.is_some();
+        if let Some(n) = &next {
+            match &n.body {
+                EventBody::Signal(s) if s.landing.in_syscall && !s.synchronous && !delivering => {
+                    return Ok(())
                 }
+                EventBody::Preempt(p) => return self.run_to_landing(tid, &p.landing, n.seq),
+                EventBody::Signal(s) if !s.synchronous && !s.landing.in_syscall => {
+                    return self.run_to_landing(tid, &s.landing, n.seq)
+                }
+                _ => {}
             }
         }
+        let sig = self.arm_signal(tid)?;
+        let real = self.real(tid)?;
         os::cont(real, sig).map_err(os_err(format!("resuming task {tid}")))?;
         self.set_stop(tid, Stop::Running);
         self.running = Some(tid);
@@ -789,15 +1040,30 @@ impl Replayer {
     fn run_to_landing(&mut self, tid: u32, l: &Landing, seq: u64) -> Result<(), Error> {
         let real = self.real(tid)?;
         let here = os::getregs(real).map_err(os_err("getregs"))?;
-        if here.rip == l.ip && fingerprint(&here) == l.fingerprint {
+        if self.task(tid)?.deliver.is_none()
+            && here.rip == l.ip
+            && fingerprint(&here) == l.fingerprint
+        {
             self.set_stop(tid, Stop::Landing);
             return Ok(());
         }
+        let (mem_ok, insn) = {
+            let p = self.proc_of(tid)?;
+            (
+                p.vdso.syscall_insn != 0,
+                crate::landing::decode_at(&p.mem, l.ip),
+            )
+        };
+        if mem_ok && !l.regs.is_empty() && insn.as_ref().is_some_and(crate::landing::patchable) {
+            return self.run_to_landing_patched(tid, l, seq);
+        }
         os::set_debugreg(real, 0, l.ip).map_err(os_err("setting a hardware breakpoint"))?;
         os::set_debugreg(real, 7, 1).map_err(os_err("enabling a hardware breakpoint"))?;
+        let mut sig = self.arm_signal(tid)?;
         let mut passes = 0u64;
         let res = loop {
-            os::cont(real, 0).map_err(os_err("resuming to a landing point"))?;
+            os::cont(real, std::mem::take(&mut sig))
+                .map_err(os_err("resuming to a landing point"))?;
             self.set_stop(tid, Stop::Running);
             self.running = Some(tid);
             let st = self.wait_stop(tid)?;
@@ -807,24 +1073,69 @@ impl Replayer {
                     break Ok(());
                 }
                 passes += 1;
-                if passes > 50_000_000 {
+                if passes > 500_000_000 {
                     break Err(Error::Replay { seq, tid, why: format!("passed the landing point {:#x} {passes} times without matching its registers", l.ip) });
                 }
-                // Step over the breakpoint and go on.
-                let _ = os::set_debugreg(real, 7, 0);
-                os::step(real, 0).map_err(os_err("single-step"))?;
-                self.set_stop(tid, Stop::Running);
-                let st = self.wait_stop(tid)?;
-                if st != Stop::Signal(libc::SIGTRAP) {
-                    break Err(self.diverge_at(seq, tid, &format!("to reach {:#x}", l.ip), &st));
-                }
-                let _ = os::set_debugreg(real, 7, 1);
+                // The kernel sets the resume flag on an execute breakpoint: continuing
+                // runs the instruction without trapping again.
                 continue;
             }
-            break Err(self.diverge_at(seq, tid, &format!("to reach its landing point {:#x}", l.ip), &st));
+            break Err(self.diverge_at(
+                seq,
+                tid,
+                &format!("to reach its landing point {:#x}", l.ip),
+                &st,
+            ));
         };
         let _ = os::set_debugreg(real, 7, 0);
+        tracing::debug!(tid, ip = l.ip, passes, "landed");
         res?;
+        self.set_stop(tid, Stop::Landing);
+        self.running = None;
+        Ok(())
+    }
+
+    /// Runs to a landing through a trampoline that compares registers in the tracee.
+    fn run_to_landing_patched(&mut self, tid: u32, l: &Landing, seq: u64) -> Result<(), Error> {
+        let real = self.real(tid)?;
+        let insn_addr = self.proc_of(tid)?.vdso.syscall_insn;
+        let t = {
+            let p = self.proc_of(tid)?;
+            crate::landing::install(real, &p.mem, insn_addr, l.ip, &l.regs)
+                .map_err(|e| Error::Replay { seq, tid, why: e })?
+        };
+        let mut sig = self.arm_signal(tid)?;
+        let mut candidates = 0u64;
+        let res = loop {
+            os::cont(real, std::mem::take(&mut sig))
+                .map_err(os_err("resuming to a landing point"))?;
+            self.set_stop(tid, Stop::Running);
+            self.running = Some(tid);
+            let st = self.wait_stop(tid)?;
+            let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
+            if st == Stop::Signal(libc::SIGTRAP) && regs.rip == t.hit {
+                regs.rip = l.ip;
+                if fingerprint(&regs) == l.fingerprint {
+                    os::setregs(real, &regs).map_err(os_err("setregs"))?;
+                    break Ok(());
+                }
+                candidates += 1;
+                continue;
+            }
+            break Err(self.diverge_at(
+                seq,
+                tid,
+                &format!("to reach its landing point {:#x}", l.ip),
+                &st,
+            ));
+        };
+        let removed = {
+            let p = self.proc_of(tid)?;
+            crate::landing::remove(real, &p.mem, insn_addr, &t)
+        };
+        tracing::debug!(tid, ip = l.ip, candidates, "landed (trampoline)");
+        res?;
+        removed.map_err(|e| Error::Replay { seq, tid, why: e })?;
         self.set_stop(tid, Stop::Landing);
         self.running = None;
         Ok(())
@@ -849,20 +1160,35 @@ impl Replayer {
                 Ok(None) => continue,
                 Err(e) => return Err(Error::Os(format!("waiting for task {tid} ({real}): {e}"))),
             };
+            tracing::trace!(tid, ?s, "wait");
             let was_new = self.task(tid)?.stop == Stop::New;
             let stop = match s {
                 WaitStatus::Exited(_, c) => Stop::Gone(c),
                 WaitStatus::Signaled(_, sig, _) => Stop::Gone(128 + sig as i32),
-                WaitStatus::PtraceSyscall(_) => match os::syscall_info(real).map_err(os_err("syscall info"))? {
-                    SyscallInfo::Entry { nr, args } | SyscallInfo::Seccomp { nr, args } => Stop::Entry { nr: nr as u32, args },
-                    SyscallInfo::Exit { .. } => Stop::Exit,
-                    SyscallInfo::None => continue,
-                },
+                WaitStatus::PtraceSyscall(_) => {
+                    match os::syscall_info(real).map_err(os_err("syscall info"))? {
+                        SyscallInfo::Entry { nr, args } | SyscallInfo::Seccomp { nr, args } => {
+                            Stop::Entry {
+                                nr: nr as u32,
+                                args,
+                            }
+                        }
+                        SyscallInfo::Exit { .. } => Stop::Exit,
+                        SyscallInfo::None => continue,
+                    }
+                }
                 WaitStatus::PtraceEvent(_, _, ev) => match ev {
-                    libc::PTRACE_EVENT_SECCOMP => match os::syscall_info(real).map_err(os_err("syscall info"))? {
-                        SyscallInfo::Seccomp { nr, args } | SyscallInfo::Entry { nr, args } => Stop::Entry { nr: nr as u32, args },
-                        _ => continue,
-                    },
+                    libc::PTRACE_EVENT_SECCOMP => {
+                        match os::syscall_info(real).map_err(os_err("syscall info"))? {
+                            SyscallInfo::Seccomp { nr, args } | SyscallInfo::Entry { nr, args } => {
+                                Stop::Entry {
+                                    nr: nr as u32,
+                                    args,
+                                }
+                            }
+                            _ => continue,
+                        }
+                    }
                     libc::PTRACE_EVENT_EXIT => Stop::Exiting,
                     libc::PTRACE_EVENT_STOP if was_new => Stop::Started,
                     libc::PTRACE_EVENT_STOP => {
@@ -884,7 +1210,10 @@ impl Replayer {
                     } else if self.task(tid)?.injecting == Some(sig) {
                         self.tasks.get_mut(&tid).unwrap().injecting = None;
                         Stop::Signal(sig)
-                    } else if matches!(sig, libc::SIGSEGV | libc::SIGTRAP | libc::SIGBUS | libc::SIGILL | libc::SIGFPE) {
+                    } else if matches!(
+                        sig,
+                        libc::SIGSEGV | libc::SIGTRAP | libc::SIGBUS | libc::SIGILL | libc::SIGFPE
+                    ) {
                         Stop::Signal(sig)
                     } else {
                         // A real signal the recording does not have: suppress it.
@@ -905,8 +1234,12 @@ impl Replayer {
     // ---- reports ----
 
     fn where_is(&self, tid: u32) -> (u64, String) {
-        let Some(t) = self.tasks.get(&tid) else { return (0, String::new()) };
-        let Ok(regs) = os::getregs(t.real) else { return (0, String::new()) };
+        let Some(t) = self.tasks.get(&tid) else {
+            return (0, String::new());
+        };
+        let Ok(regs) = os::getregs(t.real) else {
+            return (0, String::new());
+        };
         (regs.rip, self.symbolize(t.real, regs.rip))
     }
 
@@ -916,7 +1249,11 @@ impl Replayer {
             let (name, off) = crate::elf::symbol_at(&bytes, ip - m.start + m.offset)?;
             Some(format!("{name}+{off:#x} in {}", m.file.path))
         };
-        if let Some(m) = self.mappings.iter().find(|m| ip >= m.start && ip < m.start + m.len) {
+        if let Some(m) = self
+            .mappings
+            .iter()
+            .find(|m| ip >= m.start && ip < m.start + m.len)
+        {
             if let Some(s) = file_at(m) {
                 return s;
             }
@@ -929,8 +1266,13 @@ impl Replayer {
             if f.len() < 6 {
                 continue;
             }
-            let Some((a, b)) = f[0].split_once('-') else { continue };
-            let (a, b) = (u64::from_str_radix(a, 16).unwrap_or(0), u64::from_str_radix(b, 16).unwrap_or(0));
+            let Some((a, b)) = f[0].split_once('-') else {
+                continue;
+            };
+            let (a, b) = (
+                u64::from_str_radix(a, 16).unwrap_or(0),
+                u64::from_str_radix(b, 16).unwrap_or(0),
+            );
             if ip < a || ip >= b {
                 continue;
             }
@@ -959,7 +1301,13 @@ impl Replayer {
     }
 
     fn divergence(&self, ev: &Event, expected: &str, actual: &str) -> Error {
-        Error::Divergence { seq: ev.seq, tid: ev.tid, expected: expected.to_owned(), actual: actual.to_owned(), place: self.place(ev.tid) }
+        Error::Divergence {
+            seq: ev.seq,
+            tid: ev.tid,
+            expected: expected.to_owned(),
+            actual: actual.to_owned(),
+            place: self.place(ev.tid),
+        }
     }
 
     fn diverge(&self, ev: &Event, expected: &str, st: &Stop) -> Error {
@@ -968,13 +1316,26 @@ impl Replayer {
 
     fn diverge_at(&self, seq: u64, tid: u32, expected: &str, st: &Stop) -> Error {
         let actual = match st {
-            Stop::Entry { nr, args } => format!("called {}({})", sys::name(*nr), args.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(", ")),
+            Stop::Entry { nr, args } => format!(
+                "called {}({})",
+                sys::name(*nr),
+                args.iter()
+                    .map(|a| format!("{a:#x}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Stop::Signal(s) => format!("stopped with {}", kpl::json::signal_name(*s)),
             Stop::Gone(c) => format!("ended (status {c})"),
             Stop::Exiting => "is exiting".to_owned(),
             other => format!("stopped ({other:?})"),
         };
-        Error::Divergence { seq, tid, expected: format!("task {tid} {expected}"), actual, place: self.place(tid) }
+        Error::Divergence {
+            seq,
+            tid,
+            expected: format!("task {tid} {expected}"),
+            actual,
+            place: self.place(tid),
+        }
     }
 
     /// The log being replayed.

@@ -30,10 +30,15 @@ pub enum Class {
 /// Replay class of a syscall.
 pub fn class(nr: u32, args: &[u64; 6]) -> Class {
     use Sysno::*;
-    let Some(s) = Sysno::new(nr as usize) else { return Class::Unsupported("unknown syscall number") };
+    let Some(s) = Sysno::new(nr as usize) else {
+        return Class::Unsupported("unknown syscall number");
+    };
     match s {
-        brk | mprotect | munmap | mremap | madvise | rt_sigaction | rt_sigprocmask | rt_sigreturn | sigaltstack | arch_prctl | set_robust_list | exit
-        | exit_group | execve | execveat | seccomp | pkey_mprotect | pkey_alloc | pkey_free => Class::ExecuteCheck,
+        brk | mprotect | munmap | mremap | madvise | rt_sigaction | rt_sigprocmask
+        | rt_sigreturn | sigaltstack | arch_prctl | set_robust_list | exit | exit_group
+        | execve | execveat | seccomp | pkey_mprotect | pkey_alloc | pkey_free => {
+            Class::ExecuteCheck
+        }
         clone | clone3 | fork | vfork | set_tid_address => Class::ExecutePatch,
         mmap => {
             if args[3] & libc::MAP_ANONYMOUS as u64 != 0 {
@@ -45,15 +50,23 @@ pub fn class(nr: u32, args: &[u64; 6]) -> Class {
         rseq => Class::Refuse,
         prctl => match args[0] as i32 {
             libc::PR_SET_NO_NEW_PRIVS | libc::PR_SET_SECCOMP => Class::ExecuteCheck,
-            libc::PR_SET_TSC => Class::Unsupported("prctl(PR_SET_TSC) by the program would undo rdtsc trapping"),
+            libc::PR_SET_TSC => {
+                Class::Unsupported("prctl(PR_SET_TSC) by the program would undo rdtsc trapping")
+            }
             _ => Class::Emulate,
         },
         ptrace => Class::Unsupported("ptrace inside a recording (nested tracing)"),
-        io_uring_setup | io_uring_enter | io_uring_register => Class::Unsupported("io_uring (the kernel writes completions into shared rings asynchronously)"),
-        io_setup | io_submit | io_getevents | io_pgetevents | io_cancel | io_destroy => Class::Unsupported("Linux AIO (completions arrive asynchronously)"),
+        io_uring_setup | io_uring_enter | io_uring_register => Class::Unsupported(
+            "io_uring (the kernel writes completions into shared rings asynchronously)",
+        ),
+        io_setup | io_submit | io_getevents | io_pgetevents | io_cancel | io_destroy => {
+            Class::Unsupported("Linux AIO (completions arrive asynchronously)")
+        }
         process_vm_readv | process_vm_writev => Class::Unsupported("cross-process memory access"),
         userfaultfd => Class::Unsupported("userfaultfd"),
-        shmget | shmat | shmdt | shmctl => Class::Unsupported("System V shared memory (shared with processes outside the recording)"),
+        shmget | shmat | shmdt | shmctl => Class::Unsupported(
+            "System V shared memory (shared with processes outside the recording)",
+        ),
         perf_event_open => Class::Unsupported("perf_event_open"),
         modify_ldt => Class::Unsupported("modify_ldt"),
         vmsplice => Class::Unsupported("vmsplice"),
@@ -65,21 +78,150 @@ pub fn class(nr: u32, args: &[u64; 6]) -> Class {
 /// instead of letting another thread run meanwhile.
 pub fn quick(nr: u32, args: &[u64; 6]) -> bool {
     use Sysno::*;
-    let Some(s) = Sysno::new(nr as usize) else { return false };
+    let Some(s) = Sysno::new(nr as usize) else {
+        return false;
+    };
     match s {
         fcntl => !matches!(args[1] as i32, libc::F_SETLKW | libc::F_OFD_SETLKW),
-        getpid | gettid | getppid | getuid | geteuid | getgid | getegid | getpgrp | getpgid | getsid | getresuid | getresgid | getgroups | clock_gettime
-        | clock_getres | gettimeofday | time | uname | sysinfo | times | getrusage | getrlimit | prlimit64 | setrlimit | brk | mmap | munmap
-        | mprotect | mremap | madvise | rt_sigaction | rt_sigprocmask | sigaltstack | arch_prctl | set_tid_address | set_robust_list | rseq
-        | getrandom | fstat | stat | lstat | newfstatat | statx | statfs | fstatfs | lseek | getcwd | readlink | readlinkat | access | faccessat
-        | faccessat2 | dup | dup2 | dup3 | ioctl | getdents | getdents64 | socket | bind | listen | setsockopt | getsockopt | getsockname
-        | getpeername | pipe | pipe2 | socketpair | eventfd | eventfd2 | epoll_create | epoll_create1 | epoll_ctl | timerfd_create | timerfd_settime
-        | timerfd_gettime | prctl | sched_getaffinity | sched_setaffinity | getcpu | fadvise64 | mkdir | mkdirat | unlink | unlinkat | rename
-        | renameat | renameat2 | chmod | fchmod | fchmodat | chown | fchown | lchown | fchownat | umask | chdir | fchdir | kill | tgkill | tkill
-        | capget | getpriority | setpriority | sched_getparam | sched_getscheduler | sched_get_priority_max | sched_get_priority_min | personality
-        | memfd_create | inotify_init1 | inotify_add_watch | inotify_rm_watch | signalfd4 | setitimer | getitimer | alarm | timer_create
-        | timer_settime | timer_gettime | timer_delete | sched_yield | membarrier | mincore | get_robust_list | rt_sigpending | shutdown
-        | setsid | setpgid | ftruncate | truncate | symlink | symlinkat | link | linkat | utimensat | close_range | exit | exit_group => true,
+        getpid
+        | gettid
+        | getppid
+        | getuid
+        | geteuid
+        | getgid
+        | getegid
+        | getpgrp
+        | getpgid
+        | getsid
+        | getresuid
+        | getresgid
+        | getgroups
+        | clock_gettime
+        | clock_getres
+        | gettimeofday
+        | time
+        | uname
+        | sysinfo
+        | times
+        | getrusage
+        | getrlimit
+        | prlimit64
+        | setrlimit
+        | brk
+        | mmap
+        | munmap
+        | mprotect
+        | mremap
+        | madvise
+        | rt_sigaction
+        | rt_sigprocmask
+        | sigaltstack
+        | arch_prctl
+        | set_tid_address
+        | set_robust_list
+        | rseq
+        | getrandom
+        | fstat
+        | stat
+        | lstat
+        | newfstatat
+        | statx
+        | statfs
+        | fstatfs
+        | lseek
+        | getcwd
+        | readlink
+        | readlinkat
+        | access
+        | faccessat
+        | faccessat2
+        | dup
+        | dup2
+        | dup3
+        | ioctl
+        | getdents
+        | getdents64
+        | socket
+        | bind
+        | listen
+        | setsockopt
+        | getsockopt
+        | getsockname
+        | getpeername
+        | pipe
+        | pipe2
+        | socketpair
+        | eventfd
+        | eventfd2
+        | epoll_create
+        | epoll_create1
+        | epoll_ctl
+        | timerfd_create
+        | timerfd_settime
+        | timerfd_gettime
+        | prctl
+        | sched_getaffinity
+        | sched_setaffinity
+        | getcpu
+        | fadvise64
+        | mkdir
+        | mkdirat
+        | unlink
+        | unlinkat
+        | rename
+        | renameat
+        | renameat2
+        | chmod
+        | fchmod
+        | fchmodat
+        | chown
+        | fchown
+        | lchown
+        | fchownat
+        | umask
+        | chdir
+        | fchdir
+        | kill
+        | tgkill
+        | tkill
+        | capget
+        | getpriority
+        | setpriority
+        | sched_getparam
+        | sched_getscheduler
+        | sched_get_priority_max
+        | sched_get_priority_min
+        | personality
+        | memfd_create
+        | inotify_init1
+        | inotify_add_watch
+        | inotify_rm_watch
+        | signalfd4
+        | setitimer
+        | getitimer
+        | alarm
+        | timer_create
+        | timer_settime
+        | timer_gettime
+        | timer_delete
+        | sched_yield
+        | membarrier
+        | mincore
+        | get_robust_list
+        | rt_sigpending
+        | shutdown
+        | setsid
+        | setpgid
+        | ftruncate
+        | truncate
+        | symlink
+        | symlinkat
+        | link
+        | linkat
+        | utimensat
+        | close_range
+        | exit
+        | exit_group => true,
         close => true,
         _ => false,
     }
@@ -91,12 +233,26 @@ pub fn quick(nr: u32, args: &[u64; 6]) -> bool {
 /// `args[arg] & mask == value`.
 pub fn seccomp_allowed() -> Vec<(i64, Option<(u8, u64, u64)>)> {
     use Sysno::*;
-    let mut v: Vec<(i64, Option<(u8, u64, u64)>)> = [brk, mprotect, munmap, mremap, madvise, rt_sigprocmask, rt_sigaction, rt_sigreturn, sigaltstack, set_robust_list]
-        .iter()
-        .map(|s| (s.id() as i64, None))
-        .collect();
+    let mut v: Vec<(i64, Option<(u8, u64, u64)>)> = [
+        brk,
+        mprotect,
+        munmap,
+        mremap,
+        madvise,
+        rt_sigprocmask,
+        rt_sigaction,
+        rt_sigreturn,
+        sigaltstack,
+        set_robust_list,
+    ]
+    .iter()
+    .map(|s| (s.id() as i64, None))
+    .collect();
     // Anonymous mappings: placement is deterministic with randomisation off.
-    v.push((mmap.id() as i64, Some((3, libc::MAP_ANONYMOUS as u64, libc::MAP_ANONYMOUS as u64))));
+    v.push((
+        mmap.id() as i64,
+        Some((3, libc::MAP_ANONYMOUS as u64, libc::MAP_ANONYMOUS as u64)),
+    ));
     v
 }
 
@@ -173,10 +329,17 @@ fn fdset_len(nfds: u64) -> usize {
 /// Regions may be generous: bytes the kernel did not touch are captured as
 /// they are and written back unchanged at replay. `m` reads the memory as
 /// it is after the call.
-pub fn outputs(nr: u32, a: &[u64; 6], ret: i64, m: &dyn MemRead) -> Result<Vec<Region>, UnknownOutputs> {
+pub fn outputs(
+    nr: u32,
+    a: &[u64; 6],
+    ret: i64,
+    m: &dyn MemRead,
+) -> Result<Vec<Region>, UnknownOutputs> {
     use Sysno::*;
     let mut out = Vec::new();
-    let Some(s) = Sysno::new(nr as usize) else { return Err(UnknownOutputs(format!("syscall {nr}"))) };
+    let Some(s) = Sysno::new(nr as usize) else {
+        return Err(UnknownOutputs(format!("syscall {nr}")));
+    };
     let ok = ret >= 0;
     let r = ret.max(0) as u64;
     let nz = |out: &mut Vec<Region>, addr: u64, len: usize| {
@@ -300,16 +463,31 @@ pub fn outputs(nr: u32, a: &[u64; 6], ret: i64, m: &dyn MemRead) -> Result<Vec<R
         }
         mincore => nz(&mut out, a[2], a[1].div_ceil(4096).min(1 << 24) as usize),
         futex => {
-            // PI and requeue operations change the futex words themselves.
-            nz(&mut out, a[0], 4);
+            // Only PI and WAKE_OP operations change futex words themselves.
             let op = a[1] as i32 & 0x7f;
-            if matches!(op, libc::FUTEX_WAKE_OP | libc::FUTEX_REQUEUE | libc::FUTEX_CMP_REQUEUE | libc::FUTEX_CMP_REQUEUE_PI | libc::FUTEX_WAIT_REQUEUE_PI) {
+            if matches!(
+                op,
+                libc::FUTEX_LOCK_PI
+                    | libc::FUTEX_LOCK_PI2
+                    | libc::FUTEX_UNLOCK_PI
+                    | libc::FUTEX_TRYLOCK_PI
+                    | libc::FUTEX_WAIT_REQUEUE_PI
+                    | libc::FUTEX_CMP_REQUEUE_PI
+            ) {
+                nz(&mut out, a[0], 4);
+            }
+            if matches!(
+                op,
+                libc::FUTEX_WAKE_OP | libc::FUTEX_CMP_REQUEUE_PI | libc::FUTEX_WAIT_REQUEUE_PI
+            ) {
                 nz(&mut out, a[4], 4);
             }
         }
         prctl => match a[0] as i32 {
             libc::PR_GET_NAME => nz(&mut out, a[1], 16),
-            libc::PR_GET_TSC | libc::PR_GET_PDEATHSIG | libc::PR_GET_TID_ADDRESS => nz(&mut out, a[1], 8),
+            libc::PR_GET_TSC | libc::PR_GET_PDEATHSIG | libc::PR_GET_TID_ADDRESS => {
+                nz(&mut out, a[1], 8)
+            }
             _ => {}
         },
         // Calls whose only output is the return value (or that write nothing).
@@ -351,7 +529,12 @@ fn ioctl_outputs(a: &[u64; 6], out: &mut Vec<Region>) -> Result<(), UnknownOutpu
 
 /// For calls that write program output to a file descriptor: the regions
 /// holding the bytes written, so replay can show stdout/stderr from the log.
-pub fn written_data(nr: u32, a: &[u64; 6], ret: i64, m: &dyn MemRead) -> Option<(u64, Vec<Region>)> {
+pub fn written_data(
+    nr: u32,
+    a: &[u64; 6],
+    ret: i64,
+    m: &dyn MemRead,
+) -> Option<(u64, Vec<Region>)> {
     use Sysno::*;
     if ret <= 0 {
         return None;
