@@ -25,6 +25,7 @@ const volatile __u64 cfg_wakeup_bytes = 0;
 const volatile char cfg_comm[16] = {};
 const volatile __u32 cfg_comm_set = 0;
 const volatile __u32 cfg_emit_syscalls = 1; /* 0: sys_enter/exit only time the tcp hook */
+const volatile __u32 cfg_replay = 0;        /* replay-grade: every syscall, with output buffers */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -386,7 +387,7 @@ static __always_inline __u32 fd_type_of(long fd)
 SEC("tp_btf/sys_enter")
 int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 {
-	if (!rw_family(id) || !wanted_current())
+	if (!(cfg_replay || rw_family(id)) || !wanted_current())
 		return 0;
 	struct sys_entry *e = bpf_task_storage_get(&sys_inflight, bpf_get_current_task_btf(), 0,
 						   BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -406,6 +407,108 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 	return 0;
 }
 
+/* Replay-grade: the user buffer a syscall's result was written to. */
+static __always_inline __u64 out_buffer(struct sys_entry *e, long ret, __u64 *addr)
+{
+	__u64 *a = e->args;
+	__u64 len = 0;
+	*addr = 0;
+	if (ret < 0)
+		return 0;
+	switch (e->nr) {
+	case 0:   /* read */
+	case 17:  /* pread64 */
+	case 45:  /* recvfrom */
+	case 217: /* getdents64 */
+	case 89:  /* readlink */
+		*addr = a[1];
+		len = ret;
+		break;
+	case 267: /* readlinkat */
+		*addr = a[2];
+		len = ret;
+		break;
+	case 318: /* getrandom */
+	case 79:  /* getcwd */
+		*addr = a[0];
+		len = ret;
+		break;
+	case 228: /* clock_gettime */
+	case 14:  /* rt_sigprocmask: old set */
+		*addr = e->nr == 14 ? a[2] : a[1];
+		len = e->nr == 14 ? 8 : 16;
+		break;
+	case 96:  /* gettimeofday */
+		*addr = a[0];
+		len = 16;
+		break;
+	case 201: /* time */
+	case 22:  /* pipe */
+	case 293: /* pipe2 */
+		*addr = a[0];
+		len = 8;
+		break;
+	case 4: /* stat */
+	case 5: /* fstat */
+	case 6: /* lstat */
+		*addr = a[1];
+		len = 144;
+		break;
+	case 262: /* newfstatat */
+		*addr = a[2];
+		len = 144;
+		break;
+	case 332: /* statx */
+		*addr = a[4];
+		len = 256;
+		break;
+	case 53: /* socketpair */
+		*addr = a[3];
+		len = 8;
+		break;
+	case 63: /* uname */
+		*addr = a[0];
+		len = 390;
+		break;
+	case 232: /* epoll_wait */
+	case 281: /* epoll_pwait */
+		*addr = a[1];
+		len = ret * 12;
+		break;
+	case 7: /* poll */
+		*addr = a[0];
+		len = a[1] * 8;
+		break;
+	case 61: /* wait4: status */
+		*addr = a[1];
+		len = 4;
+		break;
+	case 99: /* sysinfo */
+		*addr = a[0];
+		len = 112;
+		break;
+	case 97: /* getrlimit */
+		*addr = a[1];
+		len = 16;
+		break;
+	case 302: /* prlimit64: old limit */
+		*addr = a[3];
+		len = 16;
+		break;
+	case 98: /* getrusage */
+		*addr = a[1];
+		len = 144;
+		break;
+	case 13: /* rt_sigaction: old action */
+		*addr = a[2];
+		len = 32;
+		break;
+	}
+	if (!*addr)
+		return 0;
+	return len;
+}
+
 SEC("tp_btf/sys_exit")
 int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 {
@@ -413,17 +516,62 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 	if (!e || !e->ts)
 		return 0;
 	__u64 now = bpf_ktime_get_ns();
-	struct rec_syscall *r = cfg_emit_syscalls ? reserve(HOOK_SYSCALL, sizeof(*r)) : NULL;
-	if (r) {
-		hdr_current(&r->h, R_SYSCALL, sizeof(*r), e->ts);
-		__builtin_memcpy(r->args, e->args, sizeof(r->args));
-		r->ret = ret;
-		r->duration_ns = now - e->ts;
-		r->nr = e->nr;
-		r->fd_type = e->fd_type;
-		submit(HOOK_SYSCALL, r);
+	struct rec_syscall *r = (cfg_emit_syscalls || cfg_replay) ? reserve(HOOK_SYSCALL, sizeof(*r)) : NULL;
+	if (!r) {
+		e->ts = 0;
+		return 0;
 	}
+	hdr_current(&r->h, R_SYSCALL, sizeof(*r), e->ts);
+	__builtin_memcpy(r->args, e->args, sizeof(r->args));
+	r->ret = ret;
+	r->duration_ns = now - e->ts;
+	r->nr = e->nr;
+	r->fd_type = e->fd_type;
+	__u64 addr = 0, len = cfg_replay ? out_buffer(e, ret, &addr) : 0;
+	__u32 chunks = (len + DATA_CHUNK - 1) / DATA_CHUNK;
+	r->flags = chunks > DATA_MAX_CHUNKS ? OUT_TRUNCATED : 0;
+	if (chunks > DATA_MAX_CHUNKS)
+		chunks = DATA_MAX_CHUNKS;
+	/* open/openat/openat2 that returned an fd: send the path (for the capture policy) */
+	__u64 path = 0;
+	if (cfg_replay && ret >= 0 && (e->nr == 2 || e->nr == 257 || e->nr == 437))
+		path = e->nr == 2 ? e->args[0] : e->args[1];
+	if (path)
+		r->flags |= OUT_PATH;
+	r->out_addr = addr;
+	r->out_len = len;
+	r->chunks = chunks;
 	e->ts = 0;
+	submit(HOOK_SYSCALL, r);
+	if (path) {
+		struct rec_data *d = reserve(HOOK_SYSCALL, sizeof(*d));
+		if (d) {
+			hdr_current(&d->h, R_DATA, sizeof(*d), now);
+			d->addr = path;
+			d->index = PATH_INDEX;
+			long n = bpf_probe_read_user_str(d->data, DATA_CHUNK, (void *)path);
+			d->len = n > 0 ? n - 1 : 0;
+			submit(HOOK_SYSCALL, d);
+		}
+	}
+	for (__u32 i = 0; i < DATA_MAX_CHUNKS; i++) {
+		if (i >= chunks)
+			break;
+		struct rec_data *d = reserve(HOOK_SYSCALL, sizeof(*d));
+		if (!d)
+			continue;
+		__u64 off = (__u64)i * DATA_CHUNK;
+		__u64 n = len - off;
+		if (n > DATA_CHUNK)
+			n = DATA_CHUNK;
+		hdr_current(&d->h, R_DATA, sizeof(*d), now);
+		d->addr = addr + off;
+		d->index = i;
+		d->len = n;
+		if (bpf_probe_read_user(d->data, n & (2 * DATA_CHUNK - 1), (void *)(addr + off)))
+			d->len = 0;
+		submit(HOOK_SYSCALL, d);
+	}
 	return 0;
 }
 

@@ -25,6 +25,12 @@
 #define R_EXEC 11
 #define R_FORK 12
 #define R_EXIT 13
+#define R_DATA 14
+
+/* Replay-grade capture: output buffers go out in chunks of DATA_CHUNK bytes,
+ * at most DATA_MAX_CHUNKS per syscall. */
+#define DATA_CHUNK 4096
+#define DATA_MAX_CHUNKS 64
 
 /* Filter modes (cfg_filter bits). */
 #define FILTER_SET 1    /* tgid in the `targets` map (pid / comm, followed across fork) */
@@ -81,6 +87,22 @@ struct rec_syscall {
 	__u64 duration_ns;
 	__u32 nr;
 	__u32 fd_type; /* kpl FdType order: 0 unknown 1 file 2 pipe 3 tcp 4 udp 5 unix 6 char 7 other */
+	__u64 out_addr; /* replay-grade: the buffer the kernel wrote */
+	__u64 out_len;  /* its length */
+	__u32 chunks;   /* R_DATA records of the output buffer that follow (same task) */
+	__u32 flags;    /* OUT_TRUNCATED, OUT_PATH */
+};
+
+#define OUT_TRUNCATED 1 /* the buffer was longer than DATA_MAX_CHUNKS chunks */
+#define OUT_PATH 2      /* an R_DATA record with index PATH_INDEX follows: the opened path */
+#define PATH_INDEX 0xffff
+
+struct rec_data {
+	struct rec_hdr h;
+	__u64 addr;
+	__u32 len; /* bytes of data[] used; 0: the memory could not be read */
+	__u32 index;
+	__u8 data[DATA_CHUNK];
 };
 
 struct rec_tcp {
@@ -131,7 +153,8 @@ _Static_assert(sizeof(struct rec_switch) == 80, "rec_switch");
 _Static_assert(sizeof(struct rec_wakeup) == 48, "rec_wakeup");
 _Static_assert(sizeof(struct rec_delay) == 72, "rec_delay");
 _Static_assert(sizeof(struct rec_migrate) == 40, "rec_migrate");
-_Static_assert(sizeof(struct rec_syscall) == 104, "rec_syscall");
+_Static_assert(sizeof(struct rec_syscall) == 128, "rec_syscall");
+_Static_assert(sizeof(struct rec_data) == 32 + 16 + DATA_CHUNK, "rec_data");
 _Static_assert(sizeof(struct rec_tcp) == 96, "rec_tcp");
 _Static_assert(sizeof(struct rec_fault) == 72, "rec_fault");
 _Static_assert(sizeof(struct rec_fork) == 40, "rec_fork");

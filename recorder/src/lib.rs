@@ -24,6 +24,7 @@ pub mod cgroup;
 pub mod config;
 pub mod kafka;
 pub mod metrics;
+pub mod policy;
 pub mod probe;
 pub mod raw;
 pub mod sink;
@@ -33,7 +34,7 @@ pub use config::{Config, Filter, Hooks};
 pub use probe::HookCounts;
 
 use anyhow::Result;
-use kpl::event::{CgroupInfo, Lost, Note};
+use kpl::event::{CgroupInfo, Data, Lost, MemWrite, Note, Syscall};
 use kpl::{Event, EventBody};
 use sink::{EventMeta, Sink};
 use std::collections::HashMap;
@@ -109,11 +110,32 @@ pub struct Recorder {
     received: [u64; 5],
     decode_errors: u64,
     metrics: Arc<metrics::Metrics>,
+    policy: policy::Policy,
+    pending: HashMap<u32, Pending>,
+    /// (pid, fd) -> path, from captured open calls (replay-grade).
+    fds: HashMap<(u32, u64), String>,
+}
+
+/// A replay-grade syscall waiting for the chunks of its output buffer.
+struct Pending {
+    ev: Event,
+    out: raw::OutBuf,
+    buf: Vec<u8>,
+    got: u32,
+    path: Option<String>,
+    incomplete: bool,
+}
+
+impl Pending {
+    fn complete(&self) -> bool {
+        self.got >= self.out.chunks && (!self.out.path || self.path.is_some())
+    }
 }
 
 impl Recorder {
     /// Loads and attaches the programs of `cfg`.
     pub fn start(cfg: Config) -> Result<Recorder> {
+        let policy = policy::Policy::new(&cfg.redact)?;
         let probe = probe::Probe::load(&cfg)?;
         let host = kpl::Metadata::for_this_host("ebpf", vec![]).host;
         Ok(Recorder {
@@ -128,6 +150,9 @@ impl Recorder {
             received: [0; 5],
             decode_errors: 0,
             metrics: Arc::new(metrics::Metrics::new()),
+            policy,
+            pending: HashMap::new(),
+            fds: HashMap::new(),
         })
     }
 
@@ -170,6 +195,15 @@ impl Recorder {
             }
             if let Ok(p) = std::fs::read_link(format!("/proc/{}/cwd", ev.pid)) {
                 x.cwd = p.display().to_string();
+            }
+            if self.cfg.replay_grade {
+                if let Ok(c) = std::fs::read(format!("/proc/{}/environ", ev.pid)) {
+                    x.env = c
+                        .split(|&b| b == 0)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| String::from_utf8_lossy(s).into_owned())
+                        .collect();
+                }
             }
         }
         self.push(sink, ev)
@@ -246,13 +280,15 @@ impl Recorder {
         let offset = self.offset;
         let mut batch = Vec::new();
         let mut errors = 0u64;
-        let bytes = self.probe.drain(|rec| match raw::decode(rec, offset) {
-            Ok(x) => batch.push(x),
-            Err(e) => {
-                errors += 1;
-                tracing::warn!("{e}");
-            }
-        });
+        let bytes = self
+            .probe
+            .drain(|rec| match raw::decode_record(rec, offset) {
+                Ok(x) => batch.push(x),
+                Err(e) => {
+                    errors += 1;
+                    tracing::warn!("{e}");
+                }
+            });
         self.metrics
             .ring_fill
             .set(bytes as f64 / self.probe.ring_bytes as f64);
@@ -260,13 +296,101 @@ impl Recorder {
             self.decode_errors += errors;
             self.metrics.decode_errors.inc_by(errors);
         }
-        for (ev, hook) in batch {
-            self.received[hook] += 1;
-            self.emit(sink, ev)?;
+        for rec in batch {
+            match rec {
+                raw::Record::Event(ev, hook, out) => {
+                    self.received[hook] += 1;
+                    match out {
+                        Some(out) if out.chunks > 0 || out.path => {
+                            if let Some(p) = self.pending.remove(&ev.tid) {
+                                self.finish_pending(sink, p, true)?;
+                            }
+                            let p = Pending {
+                                ev,
+                                out,
+                                buf: Vec::with_capacity(out.len.min(1 << 20) as usize),
+                                got: 0,
+                                path: None,
+                                incomplete: false,
+                            };
+                            self.pending.insert(p.ev.tid, p);
+                        }
+                        Some(out) => {
+                            // a buffer too large for any chunk: nothing captured
+                            let p = Pending {
+                                ev,
+                                out,
+                                buf: Vec::new(),
+                                got: 0,
+                                path: None,
+                                incomplete: true,
+                            };
+                            self.finish_pending(sink, p, false)?;
+                        }
+                        None => {
+                            if let EventBody::Syscall(s) = &ev.body {
+                                if s.nr == 3 && self.cfg.replay_grade {
+                                    self.fds.remove(&(ev.pid, s.args[0]));
+                                }
+                            }
+                            if let EventBody::Exit(x) = &ev.body {
+                                if x.group {
+                                    let pid = ev.pid;
+                                    self.fds.retain(|(p, _), _| *p != pid);
+                                }
+                            }
+                            self.emit(sink, ev)?
+                        }
+                    }
+                }
+                raw::Record::Data(c) => {
+                    self.received[1] += 1;
+                    let Some(p) = self.pending.get_mut(&c.tid) else {
+                        continue; // its syscall record was dropped (counted)
+                    };
+                    if c.index == raw::PATH_INDEX {
+                        p.path = Some(String::from_utf8_lossy(&c.bytes).into_owned());
+                    } else {
+                        if c.index != p.got || c.bytes.is_empty() {
+                            p.incomplete = true; // a chunk was dropped or unreadable
+                        }
+                        if !p.incomplete {
+                            p.buf.extend_from_slice(&c.bytes);
+                        }
+                        p.got = c.index + 1;
+                    }
+                    if p.complete() {
+                        let p = self.pending.remove(&c.tid).unwrap();
+                        self.finish_pending(sink, p, false)?;
+                    }
+                }
+            }
         }
         Ok(())
     }
 
+    /// Emits a replay-grade syscall with the memory the kernel wrote.
+    fn finish_pending(&mut self, sink: &mut dyn Sink, mut p: Pending, cut: bool) -> Result<()> {
+        if let EventBody::Syscall(s) = &mut p.ev.body {
+            let s: &mut Syscall = s;
+            if cut || p.incomplete || p.out.truncated || (p.buf.len() as u64) < p.out.len {
+                s.flags |= Syscall::FLAG_TRUNCATED;
+            }
+            if !p.buf.is_empty() {
+                s.writes.push(MemWrite {
+                    addr: p.out.addr,
+                    data: Data::Bytes(std::mem::take(&mut p.buf)),
+                });
+            }
+            if let Some(path) = p.path.take() {
+                self.fds.insert((p.ev.pid, s.ret as u64), path);
+            }
+            let fds = &self.fds;
+            let pid = p.ev.pid;
+            self.policy.apply(s, |fd| fds.get(&(pid, fd)).cloned());
+        }
+        self.emit(sink, p.ev)
+    }
     /// Reads events into `sink` until `stop()` returns true, then detaches
     /// the programs, reads what is left, reports drops and closes the sink.
     pub fn run(&mut self, sink: &mut dyn Sink, stop: &dyn Fn() -> bool) -> Result<Summary> {
@@ -293,6 +417,10 @@ impl Recorder {
             }
             sink.tick()?;
             if stopping {
+                let rest: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
+                for p in rest {
+                    self.finish_pending(sink, p, true)?;
+                }
                 break;
             }
         }

@@ -102,6 +102,12 @@ impl Probe {
             }
         }
         let emit_syscalls: u32 = cfg.hooks.syscall as u32;
+        let replay: u32 = cfg.replay_grade as u32;
+        if cfg.replay_grade && filter == 0 {
+            bail!(
+                "replay-grade capture needs the processes to capture: a pid, comm or cgroup filter"
+            );
+        }
         let wakeup_bytes: u64 = (ring_bytes as u64 * cfg.wakeup_fill_percent as u64 / 100).max(1);
         let mut loader = EbpfLoader::new();
         loader
@@ -116,7 +122,8 @@ impl Probe {
             .override_global("cfg_wakeup_bytes", &wakeup_bytes, true)
             .override_global("cfg_comm", &comm, true)
             .override_global("cfg_comm_set", &comm_set, true)
-            .override_global("cfg_emit_syscalls", &emit_syscalls, true);
+            .override_global("cfg_emit_syscalls", &emit_syscalls, true)
+            .override_global("cfg_replay", &replay, true);
         let mut ebpf = loader.load(BPF_OBJECT).context("loading the BPF object")?;
 
         // Selected processes first, so nothing they do is missed once attached.
@@ -152,7 +159,7 @@ impl Probe {
             attach(&mut ebpf, &btf, "on_sched_wakeup_new", "sched_wakeup_new")?;
             attach(&mut ebpf, &btf, "on_sched_migrate", "sched_migrate_task")?;
         }
-        if syscall || tcp {
+        if syscall || tcp || cfg.replay_grade {
             attach(&mut ebpf, &btf, "on_sys_enter", "sys_enter")?;
             attach(&mut ebpf, &btf, "on_sys_exit", "sys_exit")?;
         }

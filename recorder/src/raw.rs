@@ -24,6 +24,49 @@ const R_FAULT: u16 = 10;
 const R_EXEC: u16 = 11;
 const R_FORK: u16 = 12;
 const R_EXIT: u16 = 13;
+const R_DATA: u16 = 14;
+const DATA_CHUNK: usize = 4096;
+
+/// A buffer the kernel wrote during a syscall (replay-grade capture); its
+/// bytes follow in [`Record::Data`] chunks of the same thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutBuf {
+    /// Address in the process.
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Chunks that follow.
+    pub chunks: u32,
+    /// The buffer was longer than the chunks carry.
+    pub truncated: bool,
+    /// A chunk with index [`PATH_INDEX`] follows: the path an open call opened.
+    pub path: bool,
+}
+
+/// Index of the chunk that carries the path of an `open`/`openat`/`openat2`.
+pub const PATH_INDEX: u32 = 0xffff;
+
+/// One chunk of an output buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    /// Thread that made the syscall.
+    pub tid: u32,
+    /// Address of the first byte.
+    pub addr: u64,
+    /// Position among the syscall's chunks.
+    pub index: u32,
+    /// The bytes (empty when the memory could not be read).
+    pub bytes: Vec<u8>,
+}
+
+/// A decoded ring-buffer record.
+#[derive(Clone, Debug)]
+pub enum Record {
+    /// An event, the hook it belongs to, and (replay-grade syscalls) the output buffer whose chunks follow.
+    Event(Event, usize, Option<OutBuf>),
+    /// A chunk of an output buffer.
+    Data(Chunk),
+}
 
 /// A record the decoder could not understand (a bug, never expected).
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +158,45 @@ fn fd_type(v: u32) -> FdType {
 }
 
 /// Decodes one record. `clock_offset` turns the BPF monotonic clock into
-/// wall-clock nanoseconds. Returns the event and the hook it belongs to.
+/// wall-clock nanoseconds.
+pub fn decode_record(buf: &[u8], clock_offset: i128) -> Result<Record, BadRecord> {
+    if buf.len() >= 48 && u16::from_le_bytes([buf[24], buf[25]]) == R_DATA {
+        let r = R(buf);
+        let len = (r.u32(40) as usize).min(DATA_CHUNK);
+        if buf.len() < 48 + len {
+            return Err(BadRecord {
+                len: buf.len(),
+                kind: R_DATA,
+                reason: "data chunk shorter than its length",
+            });
+        }
+        return Ok(Record::Data(Chunk {
+            tid: r.u32(20),
+            addr: r.u64(32),
+            index: r.u32(44),
+            bytes: buf[48..48 + len].to_vec(),
+        }));
+    }
+    let (ev, hook) = decode(buf, clock_offset)?;
+    let out = if ev.kind() == kpl::Kind::Syscall && buf.len() >= 128 {
+        let r = R(buf);
+        let chunks = r.u32(120);
+        let flags = r.u32(124);
+        (chunks > 0 || flags != 0).then(|| OutBuf {
+            addr: r.u64(104),
+            len: r.u64(112),
+            chunks,
+            truncated: flags & 1 != 0,
+            path: flags & 2 != 0,
+        })
+    } else {
+        None
+    };
+    Ok(Record::Event(ev, hook, out))
+}
+
+/// Decodes one event record (not a data chunk). Returns the event and the
+/// hook it belongs to.
 pub fn decode(buf: &[u8], clock_offset: i128) -> Result<(Event, usize), BadRecord> {
     let bad = |kind, reason| BadRecord {
         len: buf.len(),
@@ -136,7 +217,7 @@ pub fn decode(buf: &[u8], clock_offset: i128) -> Result<(Event, usize), BadRecor
         R_WAKEUP => 48,
         R_DELAY => 72,
         R_MIGRATE => 40,
-        R_SYSCALL => 104,
+        R_SYSCALL => 128,
         R_TCP_SEND | R_TCP_RECV | R_TCP_RETRANS | R_TCP_STATE => 96,
         R_FAULT => 72,
         R_FORK | R_EXIT => 40,

@@ -106,11 +106,8 @@ fn config_of(a: &RecorderArgs) -> Result<Config> {
         Filter::All
     };
     c.replay_grade = a.replay_grade;
-    if c.replay_grade {
-        if c.filter == Filter::All {
-            bail!("--replay-grade needs the processes to capture: --pid, --comm or --cgroup");
-        }
-        bail!("--replay-grade: replay-grade capture (syscall results and output buffers) is not implemented in the eBPF recorder yet; use `kprobe record` (ptrace) for replayable recordings");
+    if c.replay_grade && c.filter == Filter::All {
+        bail!("--replay-grade needs the processes to capture: --pid, --comm or --cgroup");
     }
     Ok(c)
 }
