@@ -234,13 +234,7 @@ impl BlockBuilder {
                 self.scratch = scratch;
             }
         }
-        self.model.prev = Prev {
-            ts: ev.ts_ns,
-            pid: ev.pid,
-            tid: ev.tid,
-            cpu: ev.cpu,
-            cgroup: ev.cgroup,
-        };
+        self.model.prev = Prev { ts: ev.ts_ns, pid: ev.pid, tid: ev.tid, cpu: ev.cpu, cgroup: ev.cgroup };
         self.count += 1;
         let after: usize = self.fixed.iter().map(|c| c.len()).sum::<usize>();
         self.raw += after - before + generic_added;
@@ -367,31 +361,18 @@ impl<'a> Col<'a> {
                 self.at += n;
                 Ok(v)
             }
-            None => Err(format!(
-                "{} column: bad or missing varint at byte {}",
-                self.name(),
-                self.at
-            )),
+            None => Err(format!("{} column: bad or missing varint at byte {}", self.name(), self.at)),
         }
     }
     fn byte(&mut self) -> Result<u8, String> {
-        let v = *self
-            .b
-            .get(self.at)
-            .ok_or_else(|| format!("{} column: cut short at byte {}", self.name(), self.at))?;
+        let v = *self.b.get(self.at).ok_or_else(|| format!("{} column: cut short at byte {}", self.name(), self.at))?;
         self.at += 1;
         Ok(v)
     }
     fn take(&mut self, n: u64) -> Result<&'a [u8], String> {
         let left = self.b.len() - self.at;
         if (left as u64) < n {
-            return Err(format!(
-                "{} column: {} bytes wanted at byte {}, {} left",
-                self.name(),
-                n,
-                self.at,
-                left
-            ));
+            return Err(format!("{} column: {} bytes wanted at byte {}, {} left", self.name(), n, self.at, left));
         }
         let s = &self.b[self.at..self.at + n as usize];
         self.at += n as usize;
@@ -422,10 +403,7 @@ struct Decoder<'a> {
 impl<'a> Decoder<'a> {
     fn generic(&mut self, kind: u16) -> Result<&mut Col<'a>, String> {
         let id = C_GENERIC + kind as u32;
-        self.generic
-            .iter_mut()
-            .find(|c| c.id == id)
-            .ok_or_else(|| format!("no column for events of kind {kind}"))
+        self.generic.iter_mut().find(|c| c.id == id).ok_or_else(|| format!("no column for events of kind {kind}"))
     }
 
     fn syscall(&mut self, tid: u32, ts: u64) -> Result<Syscall, String> {
@@ -445,9 +423,7 @@ impl<'a> Decoder<'a> {
         let flags: u32 = misc.get()?;
         let n: u64 = misc.get()?;
         if n > waddr.b.len() as u64 {
-            return Err(format!(
-                "{n} memory writes claimed, more than the column holds"
-            ));
+            return Err(format!("{n} memory writes claimed, more than the column holds"));
         }
         let mut writes = Vec::with_capacity(n as usize);
         for _ in 0..n {
@@ -475,8 +451,7 @@ impl<'a> Decoder<'a> {
                 W_REDACTED => {
                     let len: u64 = wdata.get()?;
                     let b = wdata.take(len)?;
-                    let d: Data =
-                        postcard::from_bytes(b).map_err(|e| format!("redacted data: {e}"))?;
+                    let d: Data = postcard::from_bytes(b).map_err(|e| format!("redacted data: {e}"))?;
                     if !matches!(d, Data::Redacted { .. }) {
                         return Err("redacted data tag holds other data".into());
                     }
@@ -487,54 +462,30 @@ impl<'a> Decoder<'a> {
                     let dd: i64 = wdata.get()?;
                     let d = slot.wrapping_add(dd);
                     *slot = d;
-                    Data::Bytes(
-                        timespec_bytes(d.wrapping_add(ts as i64)).ok_or("timespec out of range")?,
-                    )
+                    Data::Bytes(timespec_bytes(d.wrapping_add(ts as i64)).ok_or("timespec out of range")?)
                 }
                 t => return Err(format!("bad write data tag {t}")),
             };
             writes.push(MemWrite { addr, data });
         }
-        Ok(Syscall {
-            nr,
-            args: a,
-            ret,
-            duration_ns,
-            writes,
-            fd_type,
-            flags,
-        })
+        Ok(Syscall { nr, args: a, ret, duration_ns, writes, fd_type, flags })
     }
 }
 
 /// Decodes a raw block whose first event is `first_seq`; `expect_count` is
 /// the count from the frame header, checked against the block's own.
-pub(crate) fn decode(
-    raw: &[u8],
-    first_seq: u64,
-    expect_count: Option<u32>,
-) -> Result<Decoded, DecodeError> {
+pub(crate) fn decode(raw: &[u8], first_seq: u64, expect_count: Option<u32>) -> Result<Decoded, DecodeError> {
     let err = |index: u32, reason: String| DecodeError { index, reason };
-    let mut head = Col {
-        id: u32::MAX,
-        b: raw,
-        at: 0,
-    };
+    let mut head = Col { id: u32::MAX, b: raw, at: 0 };
     let count: u32 = head.get().map_err(|e| err(0, e))?;
     if let Some(n) = expect_count {
         if n != count {
-            return Err(err(
-                0,
-                format!("block holds {count} events, frame header says {n}"),
-            ));
+            return Err(err(0, format!("block holds {count} events, frame header says {n}")));
         }
     }
     let ncols: u32 = head.get().map_err(|e| err(0, e))?;
     if ncols as usize > raw.len() {
-        return Err(err(
-            0,
-            format!("{ncols} columns claimed in a {}-byte block", raw.len()),
-        ));
+        return Err(err(0, format!("{ncols} columns claimed in a {}-byte block", raw.len())));
     }
     let mut table = Vec::with_capacity(ncols as usize);
     for _ in 0..ncols {
@@ -543,25 +494,11 @@ pub(crate) fn decode(
         table.push((id, len));
     }
     let mut rest = &raw[head.at..];
-    let empty = |id| Col {
-        id,
-        b: &[][..],
-        at: 0,
-    };
-    let mut d = Decoder {
-        fixed: std::array::from_fn(|i| empty(i as u32)),
-        generic: Vec::new(),
-        model: Model::default(),
-    };
+    let empty = |id| Col { id, b: &[][..], at: 0 };
+    let mut d = Decoder { fixed: std::array::from_fn(|i| empty(i as u32)), generic: Vec::new(), model: Model::default() };
     for (id, len) in table {
         if len > rest.len() as u64 {
-            return Err(err(
-                0,
-                format!(
-                    "column {id} of {len} bytes overruns the block ({} left)",
-                    rest.len()
-                ),
-            ));
+            return Err(err(0, format!("column {id} of {len} bytes overruns the block ({} left)", rest.len())));
         }
         let (c, r) = rest.split_at(len as usize);
         rest = r;
@@ -575,20 +512,11 @@ pub(crate) fn decode(
         }
     }
     if !rest.is_empty() {
-        return Err(err(
-            0,
-            format!("{} bytes after the last column", rest.len()),
-        ));
+        return Err(err(0, format!("{} bytes after the last column", rest.len())));
     }
     // Guard the allocation: each event takes at least 2 bytes of the kinds column.
     if count as usize > d.fixed[0].b.len() / 2 {
-        return Err(err(
-            0,
-            format!(
-                "block claims {count} events but its kinds column has {} bytes",
-                d.fixed[0].b.len()
-            ),
-        ));
+        return Err(err(0, format!("block claims {count} events but its kinds column has {} bytes", d.fixed[0].b.len())));
     }
     let mut out = Vec::with_capacity(count as usize);
     let mut unknown = Vec::new();
@@ -598,43 +526,21 @@ pub(crate) fn decode(
         let kind_id: u16 = kinds.get().map_err(e)?;
         let flags = kinds.byte().map_err(e)?;
         if i == 0 && flags & 0xf != 0xf {
-            return Err(err(
-                i,
-                format!("first event of block lacks full ids (flags {flags:#x})"),
-            ));
+            return Err(err(i, format!("first event of block lacks full ids (flags {flags:#x})")));
         }
         let p = d.model.prev;
         let dts: i64 = ts.get().map_err(e)?;
         let ts_ns = p.ts.wrapping_add(dts as u64);
-        let pid = if flags & F_PID != 0 {
-            ids.get().map_err(e)?
-        } else {
-            p.pid
-        };
+        let pid = if flags & F_PID != 0 { ids.get().map_err(e)? } else { p.pid };
         let tid = if flags & F_TID != 0 {
             let dt: i64 = ids.get().map_err(e)?;
-            u32::try_from(pid as i64 + dt)
-                .map_err(|_| err(i, format!("tid out of range (pid {pid} + {dt})")))?
+            u32::try_from(pid as i64 + dt).map_err(|_| err(i, format!("tid out of range (pid {pid} + {dt})")))?
         } else {
             p.tid
         };
-        let cpu = if flags & F_CPU != 0 {
-            ids.get().map_err(e)?
-        } else {
-            p.cpu
-        };
-        let cgroup = if flags & F_CGROUP != 0 {
-            ids.get().map_err(e)?
-        } else {
-            p.cgroup
-        };
-        d.model.prev = Prev {
-            ts: ts_ns,
-            pid,
-            tid,
-            cpu,
-            cgroup,
-        };
+        let cpu = if flags & F_CPU != 0 { ids.get().map_err(e)? } else { p.cpu };
+        let cgroup = if flags & F_CGROUP != 0 { ids.get().map_err(e)? } else { p.cgroup };
+        d.model.prev = Prev { ts: ts_ns, pid, tid, cpu, cgroup };
         let body = match Kind::from_id(kind_id) {
             Some(Kind::Syscall) => EventBody::Syscall(d.syscall(tid, ts_ns).map_err(e)?),
             kind => {
@@ -642,8 +548,7 @@ pub(crate) fn decode(
                 let blen: u64 = col.get().map_err(e)?;
                 let bytes = col.take(blen).map_err(e)?;
                 match kind {
-                    Some(k) => EventBody::decode(k, bytes)
-                        .map_err(|x| err(i, format!("{} body: {x}", k.name())))?,
+                    Some(k) => EventBody::decode(k, bytes).map_err(|x| err(i, format!("{} body: {x}", k.name())))?,
                     None => {
                         unknown.push(kind_id);
                         continue;
@@ -651,32 +556,14 @@ pub(crate) fn decode(
                 }
             }
         };
-        out.push(Event {
-            seq: first_seq + i as u64,
-            ts_ns,
-            pid,
-            tid,
-            cpu,
-            cgroup,
-            body,
-        });
+        out.push(Event { seq: first_seq + i as u64, ts_ns, pid, tid, cpu, cgroup, body });
     }
     for c in d.fixed.iter().chain(d.generic.iter()) {
         if c.at != c.b.len() {
-            return Err(err(
-                count,
-                format!(
-                    "{} column has {} trailing bytes",
-                    c.name(),
-                    c.b.len() - c.at
-                ),
-            ));
+            return Err(err(count, format!("{} column has {} trailing bytes", c.name(), c.b.len() - c.at)));
         }
     }
-    Ok(Decoded {
-        events: out,
-        unknown,
-    })
+    Ok(Decoded { events: out, unknown })
 }
 
 /// Encodes a block in which some events carry a different (e.g. future,
@@ -689,10 +576,7 @@ pub fn encode_with_raw_kind(events: &[(u16, Event)]) -> Vec<u8> {
         let real = ev.kind().id();
         b.push(ev);
         if *id != real {
-            assert!(
-                ev.kind() != Kind::Syscall,
-                "only generic kinds can be rewritten"
-            );
+            assert!(ev.kind() != Kind::Syscall, "only generic kinds can be rewritten");
             let kinds = &mut b.fixed[C_KINDS as usize];
             let flags = kinds.pop().unwrap();
             kinds.truncate(kinds.len() - real.required_space());
@@ -730,42 +614,22 @@ mod colstats {
         let mut sizes: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
         let mut payload = Vec::new();
         let mut b = super::BlockBuilder::default();
-        let flush =
-            |b: &mut super::BlockBuilder,
-             sizes: &mut std::collections::BTreeMap<String, (usize, usize)>| {
-                for (i, c) in b.fixed.iter().enumerate() {
-                    let e = sizes
-                        .entry(
-                            super::Col {
-                                id: i as u32,
-                                b: c,
-                                at: 0,
-                            }
-                            .name(),
-                        )
-                        .or_default();
-                    e.0 += c.len();
-                    e.1 += zstd::bulk::compress(c, 3).unwrap().len();
-                }
-                for (k, c) in &b.generic {
-                    let e = sizes
-                        .entry(
-                            super::Col {
-                                id: super::C_GENERIC + *k as u32,
-                                b: c,
-                                at: 0,
-                            }
-                            .name(),
-                        )
-                        .or_default();
-                    e.0 += c.len();
-                    e.1 += zstd::bulk::compress(c, 3).unwrap().len();
-                }
-                let all = b.finish();
-                let e = sizes.entry("ALL".into()).or_default();
-                e.0 += all.len();
-                e.1 += zstd::bulk::compress(&all, 3).unwrap().len();
-            };
+        let flush = |b: &mut super::BlockBuilder, sizes: &mut std::collections::BTreeMap<String, (usize, usize)>| {
+            for (i, c) in b.fixed.iter().enumerate() {
+                let e = sizes.entry(super::Col { id: i as u32, b: c, at: 0 }.name()).or_default();
+                e.0 += c.len();
+                e.1 += zstd::bulk::compress(c, 3).unwrap().len();
+            }
+            for (k, c) in &b.generic {
+                let e = sizes.entry(super::Col { id: super::C_GENERIC + *k as u32, b: c, at: 0 }.name()).or_default();
+                e.0 += c.len();
+                e.1 += zstd::bulk::compress(c, 3).unwrap().len();
+            }
+            let all = b.finish();
+            let e = sizes.entry("ALL".into()).or_default();
+            e.0 += all.len();
+            e.1 += zstd::bulk::compress(&all, 3).unwrap().len();
+        };
         for seq in 0..n {
             let mut ev = g.next_event();
             ev.seq = seq;
@@ -774,10 +638,7 @@ mod colstats {
                     if x.len() > 48 {
                         let offset = payload.len() as u64;
                         payload.extend_from_slice(x);
-                        *d = crate::Data::Stored {
-                            offset,
-                            len: x.len() as u32,
-                        };
+                        *d = crate::Data::Stored { offset, len: x.len() as u32 };
                     }
                 }
             });
@@ -788,17 +649,9 @@ mod colstats {
         }
         flush(&mut b, &mut sizes);
         for (name, (r, z)) in sizes {
-            eprintln!(
-                "{name:24} raw {:6.2} b/ev  zstd {:6.2} b/ev",
-                r as f64 / n as f64,
-                z as f64 / n as f64
-            );
+            eprintln!("{name:24} raw {:6.2} b/ev  zstd {:6.2} b/ev", r as f64 / n as f64, z as f64 / n as f64);
         }
         let p = zstd::bulk::compress(&payload, 3).unwrap().len();
-        eprintln!(
-            "payload                  raw {:6.2} b/ev  zstd {:6.2} b/ev",
-            payload.len() as f64 / n as f64,
-            p as f64 / n as f64
-        );
+        eprintln!("payload                  raw {:6.2} b/ev  zstd {:6.2} b/ev", payload.len() as f64 / n as f64, p as f64 / n as f64);
     }
 }

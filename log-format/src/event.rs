@@ -84,11 +84,7 @@ impl std::fmt::Debug for Data {
             Data::Bytes(b) => write!(f, "Bytes({}.. {} bytes)", hex::encode(&b[..16]), b.len()),
             Data::Stored { offset, len } => write!(f, "Stored({offset}+{len})"),
             Data::Redacted { len, hash, rule } => {
-                write!(
-                    f,
-                    "Redacted({len} bytes, {rule}, {:?})",
-                    hash.map(|h| h.to_hex())
-                )
+                write!(f, "Redacted({len} bytes, {rule}, {:?})", hash.map(|h| h.to_hex()))
             }
         }
     }
@@ -599,15 +595,7 @@ pub struct Event {
 impl Event {
     /// A new event; `seq` is filled in by the writer.
     pub fn new(ts_ns: u64, pid: u32, tid: u32, cpu: u16, body: EventBody) -> Event {
-        Event {
-            seq: 0,
-            ts_ns,
-            pid,
-            tid,
-            cpu,
-            cgroup: 0,
-            body,
-        }
+        Event { seq: 0, ts_ns, pid, tid, cpu, cgroup: 0, body }
     }
     /// The body's kind.
     pub fn kind(&self) -> Kind {

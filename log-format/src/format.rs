@@ -143,15 +143,7 @@ impl FrameHeader {
         if a.checked_add(b).is_none() || a.checked_add(raw_len as u64).is_none() {
             return Err("frame fields out of range");
         }
-        Ok(FrameHeader {
-            kind,
-            codec,
-            raw_len,
-            stored_len,
-            a,
-            b,
-            body_crc: u32_at(h, 32),
-        })
+        Ok(FrameHeader { kind, codec, raw_len, stored_len, a, b, body_crc: u32_at(h, 32) })
     }
 
     /// Total size of the frame on disk.
@@ -167,17 +159,9 @@ pub fn build_frame(kind: FrameKind, a: u64, b: u64, raw: &[u8], level: i32) -> V
 }
 
 /// As [`build_frame`], reusing a compression context.
-pub fn build_frame_with(
-    c: &mut zstd::bulk::Compressor<'_>,
-    kind: FrameKind,
-    a: u64,
-    b: u64,
-    raw: &[u8],
-) -> Vec<u8> {
+pub fn build_frame_with(c: &mut zstd::bulk::Compressor<'_>, kind: FrameKind, a: u64, b: u64, raw: &[u8]) -> Vec<u8> {
     let mut out = vec![0u8; FRAME_HEADER_LEN + zstd::zstd_safe::compress_bound(raw.len())];
-    let n = c
-        .compress_to_buffer(raw, &mut out[FRAME_HEADER_LEN..])
-        .expect("zstd compression of an in-memory buffer");
+    let n = c.compress_to_buffer(raw, &mut out[FRAME_HEADER_LEN..]).expect("zstd compression of an in-memory buffer");
     out.truncate(FRAME_HEADER_LEN + n);
     let body = &out[FRAME_HEADER_LEN..];
     let h = FrameHeader {
@@ -196,11 +180,7 @@ pub fn build_frame_with(
 /// Checks the body checksum and decompresses it.
 pub fn open_body(h: &FrameHeader, stored: &[u8]) -> Result<Vec<u8>, String> {
     if stored.len() != h.stored_len as usize {
-        return Err(format!(
-            "body cut short: {} of {} bytes",
-            stored.len(),
-            h.stored_len
-        ));
+        return Err(format!("body cut short: {} of {} bytes", stored.len(), h.stored_len));
     }
     if crc32c::crc32c(stored) != h.body_crc {
         return Err("body checksum mismatch".into());
@@ -208,14 +188,9 @@ pub fn open_body(h: &FrameHeader, stored: &[u8]) -> Result<Vec<u8>, String> {
     match h.codec {
         0 => Ok(stored.to_vec()),
         _ => {
-            let raw = zstd::bulk::decompress(stored, h.raw_len as usize)
-                .map_err(|e| format!("zstd: {e}"))?;
+            let raw = zstd::bulk::decompress(stored, h.raw_len as usize).map_err(|e| format!("zstd: {e}"))?;
             if raw.len() != h.raw_len as usize {
-                return Err(format!(
-                    "decompressed {} bytes, header says {}",
-                    raw.len(),
-                    h.raw_len
-                ));
+                return Err(format!("decompressed {} bytes, header says {}", raw.len(), h.raw_len));
             }
             Ok(raw)
         }
@@ -252,19 +227,10 @@ pub struct Header {
 /// Parses the file header from the first bytes of a file. `prefix` must hold
 /// at least 16 bytes; returns `Ok(None)` when more bytes are needed
 /// (`needed` total).
-pub fn decode_header(
-    path: &std::path::Path,
-    prefix: &[u8],
-) -> Result<Result<Header, usize>, Error> {
-    let bad = |reason: String| Error::BadHeader {
-        path: path.to_owned(),
-        reason,
-    };
+pub fn decode_header(path: &std::path::Path, prefix: &[u8]) -> Result<Result<Header, usize>, Error> {
+    let bad = |reason: String| Error::BadHeader { path: path.to_owned(), reason };
     if prefix.len() < 16 {
-        return Err(bad(format!(
-            "file is {} bytes, shorter than a header",
-            prefix.len()
-        )));
+        return Err(bad(format!("file is {} bytes, shorter than a header", prefix.len())));
     }
     if prefix[0..8] != MAGIC {
         return Err(bad("not a kprobe log (bad magic)".into()));
@@ -272,11 +238,7 @@ pub fn decode_header(
     let major = u16::from_le_bytes([prefix[8], prefix[9]]);
     let minor = u16::from_le_bytes([prefix[10], prefix[11]]);
     if major != VERSION_MAJOR {
-        return Err(Error::UnsupportedVersion {
-            path: path.to_owned(),
-            major,
-            minor,
-        });
+        return Err(Error::UnsupportedVersion { path: path.to_owned(), major, minor });
     }
     let meta_len = u32_at(prefix, 12);
     if meta_len > MAX_META_LEN {
@@ -290,15 +252,8 @@ pub fn decode_header(
     if crc32c::crc32c(&prefix[..16 + meta_len as usize]) != crc {
         return Err(bad("header checksum mismatch".into()));
     }
-    let meta: Metadata = postcard::take_from_bytes(&prefix[16..16 + meta_len as usize])
-        .map_err(|e| bad(format!("metadata: {e}")))?
-        .0;
-    Ok(Ok(Header {
-        major,
-        minor,
-        meta,
-        len: total as u64,
-    }))
+    let meta: Metadata = postcard::take_from_bytes(&prefix[16..16 + meta_len as usize]).map_err(|e| bad(format!("metadata: {e}")))?.0;
+    Ok(Ok(Header { major, minor, meta, len: total as u64 }))
 }
 
 /// Serializes the trailer.

@@ -97,15 +97,12 @@ pub struct Index {
 impl Index {
     /// Index of the block holding `seq`, if any.
     pub fn block_of_seq(&self, seq: u64) -> Option<usize> {
-        let i = self
-            .blocks
-            .partition_point(|b| b.first_seq.saturating_add(b.count as u64) <= seq);
+        let i = self.blocks.partition_point(|b| b.first_seq.saturating_add(b.count as u64) <= seq);
         (i < self.blocks.len() && self.blocks[i].first_seq <= seq).then_some(i)
     }
     /// Index of the first block at or after `seq` (for seeking past gaps).
     pub fn block_at_or_after_seq(&self, seq: u64) -> usize {
-        self.blocks
-            .partition_point(|b| b.first_seq.saturating_add(b.count as u64) <= seq)
+        self.blocks.partition_point(|b| b.first_seq.saturating_add(b.count as u64) <= seq)
     }
     /// Blocks holding events of `tid`.
     pub fn blocks_of_tid(&self, tid: u32) -> &[u32] {
@@ -123,25 +120,15 @@ impl Index {
     }
     /// A stored file.
     pub fn file(&self, hash: &FileHash) -> Option<&FileInfo> {
-        self.files
-            .binary_search_by(|f| f.hash.cmp(hash))
-            .ok()
-            .map(|i| &self.files[i])
+        self.files.binary_search_by(|f| f.hash.cmp(hash)).ok().map(|i| &self.files[i])
     }
     /// Count of events of a kind.
     pub fn count(&self, kind: Kind) -> u64 {
-        self.counts
-            .iter()
-            .find(|(k, _)| *k == kind.id())
-            .map(|c| c.1)
-            .unwrap_or(0)
+        self.counts.iter().find(|(k, _)| *k == kind.id()).map(|c| c.1).unwrap_or(0)
     }
     /// Total payload bytes.
     pub fn payload_bytes(&self) -> u64 {
-        self.payload
-            .last()
-            .map(|p| p.start.saturating_add(p.len as u64))
-            .unwrap_or(0)
+        self.payload.last().map(|p| p.start.saturating_add(p.len as u64)).unwrap_or(0)
     }
 }
 
@@ -183,11 +170,7 @@ impl IndexBuilder {
     }
     /// Records a chunk of a stored file.
     pub fn add_file_chunk(&mut self, hash: FileHash, size: u64, chunk: ChunkInfo) {
-        let f = self.files.entry(hash).or_insert_with(|| FileInfo {
-            hash,
-            size,
-            chunks: Vec::new(),
-        });
+        let f = self.files.entry(hash).or_insert_with(|| FileInfo { hash, size, chunks: Vec::new() });
         f.chunks.push(chunk);
     }
     /// True when the store already holds this file.

@@ -31,10 +31,7 @@ pub fn event_to_json(ev: &Event, payload: Option<PayloadFn<'_>>) -> Value {
             let mut b = Map::new();
             b.insert("name".into(), s.name().into());
             b.insert("nr".into(), s.nr.into());
-            b.insert(
-                "args".into(),
-                s.args.iter().map(|a| Value::from(*a)).collect(),
-            );
+            b.insert("args".into(), s.args.iter().map(|a| Value::from(*a)).collect());
             b.insert("ret".into(), s.ret.into());
             if (-4095..0).contains(&s.ret) {
                 if let Some(n) = crate::sys::errno_name(-s.ret as i32) {
@@ -43,10 +40,7 @@ pub fn event_to_json(ev: &Event, payload: Option<PayloadFn<'_>>) -> Value {
             }
             b.insert("duration_ns".into(), s.duration_ns.into());
             if s.fd_type != Default::default() {
-                b.insert(
-                    "fd_type".into(),
-                    format!("{:?}", s.fd_type).to_lowercase().into(),
-                );
+                b.insert("fd_type".into(), format!("{:?}", s.fd_type).to_lowercase().into());
             }
             if s.flags != 0 {
                 b.insert("flags".into(), s.flags.into());
@@ -72,10 +66,7 @@ pub fn event_to_json(ev: &Event, payload: Option<PayloadFn<'_>>) -> Value {
                                     _ => payload.and_then(|f| f(d)),
                                 };
                                 if let Some(b) = bytes {
-                                    o.insert(
-                                        "data".into(),
-                                        base64::engine::general_purpose::STANDARD.encode(b).into(),
-                                    );
+                                    o.insert("data".into(), base64::engine::general_purpose::STANDARD.encode(b).into());
                                 }
                             }
                         }
@@ -126,10 +117,7 @@ fn body_value(b: &EventBody) -> Value {
         EventBody::SchedWakeup(x) => serde_json::to_value(x),
         EventBody::SchedDelay(x) => serde_json::to_value(x),
         EventBody::SchedMigrate(x) => serde_json::to_value(x),
-        EventBody::TcpSend(x)
-        | EventBody::TcpRecv(x)
-        | EventBody::TcpRetransmit(x)
-        | EventBody::TcpState(x) => {
+        EventBody::TcpSend(x) | EventBody::TcpRecv(x) | EventBody::TcpRetransmit(x) | EventBody::TcpState(x) => {
             serde_json::to_value(x).map(|mut v| {
                 // Flatten the 4-tuple.
                 if let Some(t) = v.as_object_mut().and_then(|o| o.remove("tuple")) {

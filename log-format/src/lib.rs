@@ -82,23 +82,13 @@ impl Metadata {
 }
 
 fn uname() -> (String, String) {
-    let read = |p: &str| {
-        std::fs::read_to_string(p)
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default()
-    };
-    (
-        read("/proc/sys/kernel/hostname"),
-        read("/proc/sys/kernel/osrelease"),
-    )
+    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_owned()).unwrap_or_default();
+    (read("/proc/sys/kernel/hostname"), read("/proc/sys/kernel/osrelease"))
 }
 
 /// Wall-clock time in nanoseconds since the epoch.
 pub fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 /// Errors reading or writing a log. Each names the file and, where it
@@ -107,68 +97,27 @@ pub fn now_ns() -> u64 {
 #[allow(missing_docs)]
 pub enum Error {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: bad header: {reason}")]
     BadHeader { path: PathBuf, reason: String },
-    #[error(
-        "{path}: format version {major}.{minor} is not supported (this build reads {}.x)",
-        format::VERSION_MAJOR
-    )]
-    UnsupportedVersion {
-        path: PathBuf,
-        major: u16,
-        minor: u16,
-    },
+    #[error("{path}: format version {major}.{minor} is not supported (this build reads {}.x)", format::VERSION_MAJOR)]
+    UnsupportedVersion { path: PathBuf, major: u16, minor: u16 },
     #[error("{path}: {kind} block at byte offset {offset}: {reason}")]
-    BadBlock {
-        path: PathBuf,
-        offset: u64,
-        kind: &'static str,
-        reason: String,
-    },
+    BadBlock { path: PathBuf, offset: u64, kind: &'static str, reason: String },
     #[error("{path}: event {seq} in block at byte offset {offset}: {reason}")]
-    BadEvent {
-        path: PathBuf,
-        offset: u64,
-        seq: u64,
-        reason: String,
-    },
+    BadEvent { path: PathBuf, offset: u64, seq: u64, reason: String },
     #[error("{path}: no event {seq} in this log ({detail})")]
-    NoSuchEvent {
-        path: PathBuf,
-        seq: u64,
-        detail: String,
-    },
-    #[error(
-        "{path}: payload bytes {offset}..{end} are missing (their block is damaged or was lost)"
-    )]
-    MissingPayload {
-        path: PathBuf,
-        offset: u64,
-        end: u64,
-    },
+    NoSuchEvent { path: PathBuf, seq: u64, detail: String },
+    #[error("{path}: payload bytes {offset}..{end} are missing (their block is damaged or was lost)")]
+    MissingPayload { path: PathBuf, offset: u64, end: u64 },
     #[error("{path}: {len} bytes were redacted at record time by capture policy rule `{rule}`")]
-    Redacted {
-        path: PathBuf,
-        len: u32,
-        rule: String,
-    },
+    Redacted { path: PathBuf, len: u32, rule: String },
     #[error("{path}: file {hash} is not in the log's file store{detail}")]
-    MissingFile {
-        path: PathBuf,
-        hash: String,
-        detail: String,
-    },
+    MissingFile { path: PathBuf, hash: String, detail: String },
 }
 
 impl Error {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Error {
-        Error::Io {
-            path: path.to_owned(),
-            source,
-        }
+        Error::Io { path: path.to_owned(), source }
     }
 }

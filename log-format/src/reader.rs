@@ -29,11 +29,7 @@ pub struct Problem {
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "byte offset {} (+{} bytes): {}; lost: {}",
-            self.offset, self.len, self.what, self.lost
-        )
+        write!(f, "byte offset {} (+{} bytes): {}; lost: {}", self.offset, self.len, self.what, self.lost)
     }
 }
 
@@ -86,9 +82,7 @@ impl Source {
         match self {
             Source::File(f) => f.read_exact_at(buf, offset),
             Source::Memory(m) => {
-                let end = offset
-                    .checked_add(buf.len() as u64)
-                    .filter(|&e| e <= m.len() as u64);
+                let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= m.len() as u64);
                 match end {
                     Some(e) => {
                         buf.copy_from_slice(&m[offset as usize..e as usize]);
@@ -146,20 +140,14 @@ impl Reader {
             index: Index::default(),
             ts_prefix_max: Vec::new(),
             recovery: None,
-            cache: Mutex::new(Cache {
-                blocks: VecDeque::new(),
-                payload: None,
-            }),
+            cache: Mutex::new(Cache { blocks: VecDeque::new(), payload: None }),
         };
         match r.read_footer() {
             Ok(index) => r.index = index,
             Err(reason) => {
                 let scan = r.scan();
                 r.index = scan.builder.finish(Summary::default());
-                r.recovery = Some(Recovery {
-                    reason,
-                    problems: scan.problems,
-                });
+                r.recovery = Some(Recovery { reason, problems: scan.problems });
             }
         }
         let mut m = 0;
@@ -202,12 +190,7 @@ impl Reader {
     /// Events of kinds this reader does not know (written by a newer
     /// version); they are skipped by every iterator.
     pub fn skipped_unknown(&self) -> u64 {
-        self.index
-            .counts
-            .iter()
-            .filter(|(k, _)| Kind::from_id(*k).is_none())
-            .map(|c| c.1)
-            .sum()
+        self.index.counts.iter().filter(|(k, _)| Kind::from_id(*k).is_none()).map(|c| c.1).sum()
     }
     /// Number of events in the log (all kinds).
     pub fn event_count(&self) -> u64 {
@@ -215,11 +198,7 @@ impl Reader {
     }
     /// Sequence number one past the last event.
     pub fn end_seq(&self) -> u64 {
-        self.index
-            .blocks
-            .last()
-            .map(|b| b.first_seq.saturating_add(b.count as u64))
-            .unwrap_or(0)
+        self.index.blocks.last().map(|b| b.first_seq.saturating_add(b.count as u64)).unwrap_or(0)
     }
 
     /// All events in order.
@@ -231,56 +210,27 @@ impl Reader {
     /// `seq` was lost).
     pub fn events_from(&self, seq: u64) -> Events<'_> {
         let bi = self.index.block_at_or_after_seq(seq);
-        Events {
-            r: self,
-            blocks: Box::new(bi..self.index.blocks.len()),
-            cur: Vec::new().into_iter(),
-            from_seq: seq,
-            tid: None,
-        }
+        Events { r: self, blocks: Box::new(bi..self.index.blocks.len()), cur: Vec::new().into_iter(), from_seq: seq, tid: None }
     }
 
     /// Events of one thread from `seq` on, reading only blocks that hold it.
     pub fn tid_events(&self, tid: u32, seq: u64) -> Events<'_> {
         let first = self.index.block_at_or_after_seq(seq) as u32;
-        let blocks: Vec<usize> = self
-            .index
-            .blocks_of_tid(tid)
-            .iter()
-            .filter(|&&b| b >= first)
-            .map(|&b| b as usize)
-            .collect();
-        Events {
-            r: self,
-            blocks: Box::new(blocks.into_iter()),
-            cur: Vec::new().into_iter(),
-            from_seq: seq,
-            tid: Some(tid),
-        }
+        let blocks: Vec<usize> = self.index.blocks_of_tid(tid).iter().filter(|&&b| b >= first).map(|&b| b as usize).collect();
+        Events { r: self, blocks: Box::new(blocks.into_iter()), cur: Vec::new().into_iter(), from_seq: seq, tid: Some(tid) }
     }
 
     /// The event with sequence number `seq`.
     pub fn get(&self, seq: u64) -> Result<Event, Error> {
-        let bi = self
-            .index
-            .block_of_seq(seq)
-            .ok_or_else(|| Error::NoSuchEvent {
-                path: self.path.clone(),
-                seq,
-                detail: format!(
-                    "it holds {} events up to {}",
-                    self.index.events,
-                    self.end_seq()
-                ),
-            })?;
+        let bi = self.index.block_of_seq(seq).ok_or_else(|| Error::NoSuchEvent {
+            path: self.path.clone(),
+            seq,
+            detail: format!("it holds {} events up to {}", self.index.events, self.end_seq()),
+        })?;
         let evs = self.cached_block(bi)?;
         match evs.binary_search_by_key(&seq, |e| e.seq) {
             Ok(i) => Ok(evs[i].clone()),
-            Err(_) => Err(Error::NoSuchEvent {
-                path: self.path.clone(),
-                seq,
-                detail: "it is of a kind this reader does not know".into(),
-            }),
+            Err(_) => Err(Error::NoSuchEvent { path: self.path.clone(), seq, detail: "it is of a kind this reader does not know".into() }),
         }
     }
 
@@ -308,24 +258,12 @@ impl Reader {
     pub fn payload<'a>(&self, data: &'a Data) -> Result<Cow<'a, [u8]>, Error> {
         match data {
             Data::Bytes(b) => Ok(Cow::Borrowed(b)),
-            Data::Redacted { len, rule, .. } => Err(Error::Redacted {
-                path: self.path.clone(),
-                len: *len,
-                rule: rule.clone(),
-            }),
+            Data::Redacted { len, rule, .. } => Err(Error::Redacted { path: self.path.clone(), len: *len, rule: rule.clone() }),
             Data::Stored { offset, len } => {
                 let (offset, end) = (*offset, offset.saturating_add(*len as u64));
-                let missing = || Error::MissingPayload {
-                    path: self.path.clone(),
-                    offset,
-                    end,
-                };
-                let mut out =
-                    Vec::with_capacity((*len as u64).min(self.index.payload_bytes()) as usize);
-                let mut pi = self
-                    .index
-                    .payload
-                    .partition_point(|p| p.start.saturating_add(p.len as u64) <= offset);
+                let missing = || Error::MissingPayload { path: self.path.clone(), offset, end };
+                let mut out = Vec::with_capacity((*len as u64).min(self.index.payload_bytes()) as usize);
+                let mut pi = self.index.payload.partition_point(|p| p.start.saturating_add(p.len as u64) <= offset);
                 let mut at = offset;
                 while at < end {
                     let p = self.index.payload.get(pi).ok_or_else(missing)?;
@@ -346,36 +284,19 @@ impl Reader {
 
     /// The content of a stored file, checked against its hash.
     pub fn file(&self, hash: &FileHash) -> Result<Vec<u8>, Error> {
-        let missing = |detail: String| Error::MissingFile {
-            path: self.path.clone(),
-            hash: hash.to_hex(),
-            detail,
-        };
-        let info = self
-            .index
-            .file(hash)
-            .ok_or_else(|| missing(String::new()))?;
+        let missing = |detail: String| Error::MissingFile { path: self.path.clone(), hash: hash.to_hex(), detail };
+        let info = self.index.file(hash).ok_or_else(|| missing(String::new()))?;
         let mut out = Vec::with_capacity(info.size.min(self.len.saturating_mul(8)) as usize);
         for c in &info.chunks {
             if c.at != out.len() as u64 {
-                return Err(missing(format!(
-                    " (chunk at {} of {} bytes is missing)",
-                    out.len(),
-                    info.size
-                )));
+                return Err(missing(format!(" (chunk at {} of {} bytes is missing)", out.len(), info.size)));
             }
             let (_, raw) = self.read_frame(c.offset, c.frame_len as u64)?;
-            let data = raw.get(48..).ok_or_else(|| {
-                self.bad_block(c.offset, "file", "chunk shorter than its prefix".into())
-            })?;
+            let data = raw.get(48..).ok_or_else(|| self.bad_block(c.offset, "file", "chunk shorter than its prefix".into()))?;
             out.extend_from_slice(data);
         }
         if out.len() as u64 != info.size {
-            return Err(missing(format!(
-                " (only {} of {} bytes present)",
-                out.len(),
-                info.size
-            )));
+            return Err(missing(format!(" (only {} of {} bytes present)", out.len(), info.size)));
         }
         if FileHash::of(&out) != *hash {
             return Err(missing(" (content does not match its hash)".into()));
@@ -388,9 +309,7 @@ impl Reader {
     pub fn verify(&self) -> VerifyReport {
         let scan = self.scan();
         let scanned = scan.builder.finish(Summary::default());
-        let footer_ok = self.recovery.is_none()
-            && scanned.blocks == self.index.blocks
-            && scanned.payload == self.index.payload;
+        let footer_ok = self.recovery.is_none() && scanned.blocks == self.index.blocks && scanned.payload == self.index.payload;
         let mut problems = scan.problems;
         if self.recovery.is_none() && !footer_ok {
             problems.push(Problem {
@@ -402,10 +321,7 @@ impl Reader {
         }
         if let Some(r) = &self.recovery {
             problems.push(Problem {
-                offset: self
-                    .len
-                    .saturating_sub(TRAILER_LEN as u64)
-                    .max(self.header.len),
+                offset: self.len.saturating_sub(TRAILER_LEN as u64).max(self.header.len),
                 len: 0,
                 what: format!("no usable footer index: {}", r.reason),
                 lost: "nothing (the index is rebuilt by scanning)".into(),
@@ -419,11 +335,7 @@ impl Reader {
                 _ => ranges.push((b.first_seq, end)),
             }
         }
-        let files_ok = scanned
-            .files
-            .iter()
-            .filter(|f| self.file(&f.hash).is_ok())
-            .count();
+        let files_ok = scanned.files.iter().filter(|f| self.file(&f.hash).is_ok()).count();
         for f in &scanned.files {
             if let Err(e) = self.file(&f.hash) {
                 problems.push(Problem {
@@ -447,87 +359,50 @@ impl Reader {
     // ---- internals ----
 
     fn bad_block(&self, offset: u64, kind: &'static str, reason: String) -> Error {
-        Error::BadBlock {
-            path: self.path.clone(),
-            offset,
-            kind,
-            reason,
-        }
+        Error::BadBlock { path: self.path.clone(), offset, kind, reason }
     }
 
     fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
         let mut buf = vec![0u8; len as usize];
-        self.file
-            .read_exact_at(&mut buf, offset)
-            .map_err(|e| Error::io(&self.path, e))?;
+        self.file.read_exact_at(&mut buf, offset).map_err(|e| Error::io(&self.path, e))?;
         Ok(buf)
     }
 
     /// Reads and opens the frame at `offset`.
     fn read_frame(&self, offset: u64, frame_len: u64) -> Result<(FrameHeader, Vec<u8>), Error> {
-        if offset.checked_add(frame_len).is_none_or(|e| e > self.len)
-            || frame_len < FRAME_HEADER_LEN as u64
-        {
+        if offset.checked_add(frame_len).is_none_or(|e| e > self.len) || frame_len < FRAME_HEADER_LEN as u64 {
             return Err(self.bad_block(
                 offset,
                 "frame",
-                format!(
-                    "frame of {frame_len} bytes lies beyond the end of the file ({} bytes)",
-                    self.len
-                ),
+                format!("frame of {frame_len} bytes lies beyond the end of the file ({} bytes)", self.len),
             ));
         }
         let buf = self.read_at(offset, frame_len)?;
         let h = FrameHeader::decode(&buf).map_err(|r| self.bad_block(offset, "frame", r.into()))?;
         if h.frame_len() != frame_len {
-            return Err(self.bad_block(
-                offset,
-                h.kind.name(),
-                format!("frame is {} bytes, index says {frame_len}", h.frame_len()),
-            ));
+            return Err(self.bad_block(offset, h.kind.name(), format!("frame is {} bytes, index says {frame_len}", h.frame_len())));
         }
-        let raw = format::open_body(&h, &buf[FRAME_HEADER_LEN..])
-            .map_err(|r| self.bad_block(offset, h.kind.name(), r))?;
+        let raw = format::open_body(&h, &buf[FRAME_HEADER_LEN..]).map_err(|r| self.bad_block(offset, h.kind.name(), r))?;
         Ok((h, raw))
     }
 
     /// Decodes block `bi` of the index (not cached).
     fn decode_block(&self, bi: usize) -> Result<Vec<Event>, Error> {
-        let b = self
-            .index
-            .blocks
-            .get(bi)
-            .ok_or_else(|| self.bad_block(0, "index", format!("no block {bi}")))?;
+        let b = self.index.blocks.get(bi).ok_or_else(|| self.bad_block(0, "index", format!("no block {bi}")))?;
         let (h, raw) = self.read_frame(b.offset, b.frame_len as u64)?;
         if h.kind != FrameKind::Events || h.a != b.first_seq {
-            return Err(self.bad_block(
-                b.offset,
-                h.kind.name(),
-                format!(
-                    "expected the events block starting at event {}",
-                    b.first_seq
-                ),
-            ));
+            return Err(self.bad_block(b.offset, h.kind.name(), format!("expected the events block starting at event {}", b.first_seq)));
         }
-        block::decode(&raw, b.first_seq, Some(b.count))
-            .map(|d| d.events)
-            .map_err(|e| Error::BadEvent {
-                path: self.path.clone(),
-                offset: b.offset,
-                seq: b.first_seq + e.index as u64,
-                reason: e.reason,
-            })
+        block::decode(&raw, b.first_seq, Some(b.count)).map(|d| d.events).map_err(|e| Error::BadEvent {
+            path: self.path.clone(),
+            offset: b.offset,
+            seq: b.first_seq + e.index as u64,
+            reason: e.reason,
+        })
     }
 
     fn cached_block(&self, bi: usize) -> Result<Arc<Vec<Event>>, Error> {
-        if let Some((_, v)) = self
-            .cache
-            .lock()
-            .unwrap()
-            .blocks
-            .iter()
-            .find(|(i, _)| *i == bi)
-        {
+        if let Some((_, v)) = self.cache.lock().unwrap().blocks.iter().find(|(i, _)| *i == bi) {
             return Ok(v.clone());
         }
         let v = Arc::new(self.decode_block(bi)?);
@@ -548,11 +423,7 @@ impl Reader {
         let p = &self.index.payload[pi];
         let (h, raw) = self.read_frame(p.offset, p.frame_len as u64)?;
         if h.kind != FrameKind::Payload || h.a != p.start || raw.len() != p.len as usize {
-            return Err(self.bad_block(
-                p.offset,
-                h.kind.name(),
-                format!("expected payload bytes from {}", p.start),
-            ));
+            return Err(self.bad_block(p.offset, h.kind.name(), format!("expected payload bytes from {}", p.start)));
         }
         let v = Arc::new(raw);
         self.cache.lock().unwrap().payload = Some((pi, v.clone()));
@@ -563,38 +434,21 @@ impl Reader {
         if self.len < self.header.len + TRAILER_LEN as u64 {
             return Err("no footer (the recording did not finish)".into());
         }
-        let t = self
-            .read_at(self.len - TRAILER_LEN as u64, TRAILER_LEN as u64)
-            .map_err(|e| e.to_string())?;
-        let (off, flen) = format::decode_trailer(&t)
-            .ok_or("no footer (the recording did not finish or the end of the file is damaged)")?;
+        let t = self.read_at(self.len - TRAILER_LEN as u64, TRAILER_LEN as u64).map_err(|e| e.to_string())?;
+        let (off, flen) = format::decode_trailer(&t).ok_or("no footer (the recording did not finish or the end of the file is damaged)")?;
         if off < self.header.len || off.checked_add(flen) != Some(self.len - TRAILER_LEN as u64) {
-            return Err(format!(
-                "trailer points at a footer at byte {off} of {flen} bytes, outside the file"
-            ));
+            return Err(format!("trailer points at a footer at byte {off} of {flen} bytes, outside the file"));
         }
-        let (h, raw) = self
-            .read_frame(off, flen)
-            .map_err(|e| format!("footer damaged: {e}"))?;
+        let (h, raw) = self.read_frame(off, flen).map_err(|e| format!("footer damaged: {e}"))?;
         if h.kind != FrameKind::Footer {
-            return Err(format!(
-                "trailer points at a {} frame, not the footer",
-                h.kind.name()
-            ));
+            return Err(format!("trailer points at a {} frame, not the footer", h.kind.name()));
         }
-        let index: Index =
-            postcard::from_bytes(&raw).map_err(|e| format!("footer index undecodable: {e}"))?;
+        let index: Index = postcard::from_bytes(&raw).map_err(|e| format!("footer index undecodable: {e}"))?;
         // Sanity: everything the index points at lies within the file, in order.
         let mut prev_end = 0;
         for b in &index.blocks {
-            if b.offset < self.header.len
-                || b.offset.saturating_add(b.frame_len as u64) > off
-                || b.first_seq < prev_end
-            {
-                return Err(format!(
-                    "footer index is inconsistent (block at byte {})",
-                    b.offset
-                ));
+            if b.offset < self.header.len || b.offset.saturating_add(b.frame_len as u64) > off || b.first_seq < prev_end {
+                return Err(format!("footer index is inconsistent (block at byte {})", b.offset));
             }
             prev_end = b.first_seq.saturating_add(b.count as u64);
         }
@@ -605,15 +459,8 @@ impl Reader {
         {
             return Err("footer index is inconsistent (thread or transaction table)".into());
         }
-        if index
-            .payload
-            .iter()
-            .any(|p| p.offset.saturating_add(p.frame_len as u64) > off)
-            || index
-                .files
-                .iter()
-                .flat_map(|f| &f.chunks)
-                .any(|c| c.offset.saturating_add(c.frame_len as u64) > off)
+        if index.payload.iter().any(|p| p.offset.saturating_add(p.frame_len as u64) > off)
+            || index.files.iter().flat_map(|f| &f.chunks).any(|c| c.offset.saturating_add(c.frame_len as u64) > off)
         {
             return Err("footer index points beyond its own position".into());
         }
@@ -622,11 +469,7 @@ impl Reader {
 
     /// Scans every frame from the header on.
     fn scan(&self) -> ScanResult {
-        let mut s = ScanResult {
-            builder: IndexBuilder::default(),
-            problems: Vec::new(),
-            footer_at: None,
-        };
+        let mut s = ScanResult { builder: IndexBuilder::default(), problems: Vec::new(), footer_at: None };
         let mut pos = self.header.len;
         let end = self.len;
         // Problems found by resynchronising, whose losses are known only from neighbours.
@@ -660,10 +503,7 @@ impl Reader {
                 Ok(h) => h,
                 Err(reason) => {
                     if end - pos == TRAILER_LEN as u64
-                        && format::decode_trailer(
-                            &self.read_at(pos, TRAILER_LEN as u64).unwrap_or_default(),
-                        )
-                        .is_some()
+                        && format::decode_trailer(&self.read_at(pos, TRAILER_LEN as u64).unwrap_or_default()).is_some()
                     {
                         break;
                     }
@@ -684,12 +524,7 @@ impl Reader {
                 s.problems.push(Problem {
                     offset: pos,
                     len: end - pos,
-                    what: format!(
-                        "{} frame cut short ({} of {} bytes present)",
-                        h.kind.name(),
-                        end - pos,
-                        flen
-                    ),
+                    what: format!("{} frame cut short ({} of {} bytes present)", h.kind.name(), end - pos, flen),
                     lost: lost_of(&h),
                 });
                 break;
@@ -697,123 +532,73 @@ impl Reader {
             let body = match self.read_at(pos + FRAME_HEADER_LEN as u64, h.stored_len as u64) {
                 Ok(b) => b,
                 Err(e) => {
-                    s.problems.push(Problem {
-                        offset: pos,
-                        len: flen,
-                        what: e.to_string(),
-                        lost: lost_of(&h),
-                    });
+                    s.problems.push(frame_problem(pos, flen, &h, e.to_string()));
                     break;
                 }
             };
             match format::open_body(&h, &body) {
-                Err(reason) => s.problems.push(Problem {
-                    offset: pos,
-                    len: flen,
-                    what: format!("{} block: {reason}", h.kind.name()),
-                    lost: lost_of(&h),
-                }),
-                Ok(raw) => {
-                    match h.kind {
-                        FrameKind::Events => {
-                            match u32::try_from(h.b)
-                                .ok()
-                                .map(|c| block::decode(&raw, h.a, Some(c)))
-                            {
-                                Some(Ok(d)) => {
-                                    let (mut min_ts, mut max_ts) = (u64::MAX, 0);
-                                    for e in &d.events {
-                                        min_ts = min_ts.min(e.ts_ns);
-                                        max_ts = max_ts.max(e.ts_ns);
-                                        s.builder.note_event(e);
-                                    }
-                                    for k in &d.unknown {
-                                        s.builder.note_unknown(*k);
-                                    }
-                                    if d.events.is_empty() {
-                                        min_ts = 0;
-                                    }
-                                    let prev_end = s
-                                        .builder
-                                        .index
-                                        .blocks
-                                        .last()
-                                        .map(|b| b.first_seq.saturating_add(b.count as u64))
-                                        .unwrap_or(0);
-                                    if h.a < prev_end {
-                                        s.problems.push(Problem { offset: pos, len: flen, what: format!("events block repeats event {} (already seen up to {})", h.a, prev_end), lost: "nothing (duplicate ignored)".into() });
-                                    } else {
-                                        s.builder.add_block(BlockInfo {
-                                            offset: pos,
-                                            frame_len: flen as u32,
-                                            first_seq: h.a,
-                                            count: h.b as u32,
-                                            min_ts,
-                                            max_ts,
-                                        });
-                                    }
-                                }
-                                Some(Err(e)) => s.problems.push(Problem {
-                                    offset: pos,
-                                    len: flen,
-                                    what: format!(
-                                        "events block: event {}: {}",
-                                        h.a + e.index as u64,
-                                        e.reason
-                                    ),
-                                    lost: lost_of(&h),
-                                }),
-                                None => s.problems.push(Problem {
-                                    offset: pos,
-                                    len: flen,
-                                    what: "events block: count out of range".into(),
-                                    lost: lost_of(&h),
-                                }),
+                Err(reason) => s.problems.push(frame_problem(pos, flen, &h, format!("{} block: {reason}", h.kind.name()))),
+                Ok(raw) => match h.kind {
+                    FrameKind::Events => match u32::try_from(h.b).ok().map(|c| block::decode(&raw, h.a, Some(c))) {
+                        Some(Ok(d)) => {
+                            let (mut min_ts, mut max_ts) = (u64::MAX, 0);
+                            for e in &d.events {
+                                min_ts = min_ts.min(e.ts_ns);
+                                max_ts = max_ts.max(e.ts_ns);
+                                s.builder.note_event(e);
                             }
-                        }
-                        FrameKind::Payload => {
-                            if raw.len() as u32 != h.raw_len {
+                            for k in &d.unknown {
+                                s.builder.note_unknown(*k);
+                            }
+                            if d.events.is_empty() {
+                                min_ts = 0;
+                            }
+                            let prev_end = s.builder.index.blocks.last().map(|b| b.first_seq.saturating_add(b.count as u64)).unwrap_or(0);
+                            if h.a < prev_end {
                                 s.problems.push(Problem {
                                     offset: pos,
                                     len: flen,
-                                    what: "payload block length mismatch".into(),
-                                    lost: lost_of(&h),
+                                    what: format!("events block repeats event {} (already seen up to {})", h.a, prev_end),
+                                    lost: "nothing (duplicate ignored)".into(),
                                 });
                             } else {
-                                s.builder.add_payload(PayloadInfo {
+                                s.builder.add_block(BlockInfo {
                                     offset: pos,
                                     frame_len: flen as u32,
-                                    start: h.a,
-                                    len: raw.len() as u32,
+                                    first_seq: h.a,
+                                    count: h.b as u32,
+                                    min_ts,
+                                    max_ts,
                                 });
                             }
                         }
-                        FrameKind::File => {
-                            if raw.len() < 48 {
-                                s.problems.push(Problem {
-                                    offset: pos,
-                                    len: flen,
-                                    what: "file chunk shorter than its prefix".into(),
-                                    lost: lost_of(&h),
-                                });
-                            } else {
-                                let hash = FileHash(raw[0..32].try_into().unwrap());
-                                let total = format::u64_at(&raw, 32);
-                                let at = format::u64_at(&raw, 40);
-                                s.builder.add_file_chunk(
-                                    hash,
-                                    total,
-                                    ChunkInfo {
-                                        at,
-                                        offset: pos,
-                                        frame_len: flen as u32,
-                                    },
-                                );
-                            }
+                        Some(Err(e)) => s.problems.push(frame_problem(
+                            pos,
+                            flen,
+                            &h,
+                            format!("events block: event {}: {}", h.a + e.index as u64, e.reason),
+                        )),
+                        None => s.problems.push(frame_problem(pos, flen, &h, "events block: count out of range")),
+                    },
+                    FrameKind::Payload => {
+                        if raw.len() as u32 != h.raw_len {
+                            s.problems.push(frame_problem(pos, flen, &h, "payload block length mismatch"));
+                        } else {
+                            s.builder.add_payload(PayloadInfo { offset: pos, frame_len: flen as u32, start: h.a, len: raw.len() as u32 });
                         }
-                        FrameKind::Footer => s.footer_at = Some(pos),
                     }
-                }
+                    FrameKind::File => {
+                        if raw.len() < 48 {
+                            s.problems.push(frame_problem(pos, flen, &h, "file chunk shorter than its prefix"));
+                        } else {
+                            let hash = FileHash(raw[0..32].try_into().unwrap());
+                            let total = format::u64_at(&raw, 32);
+                            let at = format::u64_at(&raw, 40);
+                            s.builder.add_file_chunk(hash, total, ChunkInfo { at, offset: pos, frame_len: flen as u32 });
+                        }
+                    }
+                    FrameKind::Footer => s.footer_at = Some(pos),
+                },
             }
             pos += flen;
         }
@@ -821,31 +606,14 @@ impl Reader {
         for pi in resyncs {
             let p = &s.problems[pi];
             let blocks = &s.builder.index.blocks;
-            let before = blocks
-                .iter()
-                .rev()
-                .find(|b| b.offset < p.offset)
-                .map(|b| b.first_seq.saturating_add(b.count as u64))
-                .unwrap_or(0);
-            let after = blocks
-                .iter()
-                .find(|b| b.offset > p.offset)
-                .map(|b| b.first_seq);
+            let before = blocks.iter().rev().find(|b| b.offset < p.offset).map(|b| b.first_seq.saturating_add(b.count as u64)).unwrap_or(0);
+            let after = blocks.iter().find(|b| b.offset > p.offset).map(|b| b.first_seq);
             let pays = &s.builder.index.payload;
-            let pbefore = pays
-                .iter()
-                .rev()
-                .find(|b| b.offset < p.offset)
-                .map(|b| b.start.saturating_add(b.len as u64))
-                .unwrap_or(0);
+            let pbefore = pays.iter().rev().find(|b| b.offset < p.offset).map(|b| b.start.saturating_add(b.len as u64)).unwrap_or(0);
             let pafter = pays.iter().find(|b| b.offset > p.offset).map(|b| b.start);
             let mut lost = Vec::new();
             match after {
-                Some(a) if a > before => lost.push(format!(
-                    "events {before}..{} ({} events)",
-                    a - 1,
-                    a - before
-                )),
+                Some(a) if a > before => lost.push(format!("events {before}..{} ({} events)", a - 1, a - before)),
                 None => lost.push(format!("any events from {before} on in this region")),
                 _ => {}
             }
@@ -854,11 +622,7 @@ impl Reader {
                     lost.push(format!("payload bytes {pbefore}..{a}"));
                 }
             }
-            let lost = if lost.is_empty() {
-                "no events (a payload or file chunk at most)".to_owned()
-            } else {
-                lost.join(", ")
-            };
+            let lost = if lost.is_empty() { "no events (a payload or file chunk at most)".to_owned() } else { lost.join(", ") };
             s.problems[pi].lost = lost;
         }
         s
@@ -902,6 +666,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+fn frame_problem(offset: u64, len: u64, h: &FrameHeader, what: impl Into<String>) -> Problem {
+    Problem { offset, len, what: what.into(), lost: lost_of(h) }
+}
+
 fn lost_of(h: &FrameHeader) -> String {
     match h.kind {
         FrameKind::Events if h.b > 0 => {
@@ -917,24 +685,17 @@ fn lost_of(h: &FrameHeader) -> String {
 fn read_header(file: &Source, path: &Path, len: u64) -> Result<format::Header, Error> {
     let want = len.min(4096) as usize;
     let mut buf = vec![0u8; want];
-    file.read_exact_at(&mut buf, 0)
-        .map_err(|e| Error::io(path, e))?;
+    file.read_exact_at(&mut buf, 0).map_err(|e| Error::io(path, e))?;
     match format::decode_header(path, &buf)? {
         Ok(h) => Ok(h),
         Err(needed) => {
             if needed as u64 > len {
-                return Err(Error::BadHeader {
-                    path: path.to_owned(),
-                    reason: format!("header needs {needed} bytes, file has {len}"),
-                });
+                return Err(Error::BadHeader { path: path.to_owned(), reason: format!("header needs {needed} bytes, file has {len}") });
             }
             let mut buf = vec![0u8; needed];
-            file.read_exact_at(&mut buf, 0)
-                .map_err(|e| Error::io(path, e))?;
-            format::decode_header(path, &buf)?.map_err(|n| Error::BadHeader {
-                path: path.to_owned(),
-                reason: format!("header needs {n} bytes"),
-            })
+            file.read_exact_at(&mut buf, 0).map_err(|e| Error::io(path, e))?;
+            format::decode_header(path, &buf)?
+                .map_err(|n| Error::BadHeader { path: path.to_owned(), reason: format!("header needs {n} bytes") })
         }
     }
 }

@@ -73,15 +73,7 @@ pub struct Synth {
 }
 
 fn sc(nr: u32, args: [u64; 6], ret: i64, dur: u64, fd_type: FdType) -> Syscall {
-    Syscall {
-        nr,
-        args,
-        ret,
-        duration_ns: dur,
-        writes: Vec::new(),
-        fd_type,
-        flags: 0,
-    }
+    Syscall { nr, args, ret, duration_ns: dur, writes: Vec::new(), fd_type, flags: 0 }
 }
 
 impl Synth {
@@ -118,21 +110,10 @@ impl Synth {
         let accounts = (0..2000)
             .map(|_| {
                 let cc = ["DE", "FR", "NL", "IT", "ES", "GB"][rng.gen_range(0..6)];
-                format!(
-                    "{cc}{:02}{:018}",
-                    rng.gen_range(10..99),
-                    rng.gen_range(0..1_000_000_000_000_000_000u64)
-                )
+                format!("{cc}{:02}{:018}", rng.gen_range(10..99), rng.gen_range(0..1_000_000_000_000_000_000u64))
             })
             .collect();
-        Synth {
-            rng,
-            tasks,
-            heap,
-            txn: 10_000_000,
-            accounts,
-            to_ledger: VecDeque::new(),
-        }
+        Synth { rng, tasks, heap, txn: 10_000_000, accounts, to_ledger: VecDeque::new() }
     }
 
     /// A counterparty account, Zipf-like: a few accounts get most payments.
@@ -145,11 +126,7 @@ impl Synth {
     /// A payment instruction as JSON.
     fn payment(&mut self) -> String {
         self.txn += 1;
-        let amount = if self.rng.gen_bool(0.4) {
-            self.rng.gen_range(1..100u64) * 10_000
-        } else {
-            self.rng.gen_range(1..5_000_000u64)
-        };
+        let amount = if self.rng.gen_bool(0.4) { self.rng.gen_range(1..100u64) * 10_000 } else { self.rng.gen_range(1..5_000_000u64) };
         let (debtor, creditor) = (self.account(), self.account());
         format!(
             "{{\"txn\":\"txn-{:08}\",\"amount\":\"{}.{:02}\",\"currency\":\"{}\",\"debtor\":\"{debtor}\",\"creditor\":\"{creditor}\",\"status\":\"{}\"}}",
@@ -176,12 +153,7 @@ impl Synth {
     }
 
     fn tuple(port: u16, dport: u16) -> Tuple {
-        Tuple {
-            saddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 12)),
-            sport: port,
-            daddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 31)),
-            dport,
-        }
+        Tuple { saddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 12)), sport: port, daddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 31)), dport }
     }
 
     /// Produces the next few events of task `i` into its queue.
@@ -191,17 +163,9 @@ impl Synth {
         let (stack, heap) = (self.tasks[i].stack, self.tasks[i].heap);
         let mut t = self.tasks[i].t;
         // Blocking: switch out, wake up later, maybe wait on the run queue.
-        let block = |s: &mut Synth,
-                     out: &mut Vec<(u64, EventBody)>,
-                     t: &mut u64,
-                     sleep: u64,
-                     waker: (u32, u32)| {
+        let block = |s: &mut Synth, out: &mut Vec<(u64, EventBody)>, t: &mut u64, sleep: u64, waker: (u32, u32)| {
             let task = &s.tasks[i];
-            let (next_pid, next_tid, next_comm) = if s.rng.gen_bool(0.5) {
-                (6300, 6300, "batch-report")
-            } else {
-                (0, 0, "swapper/0")
-            };
+            let (next_pid, next_tid, next_comm) = if s.rng.gen_bool(0.5) { (6300, 6300, "batch-report") } else { (0, 0, "swapper/0") };
             out.push((
                 *t,
                 EventBody::SchedSwitch(SchedSwitch {
@@ -215,12 +179,7 @@ impl Synth {
             *t += sleep;
             out.push((
                 *t,
-                EventBody::SchedWakeup(SchedWakeup {
-                    target_cpu: task.cpu,
-                    waker_pid: waker.0,
-                    waker_tid: waker.1,
-                    new_task: false,
-                }),
+                EventBody::SchedWakeup(SchedWakeup { target_cpu: task.cpu, waker_pid: waker.0, waker_tid: waker.1, new_task: false }),
             ));
             if s.rng.gen_bool(0.15) {
                 let d = s.dur(5_000, 3_000_000);
@@ -250,29 +209,14 @@ impl Synth {
                     evs.extend_from_slice(&1u32.to_le_bytes());
                     evs.extend_from_slice(&fd.to_le_bytes());
                 }
-                let mut s = sc(
-                    NR_EPOLL_WAIT,
-                    [5, stack + 0x100, 64, u64::MAX, 0, 0],
-                    n as i64,
-                    sleep,
-                    FdType::Other,
-                );
-                s.writes.push(MemWrite {
-                    addr: stack + 0x100,
-                    data: Data::Bytes(evs),
-                });
+                let mut s = sc(NR_EPOLL_WAIT, [5, stack + 0x100, 64, u64::MAX, 0, 0], n as i64, sleep, FdType::Other);
+                s.writes.push(MemWrite { addr: stack + 0x100, data: Data::Bytes(evs) });
                 out.push((t.saturating_sub(sleep), EventBody::Syscall(s)));
                 for fd in fds {
                     let port = 40000 + fd as u16;
                     let body = self.payment();
                     let trace: u128 = self.rng.gen();
-                    let req = Self::http(
-                        "gateway.payments.svc:8443",
-                        "/v1/payments",
-                        trace,
-                        self.rng.gen(),
-                        &body,
-                    );
+                    let req = Self::http("gateway.payments.svc:8443", "/v1/payments", trace, self.rng.gen(), &body);
                     let buf = heap + 0x1000;
                     t += self.dur(2_000, 40_000);
                     out.push((
@@ -286,47 +230,19 @@ impl Synth {
                             new_state: 1,
                         }),
                     ));
-                    let mut s = sc(
-                        NR_RECVFROM,
-                        [fd, buf, 65536, 0, 0, 0],
-                        req.len() as i64,
-                        self.dur(800, 6_000),
-                        FdType::Tcp,
-                    );
-                    s.writes.push(MemWrite {
-                        addr: buf,
-                        data: Data::Bytes(req),
-                    });
+                    let mut s = sc(NR_RECVFROM, [fd, buf, 65536, 0, 0, 0], req.len() as i64, self.dur(800, 6_000), FdType::Tcp);
+                    s.writes.push(MemWrite { addr: buf, data: Data::Bytes(req) });
                     out.push((t, EventBody::Syscall(s)));
                     for clk in [1u64, 0] {
                         t += self.rng.gen_range(300..3_000);
-                        let mut s = sc(
-                            NR_CLOCK_GETTIME,
-                            [clk, stack + 0x40, 0, 0, 0, 0],
-                            0,
-                            self.rng.gen_range(40..120),
-                            FdType::Unknown,
-                        );
-                        let v = if clk == 1 {
-                            t - 1_763_000_000_000_000_000
-                        } else {
-                            t
-                        };
+                        let mut s = sc(NR_CLOCK_GETTIME, [clk, stack + 0x40, 0, 0, 0, 0], 0, self.rng.gen_range(40..120), FdType::Unknown);
+                        let v = if clk == 1 { t - 1_763_000_000_000_000_000 } else { t };
                         let mut ts = (v / 1_000_000_000).to_le_bytes().to_vec();
                         ts.extend_from_slice(&(v % 1_000_000_000).to_le_bytes());
-                        s.writes.push(MemWrite {
-                            addr: stack + 0x40,
-                            data: Data::Bytes(ts),
-                        });
+                        s.writes.push(MemWrite { addr: stack + 0x40, data: Data::Bytes(ts) });
                         out.push((t, EventBody::Syscall(s)));
                     }
-                    let fwd = Self::http(
-                        "ledger.payments.svc:7001",
-                        "/v1/entries",
-                        trace,
-                        self.rng.gen(),
-                        &body,
-                    );
+                    let fwd = Self::http("ledger.payments.svc:7001", "/v1/entries", trace, self.rng.gen(), &body);
                     if self.to_ledger.len() < 64 {
                         self.to_ledger.push_back(fwd.clone());
                     }
@@ -370,23 +286,10 @@ impl Synth {
                     }
                     let wait = self.dur(50_000, 2_000_000);
                     block(self, &mut out, &mut t, wait, (5200, 5204));
-                    let ans = format!(
-                        "{{\"txn\":\"txn-{:08}\",\"ledger_seq\":{},\"status\":\"committed\"}}",
-                        self.txn,
-                        self.txn * 3 + 17
-                    )
-                    .into_bytes();
-                    let mut s = sc(
-                        NR_RECVFROM,
-                        [9, heap + 0x11000, 65536, 0, 0, 0],
-                        ans.len() as i64,
-                        wait,
-                        FdType::Tcp,
-                    );
-                    s.writes.push(MemWrite {
-                        addr: heap + 0x11000,
-                        data: Data::Bytes(ans),
-                    });
+                    let ans = format!("{{\"txn\":\"txn-{:08}\",\"ledger_seq\":{},\"status\":\"committed\"}}", self.txn, self.txn * 3 + 17)
+                        .into_bytes();
+                    let mut s = sc(NR_RECVFROM, [9, heap + 0x11000, 65536, 0, 0, 0], ans.len() as i64, wait, FdType::Tcp);
+                    s.writes.push(MemWrite { addr: heap + 0x11000, data: Data::Bytes(ans) });
                     out.push((t, EventBody::Syscall(s)));
                     t += self.dur(2_000, 20_000);
                     let resp = 180 + self.rng.gen_range(0..40);
@@ -447,31 +350,16 @@ impl Synth {
             Role::LedgerMain => {
                 let sleep = self.dur(50_000, 3_000_000);
                 block(self, &mut out, &mut t, sleep, (0, 0));
-                let mut s = sc(
-                    NR_EPOLL_WAIT,
-                    [4, stack + 0x80, 32, u64::MAX, 0, 0],
-                    1,
-                    sleep,
-                    FdType::Other,
-                );
+                let mut s = sc(NR_EPOLL_WAIT, [4, stack + 0x80, 32, u64::MAX, 0, 0], 1, sleep, FdType::Other);
                 let mut ev = 1u32.to_le_bytes().to_vec();
                 ev.extend_from_slice(&7u64.to_le_bytes());
-                s.writes.push(MemWrite {
-                    addr: stack + 0x80,
-                    data: Data::Bytes(ev),
-                });
+                s.writes.push(MemWrite { addr: stack + 0x80, data: Data::Bytes(ev) });
                 out.push((t.saturating_sub(sleep), EventBody::Syscall(s)));
                 let m = match self.to_ledger.pop_front() {
                     Some(m) => m,
                     None => {
                         let body = self.payment();
-                        Self::http(
-                            "ledger.payments.svc:7001",
-                            "/v1/entries",
-                            self.rng.gen(),
-                            self.rng.gen(),
-                            &body,
-                        )
+                        Self::http("ledger.payments.svc:7001", "/v1/entries", self.rng.gen(), self.rng.gen(), &body)
                     }
                 };
                 t += self.dur(1_000, 10_000);
@@ -486,57 +374,24 @@ impl Synth {
                         new_state: 1,
                     }),
                 ));
-                let mut s = sc(
-                    NR_RECVFROM,
-                    [7, heap + 0x2000, 65536, 0, 0, 0],
-                    m.len() as i64,
-                    self.dur(800, 6_000),
-                    FdType::Tcp,
-                );
-                s.writes.push(MemWrite {
-                    addr: heap + 0x2000,
-                    data: Data::Bytes(m),
-                });
+                let mut s = sc(NR_RECVFROM, [7, heap + 0x2000, 65536, 0, 0, 0], m.len() as i64, self.dur(800, 6_000), FdType::Tcp);
+                s.writes.push(MemWrite { addr: heap + 0x2000, data: Data::Bytes(m) });
                 out.push((t, EventBody::Syscall(s)));
                 t += self.dur(1_000, 5_000);
                 out.push((
                     t,
-                    EventBody::Syscall(sc(
-                        NR_FUTEX,
-                        [heap + 0x40, 0x81, 1, 0, 0, 0],
-                        1,
-                        self.dur(1_000, 6_000),
-                        FdType::Unknown,
-                    )),
+                    EventBody::Syscall(sc(NR_FUTEX, [heap + 0x40, 0x81, 1, 0, 0, 0], 1, self.dur(1_000, 6_000), FdType::Unknown)),
                 ));
             }
             Role::LedgerWorker => {
                 let sleep = self.dur(50_000, 3_000_000);
                 block(self, &mut out, &mut t, sleep, (5200, 5200));
-                out.push((
-                    t,
-                    EventBody::Syscall(sc(
-                        NR_FUTEX,
-                        [heap + 0x40, 0x80, 0, 0, 0, 0],
-                        0,
-                        sleep,
-                        FdType::Unknown,
-                    )),
-                ));
+                out.push((t, EventBody::Syscall(sc(NR_FUTEX, [heap + 0x40, 0x80, 0, 0, 0, 0], 0, sleep, FdType::Unknown))));
                 t += self.rng.gen_range(500..3_000);
-                let mut s = sc(
-                    NR_CLOCK_GETTIME,
-                    [0, stack + 0x30, 0, 0, 0, 0],
-                    0,
-                    self.rng.gen_range(40..120),
-                    FdType::Unknown,
-                );
+                let mut s = sc(NR_CLOCK_GETTIME, [0, stack + 0x30, 0, 0, 0, 0], 0, self.rng.gen_range(40..120), FdType::Unknown);
                 let mut ts = (t / 1_000_000_000).to_le_bytes().to_vec();
                 ts.extend_from_slice(&(t % 1_000_000_000).to_le_bytes());
-                s.writes.push(MemWrite {
-                    addr: stack + 0x30,
-                    data: Data::Bytes(ts),
-                });
+                s.writes.push(MemWrite { addr: stack + 0x30, data: Data::Bytes(ts) });
                 out.push((t, EventBody::Syscall(s)));
                 let len = 160 + self.rng.gen_range(0..64u64);
                 let off = self.tasks[i].wal_off;
@@ -555,24 +410,12 @@ impl Synth {
                 t += self.rng.gen_range(500..2_000);
                 out.push((
                     t,
-                    EventBody::Syscall(sc(
-                        NR_FUTEX,
-                        [heap + 0x80, 0x81, 1, 0, 0, 0],
-                        1,
-                        self.dur(1_000, 6_000),
-                        FdType::Unknown,
-                    )),
+                    EventBody::Syscall(sc(NR_FUTEX, [heap + 0x80, 0x81, 1, 0, 0, 0], 1, self.dur(1_000, 6_000), FdType::Unknown)),
                 ));
                 t += self.dur(2_000, 10_000);
                 out.push((
                     t,
-                    EventBody::Syscall(sc(
-                        NR_SENDTO,
-                        [7, heap + 0x5000, 64, 0x4000, 0, 0],
-                        64,
-                        self.dur(3_000, 30_000),
-                        FdType::Tcp,
-                    )),
+                    EventBody::Syscall(sc(NR_SENDTO, [7, heap + 0x5000, 64, 0x4000, 0, 0], 64, self.dur(3_000, 30_000), FdType::Tcp)),
                 ));
                 out.push((
                     t,
@@ -589,16 +432,7 @@ impl Synth {
             Role::LedgerWal => {
                 let sleep = self.dur(100_000, 5_000_000);
                 block(self, &mut out, &mut t, sleep, (5200, 5204));
-                out.push((
-                    t,
-                    EventBody::Syscall(sc(
-                        NR_FUTEX,
-                        [heap + 0x80, 0x80, 0, 0, 0, 0],
-                        0,
-                        sleep,
-                        FdType::Unknown,
-                    )),
-                ));
+                out.push((t, EventBody::Syscall(sc(NR_FUTEX, [heap + 0x80, 0x80, 0, 0, 0, 0], 0, sleep, FdType::Unknown))));
                 let d = self.dur(200_000, 8_000_000);
                 let task = &self.tasks[i];
                 out.push((
@@ -612,41 +446,20 @@ impl Synth {
                     }),
                 ));
                 t += d;
-                out.push((
-                    t,
-                    EventBody::Syscall(sc(NR_FDATASYNC, [11, 0, 0, 0, 0, 0], 0, d, FdType::File)),
-                ));
+                out.push((t, EventBody::Syscall(sc(NR_FDATASYNC, [11, 0, 0, 0, 0, 0], 0, d, FdType::File))));
             }
             Role::Batch => {
                 let task = &mut self.tasks[i];
                 if task.step.is_multiple_of(4000) {
                     t += 20_000;
-                    out.push((
-                        t,
-                        EventBody::Syscall(sc(
-                            NR_OPENAT,
-                            [(-100i64) as u64, heap + 0x100, 0, 0, 0, 0],
-                            3,
-                            9_000,
-                            FdType::File,
-                        )),
-                    ));
+                    out.push((t, EventBody::Syscall(sc(NR_OPENAT, [(-100i64) as u64, heap + 0x100, 0, 0, 0, 0], 3, 9_000, FdType::File))));
                     let mut st = vec![0u8; 144];
                     st[0..8].copy_from_slice(&0xfd01u64.to_le_bytes());
                     st[8..16].copy_from_slice(&1_234_567u64.to_le_bytes());
                     st[24..28].copy_from_slice(&0o100644u32.to_le_bytes());
                     st[48..56].copy_from_slice(&(4000u64 * 4096).to_le_bytes());
-                    let mut s = sc(
-                        NR_FSTAT,
-                        [3, stack + 0x200, 0, 0, 0, 0],
-                        0,
-                        1_500,
-                        FdType::File,
-                    );
-                    s.writes.push(MemWrite {
-                        addr: stack + 0x200,
-                        data: Data::Bytes(st),
-                    });
+                    let mut s = sc(NR_FSTAT, [3, stack + 0x200, 0, 0, 0, 0], 0, 1_500, FdType::File);
+                    s.writes.push(MemWrite { addr: stack + 0x200, data: Data::Bytes(st) });
                     out.push((t, EventBody::Syscall(s)));
                     task.file_off = 0;
                 }
@@ -661,45 +474,21 @@ impl Synth {
                     chunk.push_str(&format!(
                         "6{}{:09}{:<17}{:010}{:<15}{:<22}0{:015}\n",
                         ["22", "27", "32", "37"][self.rng.gen_range(0..4)],
-                        ["021000021", "026009593", "011000138", "121000358"]
-                            [self.rng.gen_range(0..4)],
+                        ["021000021", "026009593", "011000138", "121000358"][self.rng.gen_range(0..4)],
                         &self.account()[4..16],
                         amount,
                         format!("ID{:08}", self.txn % 100_000_000),
-                        [
-                            "ACME PAYROLL",
-                            "GLOBEX SETTLEMENT",
-                            "INITECH VENDOR",
-                            "UMBRELLA REFUND"
-                        ][self.rng.gen_range(0..4)],
+                        ["ACME PAYROLL", "GLOBEX SETTLEMENT", "INITECH VENDOR", "UMBRELLA REFUND"][self.rng.gen_range(0..4)],
                         self.txn
                     ));
                 }
                 chunk.truncate(470);
                 t += self.dur(20_000, 600_000);
-                let mut s = sc(
-                    NR_READ,
-                    [3, heap + 0x10000, 470, 0, 0, 0],
-                    470,
-                    self.dur(1_000, 200_000),
-                    FdType::File,
-                );
-                s.writes.push(MemWrite {
-                    addr: heap + 0x10000,
-                    data: Data::Bytes(chunk.into_bytes()),
-                });
+                let mut s = sc(NR_READ, [3, heap + 0x10000, 470, 0, 0, 0], 470, self.dur(1_000, 200_000), FdType::File);
+                s.writes.push(MemWrite { addr: heap + 0x10000, data: Data::Bytes(chunk.into_bytes()) });
                 out.push((t, EventBody::Syscall(s)));
                 if off.is_multiple_of(470 * 4096) && off > 0 {
-                    out.push((
-                        t,
-                        EventBody::Syscall(sc(
-                            NR_LSEEK,
-                            [3, off, 0, 0, 0, 0],
-                            off as i64,
-                            900,
-                            FdType::File,
-                        )),
-                    ));
+                    out.push((t, EventBody::Syscall(sc(NR_LSEEK, [3, off, 0, 0, 0, 0], off as i64, 900, FdType::File))));
                 }
                 // The report grows its heap: a fault per fresh page.
                 for _ in 0..self.rng.gen_range(0..3) {
@@ -719,28 +508,13 @@ impl Synth {
                     ));
                 }
                 if self.tasks[i].step % 4000 == 3999 {
-                    out.push((
-                        t,
-                        EventBody::Syscall(sc(
-                            NR_CLOSE,
-                            [3, 0, 0, 0, 0, 0],
-                            0,
-                            2_000,
-                            FdType::File,
-                        )),
-                    ));
+                    out.push((t, EventBody::Syscall(sc(NR_CLOSE, [3, 0, 0, 0, 0, 0], 0, 2_000, FdType::File))));
                 }
                 if self.rng.gen_ratio(1, 300) {
                     let task = &mut self.tasks[i];
                     let from = task.cpu;
                     task.cpu = 1 - task.cpu;
-                    out.push((
-                        t,
-                        EventBody::SchedMigrate(SchedMigrate {
-                            from_cpu: from,
-                            to_cpu: 1 - from,
-                        }),
-                    ));
+                    out.push((t, EventBody::SchedMigrate(SchedMigrate { from_cpu: from, to_cpu: 1 - from })));
                 }
                 if self.rng.gen_ratio(1, 20) {
                     // Preempted by a woken service thread.
@@ -780,20 +554,12 @@ impl Synth {
         loop {
             let Reverse((_, i)) = self.heap.pop().expect("tasks never end");
             if let Some(ev) = self.tasks[i].pending.pop_front() {
-                let next = self.tasks[i]
-                    .pending
-                    .front()
-                    .map(|e| e.ts_ns)
-                    .unwrap_or(self.tasks[i].t);
+                let next = self.tasks[i].pending.front().map(|e| e.ts_ns).unwrap_or(self.tasks[i].t);
                 self.heap.push(Reverse((next, i)));
                 return ev;
             }
             self.step(i);
-            let next = self.tasks[i]
-                .pending
-                .front()
-                .map(|e| e.ts_ns)
-                .unwrap_or(self.tasks[i].t);
+            let next = self.tasks[i].pending.front().map(|e| e.ts_ns).unwrap_or(self.tasks[i].t);
             self.heap.push(Reverse((next, i)));
         }
     }

@@ -8,29 +8,14 @@ use crate::sys;
 pub fn describe(ev: &Event) -> String {
     match &ev.body {
         EventBody::Syscall(s) => {
-            let args = s
-                .args
-                .iter()
-                .map(|a| {
-                    if *a < 4096 {
-                        a.to_string()
-                    } else {
-                        format!("{a:#x}")
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
+            let args = s.args.iter().map(|a| if *a < 4096 { a.to_string() } else { format!("{a:#x}") }).collect::<Vec<_>>().join(", ");
             let mut out = format!("{}({args}) = {}", s.name(), sys::format_ret(s.ret));
             if s.duration_ns >= 1000 {
                 out.push_str(&format!(" <{:.6}s>", s.duration_ns as f64 / 1e9));
             }
             let n: usize = s.writes.iter().map(|w| w.data.len()).sum();
             if n > 0 {
-                out.push_str(&format!(
-                    " [wrote {n} bytes in {} region{}]",
-                    s.writes.len(),
-                    if s.writes.len() == 1 { "" } else { "s" }
-                ));
+                out.push_str(&format!(" [wrote {n} bytes in {} region{}]", s.writes.len(), if s.writes.len() == 1 { "" } else { "s" }));
             }
             out
         }
@@ -46,11 +31,7 @@ pub fn describe(ev: &Event) -> String {
             f.child_tid
         ),
         EventBody::Exit(x) => match x.signal {
-            Some(s) => format!(
-                "killed by {}{}",
-                signal_name(s),
-                if x.core_dumped { " (core dumped)" } else { "" }
-            ),
+            Some(s) => format!("killed by {}{}", signal_name(s), if x.core_dumped { " (core dumped)" } else { "" }),
             None => format!("exit {}{}", x.code, if x.group { "" } else { " (thread)" }),
         },
         EventBody::Signal(s) => format!(
@@ -60,46 +41,23 @@ pub fn describe(ev: &Event) -> String {
             s.landing.ip,
             if s.synchronous { " (synchronous)" } else { "" }
         ),
-        EventBody::Preempt(p) => format!(
-            "preempted at ip={:#x} fingerprint={:#x}",
-            p.landing.ip, p.landing.fingerprint
-        ),
-        EventBody::Rdtsc(r) => format!(
-            "rdtsc{} at {:#x} = {}",
-            if r.aux.is_some() { "p" } else { "" },
-            r.ip,
-            r.tsc
-        ),
-        EventBody::Cpuid(c) => format!(
-            "cpuid({:#x},{:#x}) at {:#x} = {:x?}",
-            c.leaf, c.subleaf, c.ip, c.regs
-        ),
+        EventBody::Preempt(p) => format!("preempted at ip={:#x} fingerprint={:#x}", p.landing.ip, p.landing.fingerprint),
+        EventBody::Rdtsc(r) => format!("rdtsc{} at {:#x} = {}", if r.aux.is_some() { "p" } else { "" }, r.ip, r.tsc),
+        EventBody::Cpuid(c) => format!("cpuid({:#x},{:#x}) at {:#x} = {:x?}", c.leaf, c.subleaf, c.ip, c.regs),
         EventBody::FileSnapshot(f) => {
             format!("file {} ({} bytes, {})", f.file.path, f.file.size, f.reason)
         }
-        EventBody::SchedSwitch(s) => format!(
-            "switch out ({}, state {}) → {}/{} {}",
-            s.prev_comm, s.prev_state as char, s.next_pid, s.next_tid, s.next_comm
-        ),
-        EventBody::SchedWakeup(w) => format!(
-            "woken by {}/{} onto cpu {}{}",
-            w.waker_pid,
-            w.waker_tid,
-            w.target_cpu,
-            if w.new_task { " (new task)" } else { "" }
-        ),
-        EventBody::SchedDelay(d) => format!(
-            "run-queue delay {} µs, culprit {}/{} {}",
-            d.delay_ns / 1000,
-            d.culprit_pid,
-            d.culprit_tid,
-            d.culprit_comm
-        ),
+        EventBody::SchedSwitch(s) => {
+            format!("switch out ({}, state {}) → {}/{} {}", s.prev_comm, s.prev_state as char, s.next_pid, s.next_tid, s.next_comm)
+        }
+        EventBody::SchedWakeup(w) => {
+            format!("woken by {}/{} onto cpu {}{}", w.waker_pid, w.waker_tid, w.target_cpu, if w.new_task { " (new task)" } else { "" })
+        }
+        EventBody::SchedDelay(d) => {
+            format!("run-queue delay {} µs, culprit {}/{} {}", d.delay_ns / 1000, d.culprit_pid, d.culprit_tid, d.culprit_comm)
+        }
         EventBody::SchedMigrate(m) => format!("migrated cpu {} → {}", m.from_cpu, m.to_cpu),
-        EventBody::TcpSend(t)
-        | EventBody::TcpRecv(t)
-        | EventBody::TcpRetransmit(t)
-        | EventBody::TcpState(t) => {
+        EventBody::TcpSend(t) | EventBody::TcpRecv(t) | EventBody::TcpRetransmit(t) | EventBody::TcpState(t) => {
             let tu = &t.tuple;
             let what = match &ev.body {
                 EventBody::TcpState(_) => format!("state {} → {}", t.old_state, t.new_state),
@@ -111,11 +69,7 @@ pub fn describe(ev: &Event) -> String {
                 tu.sport,
                 tu.daddr,
                 tu.dport,
-                if t.srtt_us > 0 {
-                    format!(" srtt={}µs", t.srtt_us)
-                } else {
-                    String::new()
-                }
+                if t.srtt_us > 0 { format!(" srtt={}µs", t.srtt_us) } else { String::new() }
             )
         }
         EventBody::PageFault(p) => format!(
@@ -128,13 +82,7 @@ pub fn describe(ev: &Event) -> String {
             p.addr,
             p.ip
         ),
-        EventBody::Span(s) => format!(
-            "span {} [{}] txn={} {} µs",
-            s.name,
-            s.service,
-            s.txn,
-            s.end_ns.saturating_sub(s.start_ns) / 1000
-        ),
+        EventBody::Span(s) => format!("span {} [{}] txn={} {} µs", s.name, s.service, s.txn, s.end_ns.saturating_sub(s.start_ns) / 1000),
         EventBody::Cause(c) => format!(
             "cause #{} of {}: event {} delayed event {} by {} µs: {}",
             c.rank,
@@ -145,10 +93,7 @@ pub fn describe(ev: &Event) -> String {
             c.summary
         ),
         EventBody::Lost(l) => format!("LOST {} events at {}", l.count, l.source),
-        EventBody::Cgroup(c) => format!(
-            "cgroup {} = {} container={}",
-            c.cgroup_id, c.path, c.container_id
-        ),
+        EventBody::Cgroup(c) => format!("cgroup {} = {} container={}", c.cgroup_id, c.path, c.container_id),
         EventBody::Note(n) => format!("note [{}] {}", n.topic, n.text),
         EventBody::Resume(r) => format!("resume ({:?})", r.reason),
     }
@@ -164,11 +109,7 @@ pub fn line(ev: &Event, base_ts: u64) -> String {
         rel % 1_000_000_000,
         ev.pid,
         ev.tid,
-        if ev.cpu == u16::MAX {
-            "?".to_string()
-        } else {
-            ev.cpu.to_string()
-        },
+        if ev.cpu == u16::MAX { "?".to_string() } else { ev.cpu.to_string() },
         ev.kind().name(),
         describe(ev)
     )

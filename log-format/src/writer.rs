@@ -33,13 +33,7 @@ pub struct WriterOptions {
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        WriterOptions {
-            block_size: 64 << 10,
-            payload_block_size: 256 << 10,
-            inline_max: 48,
-            level: 1,
-            file_chunk: 1 << 20,
-        }
+        WriterOptions { block_size: 64 << 10, payload_block_size: 256 << 10, inline_max: 48, level: 1, file_chunk: 1 << 20 }
     }
 }
 
@@ -73,11 +67,7 @@ impl Writer<File> {
         Self::create_with(path, meta, WriterOptions::default())
     }
     /// As [`Writer::create`], with options.
-    pub fn create_with(
-        path: impl AsRef<Path>,
-        meta: &Metadata,
-        opts: WriterOptions,
-    ) -> Result<Writer<File>, Error> {
+    pub fn create_with(path: impl AsRef<Path>, meta: &Metadata, opts: WriterOptions) -> Result<Writer<File>, Error> {
         let path = path.as_ref();
         let f = File::create(path).map_err(|e| Error::io(path, e))?;
         Writer::new(f, path, meta, opts)
@@ -86,12 +76,7 @@ impl Writer<File> {
 
 impl<W: Write> Writer<W> {
     /// A writer on any byte sink; `name` is used in error messages.
-    pub fn new(
-        mut out: W,
-        name: impl AsRef<Path>,
-        meta: &Metadata,
-        opts: WriterOptions,
-    ) -> Result<Writer<W>, Error> {
+    pub fn new(mut out: W, name: impl AsRef<Path>, meta: &Metadata, opts: WriterOptions) -> Result<Writer<W>, Error> {
         let name = name.as_ref().to_owned();
         let h = format::encode_header(meta);
         out.write_all(&h).map_err(|e| Error::io(&name, e))?;
@@ -133,10 +118,7 @@ impl<W: Write> Writer<W> {
                 if b.len() > inline_max {
                     let offset = start + payload.len() as u64;
                     payload.extend_from_slice(b);
-                    *d = Data::Stored {
-                        offset,
-                        len: b.len() as u32,
-                    };
+                    *d = Data::Stored { offset, len: b.len() as u32 };
                 }
             }
         });
@@ -168,18 +150,9 @@ impl<W: Write> Writer<W> {
             raw.extend_from_slice(&total.to_le_bytes());
             raw.extend_from_slice(&(at as u64).to_le_bytes());
             raw.extend_from_slice(&content[at..end]);
-            let frame =
-                format::build_frame_with(&mut self.zstd, FrameKind::File, at as u64, total, &raw);
+            let frame = format::build_frame_with(&mut self.zstd, FrameKind::File, at as u64, total, &raw);
             let offset = self.emit(&frame)?;
-            self.index.add_file_chunk(
-                hash,
-                total,
-                ChunkInfo {
-                    at: at as u64,
-                    offset,
-                    frame_len: frame.len() as u32,
-                },
-            );
+            self.index.add_file_chunk(hash, total, ChunkInfo { at: at as u64, offset, frame_len: frame.len() as u32 });
             at = end;
             if at >= content.len() {
                 break;
@@ -209,11 +182,7 @@ impl<W: Write> Writer<W> {
     pub fn flush(&mut self) -> Result<(), Error> {
         self.write_block()?;
         let name = self.name.clone();
-        self.out
-            .as_mut()
-            .expect("writer used after finish")
-            .flush()
-            .map_err(|e| Error::io(&name, e))
+        self.out.as_mut().expect("writer used after finish").flush().map_err(|e| Error::io(&name, e))
     }
 
     /// Writes remaining events, the index and the trailer; returns the sink.
@@ -231,13 +200,7 @@ impl<W: Write> Writer<W> {
         self.emit(&trailer)?;
         let mut out = self.out.take().expect("writer used after finish");
         out.flush().map_err(|e| Error::io(&self.name, e))?;
-        Ok((
-            out,
-            WriteStats {
-                events,
-                bytes: self.pos,
-            },
-        ))
+        Ok((out, WriteStats { events, bytes: self.pos }))
     }
 
     /// The index as it stands (blocks written so far).
@@ -257,13 +220,7 @@ impl<W: Write> Writer<W> {
         let data = std::mem::take(&mut self.payload);
         let max = self.opts.payload_block_size.max(1);
         for piece in data.chunks(max) {
-            let frame = format::build_frame_with(
-                &mut self.zstd,
-                FrameKind::Payload,
-                self.payload_start,
-                0,
-                piece,
-            );
+            let frame = format::build_frame_with(&mut self.zstd, FrameKind::Payload, self.payload_start, 0, piece);
             let offset = self.emit(&frame)?;
             self.index.add_payload(PayloadInfo {
                 offset,
@@ -285,29 +242,11 @@ impl<W: Write> Writer<W> {
         if self.block.count == 0 {
             return Ok(());
         }
-        let (first_seq, count, min_ts, max_ts) = (
-            self.block.first_seq,
-            self.block.count,
-            self.block.min_ts,
-            self.block.max_ts,
-        );
+        let (first_seq, count, min_ts, max_ts) = (self.block.first_seq, self.block.count, self.block.min_ts, self.block.max_ts);
         let raw = self.block.finish();
-        let frame = format::build_frame_with(
-            &mut self.zstd,
-            FrameKind::Events,
-            first_seq,
-            count as u64,
-            &raw,
-        );
+        let frame = format::build_frame_with(&mut self.zstd, FrameKind::Events, first_seq, count as u64, &raw);
         let offset = self.emit(&frame)?;
-        self.index.add_block(BlockInfo {
-            offset,
-            frame_len: frame.len() as u32,
-            first_seq,
-            count,
-            min_ts,
-            max_ts,
-        });
+        self.index.add_block(BlockInfo { offset, frame_len: frame.len() as u32, first_seq, count, min_ts, max_ts });
         Ok(())
     }
 }

@@ -27,12 +27,7 @@ fn small_log() -> (Vec<Event>, Vec<u8>) {
 
 /// Events in frames that lie entirely within the first `cut` bytes.
 fn complete_events(full: &Reader, cut: u64) -> u64 {
-    full.index()
-        .blocks
-        .iter()
-        .filter(|b| b.offset + b.frame_len as u64 <= cut)
-        .map(|b| b.count as u64)
-        .sum()
+    full.index().blocks.iter().filter(|b| b.offset + b.frame_len as u64 <= cut).map(|b| b.count as u64).sum()
 }
 
 fn check_prefix(events: &[Event], r: &Reader, at_least: u64, what: &str) {
@@ -40,17 +35,10 @@ fn check_prefix(events: &[Event], r: &Reader, at_least: u64, what: &str) {
     for e in r.events() {
         let e = e.unwrap_or_else(|e| panic!("{what}: a cut log reads without errors, got {e}"));
         assert_eq!(e.seq, n, "{what}: events form a prefix");
-        assert_eq!(
-            resolved(r, e),
-            events[n as usize],
-            "{what}: event {n} intact"
-        );
+        assert_eq!(resolved(r, e), events[n as usize], "{what}: event {n} intact");
         n += 1;
     }
-    assert!(
-        n >= at_least,
-        "{what}: {n} events recovered, {at_least} were in complete blocks"
-    );
+    assert!(n >= at_least, "{what}: {n} events recovered, {at_least} were in complete blocks");
 }
 
 #[test]
@@ -63,15 +51,9 @@ fn truncation_at_every_offset_of_a_small_file() {
         let what = format!("cut at {cut} of {}", bytes.len());
         match Reader::from_bytes(bytes[..cut].to_vec(), "cut.kpl") {
             Err(e) => {
-                assert!(
-                    cut < header_len,
-                    "{what}: only a cut header fails to open: {e}"
-                );
+                assert!(cut < header_len, "{what}: only a cut header fails to open: {e}");
                 let msg = e.to_string();
-                assert!(
-                    msg.contains("cut.kpl") && msg.contains("header"),
-                    "{what}: {msg}"
-                );
+                assert!(msg.contains("cut.kpl") && msg.contains("header"), "{what}: {msg}");
             }
             Ok(r) => {
                 assert!(r.recovery().is_some(), "{what}: no footer → index rebuilt");
@@ -104,18 +86,9 @@ fn truncation_at_random_offsets_of_a_large_file() {
         let want = complete_events(&full, cut as u64);
         // Loses at most the block being written.
         let lost = events.len() as u64 - r.event_count();
-        let next_block = full
-            .index()
-            .blocks
-            .iter()
-            .find(|b| b.offset + b.frame_len as u64 > cut as u64)
-            .map(|b| b.count as u64)
-            .unwrap_or(0);
-        assert!(
-            r.event_count() >= want
-                && lost <= next_block + (events.len() as u64 - want - next_block),
-            "cut {cut}"
-        );
+        let next_block =
+            full.index().blocks.iter().find(|b| b.offset + b.frame_len as u64 > cut as u64).map(|b| b.count as u64).unwrap_or(0);
+        assert!(r.event_count() >= want && lost <= next_block + (events.len() as u64 - want - next_block), "cut {cut}");
         let mut n = 0;
         for e in r.events() {
             let e = e.unwrap();
@@ -135,12 +108,7 @@ fn every_bit_flip_is_detected_and_named() {
         .blocks
         .iter()
         .map(|b| (b.offset, b.frame_len as u64))
-        .chain(
-            full.index()
-                .payload
-                .iter()
-                .map(|p| (p.offset, p.frame_len as u64)),
-        )
+        .chain(full.index().payload.iter().map(|p| (p.offset, p.frame_len as u64)))
         .collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     // Every byte of the file, one random bit each.
@@ -167,20 +135,14 @@ fn every_bit_flip_is_detected_and_named() {
                 }
                 Err(e) => {
                     let m = e.to_string();
-                    assert!(
-                        m.contains("byte offset"),
-                        "{what}: error names the offset: {m}"
-                    );
+                    assert!(m.contains("byte offset"), "{what}: error names the offset: {m}");
                 }
             }
         }
         let v = r.verify();
         assert!(!v.is_sound(), "{what}: verify detects it");
         // A flip inside an events or payload frame is reported at that frame.
-        if let Some((off, len)) = frames
-            .iter()
-            .find(|(o, l)| (*o..o + l).contains(&(pos as u64)))
-        {
+        if let Some((off, len)) = frames.iter().find(|(o, l)| (*o..o + l).contains(&(pos as u64))) {
             assert!(
                 v.problems.iter().any(|p| p.offset == *off
                     || (p.offset <= pos as u64 && (pos as u64) < p.offset + p.len.max(1))
@@ -196,10 +158,7 @@ fn every_bit_flip_is_detected_and_named() {
 fn garbage_and_wrong_files_give_clear_errors() {
     for (bytes, want) in [
         (vec![], "shorter than a header"),
-        (
-            b"hello world, this is not a log at all".to_vec(),
-            "not a kprobe log",
-        ),
+        (b"hello world, this is not a log at all".to_vec(), "not a kprobe log"),
         (
             {
                 let mut h = kpl::format::encode_header(&meta());
@@ -218,10 +177,7 @@ fn garbage_and_wrong_files_give_clear_errors() {
             "checksum",
         ),
     ] {
-        let e = Reader::from_bytes(bytes, "x.kpl")
-            .err()
-            .expect("must fail")
-            .to_string();
+        let e = Reader::from_bytes(bytes, "x.kpl").err().expect("must fail").to_string();
         assert!(e.contains(want) && e.contains("x.kpl"), "{e}");
     }
 }

@@ -64,16 +64,7 @@ proptest! {
 }
 
 fn note(i: u64) -> Event {
-    Event::new(
-        1000 + i * 10,
-        7,
-        7 + (i % 3) as u32,
-        0,
-        EventBody::Note(Note {
-            topic: "t".into(),
-            text: format!("note {i}"),
-        }),
-    )
+    Event::new(1000 + i * 10, 7, 7 + (i % 3) as u32, 0, EventBody::Note(Note { topic: "t".into(), text: format!("note {i}") }))
 }
 
 #[test]
@@ -111,10 +102,7 @@ fn seek_by_seq_time_tid_and_txn() {
     assert_eq!(r.seek_ts(u64::MAX).unwrap(), None);
     let t8: Vec<u64> = r.tid_events(8, 100).map(|e| e.unwrap().seq).collect();
     assert!(t8.iter().all(|s| s % 3 == 1 && *s >= 100));
-    assert_eq!(
-        t8.len(),
-        (100..5000).filter(|s| s % 3 == 1 && s % 500 != 0).count()
-    );
+    assert_eq!(t8.len(), (100..5000).filter(|s| s % 3 == 1 && s % 500 != 0).count());
     assert_eq!(r.txn_seqs("txn-0"), &[0, 1000, 2000, 3000, 4000]);
     assert_eq!(r.txn_seqs("txn-500"), &[500, 1500, 2500, 3500, 4500]);
     assert!(r.txn_seqs("nope").is_empty());
@@ -126,11 +114,7 @@ fn seek_by_seq_time_tid_and_txn() {
 fn payload_spanning_blocks_and_file_store() {
     let dir = tempdir();
     let path = dir.join("p.kpl");
-    let opts = WriterOptions {
-        payload_block_size: 1000,
-        file_chunk: 777,
-        ..WriterOptions::default()
-    };
+    let opts = WriterOptions { payload_block_size: 1000, file_chunk: 777, ..WriterOptions::default() };
     let mut w = Writer::create_with(&path, &meta(), opts).unwrap();
     let big: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let file: Vec<u8> = (0..5000u32).map(|i| (i % 13) as u8).collect();
@@ -141,35 +125,22 @@ fn payload_spanning_blocks_and_file_store() {
         args: [3, 0x1000, 10_000, 0, 0, 0],
         ret: 10_000,
         duration_ns: 5,
-        writes: vec![MemWrite {
-            addr: 0x1000,
-            data: Data::Bytes(big.clone()),
-        }],
+        writes: vec![MemWrite { addr: 0x1000, data: Data::Bytes(big.clone()) }],
         fd_type: FdType::File,
         flags: 0,
     };
-    w.append(Event::new(1, 1, 1, 0, EventBody::Syscall(sc)))
-        .unwrap();
+    w.append(Event::new(1, 1, 1, 0, EventBody::Syscall(sc))).unwrap();
     w.finish().unwrap();
     let r = Reader::open(&path).unwrap();
     let ev = r.get(0).unwrap();
-    let EventBody::Syscall(s) = &ev.body else {
-        panic!()
-    };
-    assert!(
-        matches!(s.writes[0].data, Data::Stored { .. }),
-        "large buffers are stored apart"
-    );
+    let EventBody::Syscall(s) = &ev.body else { panic!() };
+    assert!(matches!(s.writes[0].data, Data::Stored { .. }), "large buffers are stored apart");
     assert!(r.index().payload.len() >= 10, "payload split in frames");
     assert_eq!(r.payload(&s.writes[0].data).unwrap().as_ref(), &big[..]);
     assert_eq!(r.file(&h).unwrap(), file);
     assert_eq!(r.index().files[0].chunks.len(), 7);
     assert!(r.file(&FileHash([9; 32])).is_err());
-    let red = Data::Redacted {
-        len: 5,
-        hash: None,
-        rule: "path:/etc/secret".into(),
-    };
+    let red = Data::Redacted { len: 5, hash: None, rule: "path:/etc/secret".into() };
     let e = r.payload(&red).unwrap_err().to_string();
     assert!(e.contains("redacted") && e.contains("/etc/secret"), "{e}");
     assert!(r.verify().is_sound());
@@ -194,13 +165,7 @@ fn unknown_kinds_are_skipped_and_counted() {
         (23, evs[5].clone()),
     ]);
     let mut bytes = kpl::format::encode_header(&meta());
-    bytes.extend(kpl::format::build_frame(
-        kpl::format::FrameKind::Events,
-        0,
-        6,
-        &raw,
-        1,
-    ));
+    bytes.extend(kpl::format::build_frame(kpl::format::FrameKind::Events, 0, 6, &raw, 1));
     let r = Reader::from_bytes(bytes, "future.kpl").unwrap();
     let seqs: Vec<u64> = r.events().map(|e| e.unwrap().seq).collect();
     assert_eq!(seqs, vec![0, 2, 4, 5]);
@@ -227,11 +192,7 @@ fn writer_dropped_without_finish_leaves_a_readable_log() {
 }
 
 fn tempdir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "kpl-test-{}-{}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
+    let d = std::env::temp_dir().join(format!("kpl-test-{}-{}", std::process::id(), rand::random::<u64>()));
     std::fs::create_dir_all(&d).unwrap();
     d
 }

@@ -41,7 +41,11 @@ fn default_output(cmd: &str) -> PathBuf {
 /// Runs `kprobe record`: exits with the program's exit code.
 pub fn record(a: RecordArgs) -> Result<ExitCode> {
     let output = a.output.unwrap_or_else(|| default_output(&a.command[0]));
-    let out = tracer::record(&tracer::RecordOptions { output: output.clone(), argv: a.command, time_slice: Duration::from_millis(a.time_slice_ms.max(1)) })?;
+    let out = tracer::record(&tracer::RecordOptions {
+        output: output.clone(),
+        argv: a.command,
+        time_slice: Duration::from_millis(a.time_slice_ms.max(1)),
+    })?;
     eprintln!("kprobe: recorded {} events ({} bytes) to {}", out.events, out.bytes, output.display());
     Ok(ExitCode::from((out.exit_code & 0xff) as u8))
 }
@@ -51,8 +55,14 @@ pub fn replay(a: ReplayArgs) -> Result<ExitCode> {
     let out = tracer::replay::replay(tracer::replay::ReplayOptions { log: a.file, quiet: a.quiet, until_event: a.until_event })?;
     if let Some(s) = &out.stopped {
         eprintln!("kprobe: stopped before event {} (task {}): {}", s.seq, s.tid, s.event);
-        eprintln!("kprobe: task {} is at ip {:#x}{}", s.tid, s.ip, if s.symbol.is_empty() { String::new() } else { format!(" ({})", s.symbol) });
+        eprintln!(
+            "kprobe: task {} is at ip {:#x}{}",
+            s.tid,
+            s.ip,
+            if s.symbol.is_empty() { String::new() } else { format!(" ({})", s.symbol) }
+        );
         return Ok(ExitCode::SUCCESS);
     }
+    eprintln!("kprobe: replayed {} events ({} syscalls matched the log); recorded exit code {}", out.events, out.syscalls, out.exit_code);
     Ok(ExitCode::from((out.exit_code & 0xff) as u8))
 }

@@ -5,10 +5,7 @@ use object::{Object, ObjectSegment, ObjectSymbol};
 
 /// The GNU build-id note of an ELF file, if any.
 pub fn build_id(bytes: &[u8]) -> Vec<u8> {
-    object::File::parse(bytes)
-        .ok()
-        .and_then(|f| f.build_id().ok().flatten().map(|b| b.to_vec()))
-        .unwrap_or_default()
+    object::File::parse(bytes).ok().and_then(|f| f.build_id().ok().flatten().map(|b| b.to_vec())).unwrap_or_default()
 }
 
 /// The PT_INTERP path of an ELF executable, if it has one.

@@ -24,20 +24,14 @@ pub fn syscall(pid: Pid, insn: u64, nr: u64, args: [u64; 6]) -> Result<i64, Stri
     let mut ret = None;
     for _ in 0..16 {
         os::syscall(pid, 0).map_err(|e| format!("resuming for an injected syscall: {e}"))?;
-        match os::wait(Some(pid), false)
-            .map_err(|e| format!("waiting for an injected syscall: {e}"))?
-        {
+        match os::wait(Some(pid), false).map_err(|e| format!("waiting for an injected syscall: {e}"))? {
             Some(WaitStatus::PtraceSyscall(_)) | Some(WaitStatus::PtraceEvent(..)) => {
                 if let Ok(SyscallInfo::Exit { ret: v }) = os::syscall_info(pid) {
                     ret = Some(v);
                     break;
                 }
             }
-            Some(s) => {
-                return Err(format!(
-                    "unexpected stop while injecting syscall {nr}: {s:?}"
-                ))
-            }
+            Some(s) => return Err(format!("unexpected stop while injecting syscall {nr}: {s:?}")),
             None => {}
         }
     }
@@ -49,10 +43,5 @@ pub fn syscall(pid: Pid, insn: u64, nr: u64, args: [u64; 6]) -> Result<i64, Stri
 /// and replayed. Returns false when the CPU or kernel cannot.
 pub fn enable_cpuid_faulting(pid: Pid, insn: u64) -> Result<bool, String> {
     const ARCH_SET_CPUID: u64 = 0x1012;
-    Ok(syscall(
-        pid,
-        insn,
-        libc::SYS_arch_prctl as u64,
-        [ARCH_SET_CPUID, 0, 0, 0, 0, 0],
-    )? == 0)
+    Ok(syscall(pid, insn, libc::SYS_arch_prctl as u64, [ARCH_SET_CPUID, 0, 0, 0, 0, 0])? == 0)
 }

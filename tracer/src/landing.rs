@@ -28,9 +28,8 @@ use iced_x86::{BlockEncoderOptions, Decoder, DecoderOptions, Instruction, Mnemon
 /// The register values of `r` in `user_regs_struct` order.
 pub fn regs_vec(r: &Regs) -> Vec<u64> {
     vec![
-        r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx,
-        r.rsi, r.rdi, r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss, r.fs_base, r.gs_base, r.ds,
-        r.es, r.fs, r.gs,
+        r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx, r.rsi, r.rdi, r.orig_rax, r.rip, r.cs,
+        r.eflags, r.rsp, r.ss, r.fs_base, r.gs_base, r.ds, r.es, r.fs, r.gs,
     ]
 }
 
@@ -50,13 +49,7 @@ pub fn patchable(i: &Instruction) -> bool {
     i.len() >= 5
         && !matches!(
             i.mnemonic(),
-            Mnemonic::Syscall
-                | Mnemonic::Int
-                | Mnemonic::Int3
-                | Mnemonic::Rdtsc
-                | Mnemonic::Rdtscp
-                | Mnemonic::Cpuid
-                | Mnemonic::Sysenter
+            Mnemonic::Syscall | Mnemonic::Int | Mnemonic::Int3 | Mnemonic::Rdtsc | Mnemonic::Rdtscp | Mnemonic::Cpuid | Mnemonic::Sysenter
         )
 }
 
@@ -92,13 +85,8 @@ pub fn advance(pid: Pid, mem: &Mem) -> Result<Regs, String> {
         }
         os::step(pid, 0).map_err(|e| format!("single-step: {e}"))?;
         match os::wait(Some(pid), false) {
-            Ok(Some(nix::sys::wait::WaitStatus::Stopped(_, nix::sys::signal::Signal::SIGTRAP))) => {
-            }
-            other => {
-                return Err(format!(
-                    "positioning an asynchronous event: unexpected stop {other:?}"
-                ))
-            }
+            Ok(Some(nix::sys::wait::WaitStatus::Stopped(_, nix::sys::signal::Signal::SIGTRAP))) => {}
+            other => return Err(format!("positioning an asynchronous event: unexpected stop {other:?}")),
         }
         regs = os::getregs(pid).map_err(|e| format!("getregs: {e}"))?;
     }
@@ -126,10 +114,7 @@ fn free_page_near(pid: Pid, near: u64) -> Option<u64> {
         .lines()
         .filter_map(|l| {
             let (a, b) = l.split_whitespace().next()?.split_once('-')?;
-            Some((
-                u64::from_str_radix(a, 16).ok()?,
-                u64::from_str_radix(b, 16).ok()?,
-            ))
+            Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?))
         })
         .collect();
     ranges.sort();
@@ -163,13 +148,7 @@ fn free_page_near(pid: Pid, near: u64) -> Option<u64> {
 /// Installs a trampoline for landing at `ip` with registers `want` (in
 /// `user_regs_struct` order). `syscall_insn` is the address of a `syscall`
 /// instruction in the tracee (for the injected mmap).
-pub fn install(
-    pid: Pid,
-    mem: &Mem,
-    syscall_insn: u64,
-    ip: u64,
-    want: &[u64],
-) -> Result<Trampoline, String> {
+pub fn install(pid: Pid, mem: &Mem, syscall_insn: u64, ip: u64, want: &[u64]) -> Result<Trampoline, String> {
     let insn = decode_at(mem, ip).ok_or("undecodable instruction at the landing point")?;
     if !patchable(&insn) {
         return Err("the landing instruction is too short to patch".into());
@@ -177,8 +156,7 @@ pub fn install(
     if want.len() < 15 {
         return Err("the log has no registers for this landing".into());
     }
-    let page =
-        free_page_near(pid, ip).ok_or("no free address near the landing point for a trampoline")?;
+    let page = free_page_near(pid, ip).ok_or("no free address near the landing point for a trampoline")?;
     let r = crate::inject::syscall(
         pid,
         syscall_insn,
@@ -195,36 +173,20 @@ pub fn install(
     if r as u64 != page {
         return Err(format!("mapping the trampoline at {page:#x} failed ({r})"));
     }
-    let (code, hit) =
-        assemble(page, &insn, want).map_err(|e| format!("assembling the trampoline: {e}"))?;
-    mem.write(page, &code)
-        .map_err(|e| format!("writing the trampoline: {e}"))?;
-    let saved = mem
-        .read(ip, 5)
-        .map_err(|e| format!("reading the landing instruction: {e}"))?;
+    let (code, hit) = assemble(page, &insn, want).map_err(|e| format!("assembling the trampoline: {e}"))?;
+    mem.write(page, &code).map_err(|e| format!("writing the trampoline: {e}"))?;
+    let saved = mem.read(ip, 5).map_err(|e| format!("reading the landing instruction: {e}"))?;
     let rel = (page as i64 - (ip as i64 + 5)) as i32;
     let mut jmp = vec![0xe9];
     jmp.extend_from_slice(&rel.to_le_bytes());
-    mem.write(ip, &jmp)
-        .map_err(|e| format!("patching the landing instruction: {e}"))?;
-    Ok(Trampoline {
-        ip,
-        saved,
-        page,
-        hit,
-    })
+    mem.write(ip, &jmp).map_err(|e| format!("patching the landing instruction: {e}"))?;
+    Ok(Trampoline { ip, saved, page, hit })
 }
 
 /// Removes a trampoline (restores the instruction, unmaps the page).
 pub fn remove(pid: Pid, mem: &Mem, syscall_insn: u64, t: &Trampoline) -> Result<(), String> {
-    mem.write(t.ip, &t.saved)
-        .map_err(|e| format!("restoring the landing instruction: {e}"))?;
-    crate::inject::syscall(
-        pid,
-        syscall_insn,
-        libc::SYS_munmap as u64,
-        [t.page, PAGE, 0, 0, 0, 0],
-    )?;
+    mem.write(t.ip, &t.saved).map_err(|e| format!("restoring the landing instruction: {e}"))?;
+    crate::inject::syscall(pid, syscall_insn, libc::SYS_munmap as u64, [t.page, PAGE, 0, 0, 0, 0])?;
     Ok(())
 }
 
@@ -233,9 +195,7 @@ fn assemble(page: u64, orig: &Instruction, want: &[u64]) -> Result<(Vec<u8>, u64
     let mut miss = a.create_label();
     let mut cont = a.create_label();
     // user_regs_struct order: r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi
-    let regs = [
-        r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi,
-    ];
+    let regs = [r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi];
     let mut slots: Vec<CodeLabel> = (0..regs.len()).map(|_| a.create_label()).collect();
     // Keep clear of the red zone, save the flags the comparisons change.
     a.lea(rsp, ptr(rsp - 128))?;

@@ -39,20 +39,9 @@ pub enum Error {
     #[error(transparent)]
     Log(#[from] kpl::Error),
     #[error("cannot record faithfully: task {tid} called {syscall} at ip {ip:#x}: {why}")]
-    Unsupported {
-        tid: i32,
-        syscall: String,
-        why: String,
-        ip: u64,
-    },
+    Unsupported { tid: i32, syscall: String, why: String, ip: u64 },
     #[error("replay diverged at event {seq} (task {tid}): expected {expected}, but the program {actual}{place}")]
-    Divergence {
-        seq: u64,
-        tid: u32,
-        expected: String,
-        actual: String,
-        place: String,
-    },
+    Divergence { seq: u64, tid: u32, expected: String, actual: String, place: String },
     #[error("replay cannot go on at event {seq} (task {tid}): {why}")]
     Replay { seq: u64, tid: u32, why: String },
 }
@@ -94,11 +83,5 @@ pub fn fingerprint(r: &os::Regs) -> u64 {
 /// where its last syscall returned (then the landing is that syscall's).
 pub fn landing_of(r: &os::Regs, last_exit: Option<&os::Regs>) -> Landing {
     let in_syscall = last_exit.is_some_and(|e| fingerprint(e) == fingerprint(r));
-    Landing {
-        ip: r.rip,
-        fingerprint: fingerprint(r),
-        passes: 0,
-        in_syscall,
-        regs: landing::regs_vec(r),
-    }
+    Landing { ip: r.rip, fingerprint: fingerprint(r), passes: 0, in_syscall, regs: landing::regs_vec(r) }
 }

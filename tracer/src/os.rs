@@ -86,12 +86,7 @@ pub fn getsiginfo(pid: Pid) -> nix::Result<[u8; 128]> {
     let si = ptrace::getsiginfo(pid)?;
     let mut out = [0u8; 128];
     // SAFETY: siginfo_t is a 128-byte plain-data struct.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(
-            &si as *const libc::siginfo_t as *const u8,
-            std::mem::size_of::<libc::siginfo_t>(),
-        )
-    };
+    let bytes = unsafe { std::slice::from_raw_parts(&si as *const libc::siginfo_t as *const u8, std::mem::size_of::<libc::siginfo_t>()) };
     out[..bytes.len().min(128)].copy_from_slice(&bytes[..bytes.len().min(128)]);
     Ok(out)
 }
@@ -101,8 +96,7 @@ pub fn setsiginfo(pid: Pid, raw: &[u8]) -> nix::Result<()> {
     let mut buf = [0u8; 128];
     buf[..raw.len().min(128)].copy_from_slice(&raw[..raw.len().min(128)]);
     // SAFETY: siginfo_t is plain data of 128 bytes; any bit pattern is a valid value for the kernel to check.
-    let si: libc::siginfo_t =
-        unsafe { std::ptr::read_unaligned(buf.as_ptr() as *const libc::siginfo_t) };
+    let si: libc::siginfo_t = unsafe { std::ptr::read_unaligned(buf.as_ptr() as *const libc::siginfo_t) };
     ptrace::setsiginfo(pid, &si)
 }
 
@@ -136,15 +130,9 @@ pub fn syscall_info(pid: Pid) -> nix::Result<SyscallInfo> {
     // SAFETY: the union member read is the one `op` says the kernel filled in.
     Ok(unsafe {
         match i.op {
-            libc::PTRACE_SYSCALL_INFO_ENTRY => SyscallInfo::Entry {
-                nr: i.u.entry.nr,
-                args: i.u.entry.args,
-            },
+            libc::PTRACE_SYSCALL_INFO_ENTRY => SyscallInfo::Entry { nr: i.u.entry.nr, args: i.u.entry.args },
             libc::PTRACE_SYSCALL_INFO_EXIT => SyscallInfo::Exit { ret: i.u.exit.sval },
-            libc::PTRACE_SYSCALL_INFO_SECCOMP => SyscallInfo::Seccomp {
-                nr: i.u.seccomp.nr,
-                args: i.u.seccomp.args,
-            },
+            libc::PTRACE_SYSCALL_INFO_SECCOMP => SyscallInfo::Seccomp { nr: i.u.seccomp.nr, args: i.u.seccomp.args },
             _ => SyscallInfo::None,
         }
     })
@@ -161,13 +149,7 @@ pub fn get_debugreg(pid: Pid, n: usize) -> nix::Result<u64> {
 /// Writes debug register `n` (0..=7).
 pub fn set_debugreg(pid: Pid, n: usize, value: u64) -> nix::Result<()> {
     // SAFETY: POKEUSER on the debug-register area; the kernel validates the value.
-    unsafe {
-        ptrace::write_user(
-            pid,
-            (DEBUGREG_OFFSET + 8 * n) as ptrace::AddressType,
-            value as libc::c_long,
-        )
-    }
+    unsafe { ptrace::write_user(pid, (DEBUGREG_OFFSET + 8 * n) as ptrace::AddressType, value as libc::c_long) }
 }
 
 /// Waits for a state change of `pid` (or any child with `None`), all
@@ -192,12 +174,7 @@ pub struct Mem {
 impl Mem {
     /// Opens the memory of process (or thread) `pid`. Reopen after an exec.
     pub fn open(pid: Pid) -> std::io::Result<Mem> {
-        Ok(Mem {
-            file: std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(format!("/proc/{pid}/mem"))?,
-        })
+        Ok(Mem { file: std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{pid}/mem"))? })
     }
     /// Reads `len` bytes at `addr`.
     pub fn read(&self, addr: u64, len: usize) -> std::io::Result<Vec<u8>> {
@@ -229,10 +206,7 @@ impl Mem {
         while out.len() < max {
             let chunk = self.read_partial(at, 256.min(max - out.len()));
             if chunk.is_empty() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("unreadable string at {addr:#x}"),
-                ));
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("unreadable string at {addr:#x}")));
             }
             if let Some(i) = chunk.iter().position(|b| *b == 0) {
                 out.extend_from_slice(&chunk[..i]);
@@ -274,23 +248,10 @@ pub struct SpawnSpec {
 /// randomisation off, rdtsc trapping (PR_SET_TSC) and the seccomp filter.
 /// Returns once the tracee is seized and about to run its execve.
 pub fn spawn(spec: &SpawnSpec) -> std::io::Result<Pid> {
-    let argv: Vec<*const libc::c_char> = spec
-        .argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envp: Vec<*const libc::c_char> = spec
-        .env
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
+    let argv: Vec<*const libc::c_char> = spec.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let envp: Vec<*const libc::c_char> = spec.env.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
     let devnull = c"/dev/null";
-    let prog = libc::sock_fprog {
-        len: spec.seccomp.len() as u16,
-        filter: spec.seccomp.as_ptr() as *mut libc::sock_filter,
-    };
+    let prog = libc::sock_fprog { len: spec.seccomp.len() as u16, filter: spec.seccomp.as_ptr() as *mut libc::sock_filter };
     let is_root = // SAFETY: geteuid cannot fail.
         unsafe { libc::geteuid() } == 0;
     // SAFETY: between fork and exec the child only makes raw syscalls on data
@@ -325,10 +286,7 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<Pid> {
                 }
             }
             if let Some((cur, max)) = spec.stack_limit {
-                let r = libc::rlimit {
-                    rlim_cur: cur,
-                    rlim_max: max,
-                };
+                let r = libc::rlimit { rlim_cur: cur, rlim_max: max };
                 libc::setrlimit(libc::RLIMIT_STACK, &r);
             }
             if libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong) < 0 {
@@ -342,13 +300,7 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<Pid> {
                 if !is_root && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                     fail(124);
                 }
-                if libc::syscall(
-                    libc::SYS_seccomp,
-                    libc::SECCOMP_SET_MODE_FILTER,
-                    0,
-                    &prog as *const libc::sock_fprog,
-                ) != 0
-                {
+                if libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog as *const libc::sock_fprog) != 0 {
                     fail(125);
                 }
             }
@@ -362,10 +314,7 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<Pid> {
         match waitpid(pid, Some(WaitPidFlag::WSTOPPED)).map_err(std::io::Error::from)? {
             WaitStatus::Stopped(_, Signal::SIGSTOP) => break,
             WaitStatus::Exited(_, code) => {
-                return Err(std::io::Error::other(format!(
-                    "tracee setup failed (exit code {code}: {})",
-                    setup_failure(code)
-                )))
+                return Err(std::io::Error::other(format!("tracee setup failed (exit code {code}: {})", setup_failure(code))))
             }
             _ => {}
         }
@@ -412,40 +361,24 @@ pub fn rdtsc(with_aux: bool) -> (u64, Option<u32>) {
 /// (each with optional (arg, mask, value) conditions); all others stop the
 /// tracee with SECCOMP_RET_TRACE.
 pub fn seccomp_filter(allowed: &[(i64, Option<(u8, u64, u64)>)]) -> Vec<libc::sock_filter> {
-    use seccompiler::{
-        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-    };
+    use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
     let mut rules = std::collections::BTreeMap::new();
     for (nr, cond) in allowed {
         let r = match cond {
             None => vec![],
-            Some((arg, mask, value)) => vec![SeccompRule::new(vec![SeccompCondition::new(
-                *arg,
-                SeccompCmpArgLen::Qword,
-                SeccompCmpOp::MaskedEq(*mask),
-                *value,
-            )
-            .expect("valid condition")])
-            .expect("valid rule")],
+            Some((arg, mask, value)) => {
+                vec![SeccompRule::new(vec![
+                    SeccompCondition::new(*arg, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(*mask), *value).expect("valid condition")
+                ])
+                .expect("valid rule")]
+            }
         };
         rules.insert(*nr, r);
     }
-    let f = SeccompFilter::new(
-        rules,
-        SeccompAction::Trace(0),
-        SeccompAction::Allow,
-        seccompiler::TargetArch::x86_64,
-    )
-    .expect("valid filter");
+    let f =
+        SeccompFilter::new(rules, SeccompAction::Trace(0), SeccompAction::Allow, seccompiler::TargetArch::x86_64).expect("valid filter");
     let prog: seccompiler::BpfProgram = f.try_into().expect("filter compiles");
-    prog.into_iter()
-        .map(|i| libc::sock_filter {
-            code: i.code,
-            jt: i.jt,
-            jf: i.jf,
-            k: i.k,
-        })
-        .collect()
+    prog.into_iter().map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect()
 }
 
 /// Wakes the tracer when a child changes state, with a timeout: a signalfd
@@ -471,17 +404,10 @@ impl ChildWaker {
     /// Sleeps until a SIGCHLD arrives or `timeout_ms` passes; drains the fd.
     pub fn wait(&self, timeout_ms: i32) {
         use std::os::fd::AsFd;
-        let mut pfd = [nix::poll::PollFd::new(
-            self.fd.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        let t = nix::poll::PollTimeout::try_from(timeout_ms.max(0))
-            .unwrap_or(nix::poll::PollTimeout::MAX);
+        let mut pfd = [nix::poll::PollFd::new(self.fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let t = nix::poll::PollTimeout::try_from(timeout_ms.max(0)).unwrap_or(nix::poll::PollTimeout::MAX);
         let _ = nix::poll::poll(&mut pfd, t);
         let mut buf = [0u8; 128 * 8];
-        while nix::unistd::read(&self.fd, &mut buf)
-            .map(|n| n > 0)
-            .unwrap_or(false)
-        {}
+        while nix::unistd::read(&self.fd, &mut buf).map(|n| n > 0).unwrap_or(false) {}
     }
 }

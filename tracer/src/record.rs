@@ -133,14 +133,9 @@ struct Recorder {
 /// Records `opts.argv` into `opts.output`. The program's stdout and stderr
 /// pass through live; the outcome carries its exit code.
 pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, Error> {
-    let cmd = opts
-        .argv
-        .first()
-        .ok_or_else(|| Error::Usage("no command to record".into()))?;
-    let path =
-        resolve_command(cmd).ok_or_else(|| Error::Usage(format!("command not found: {cmd}")))?;
-    let c =
-        |s: &str| std::ffi::CString::new(s).map_err(|_| Error::Usage(format!("NUL byte in {s:?}")));
+    let cmd = opts.argv.first().ok_or_else(|| Error::Usage("no command to record".into()))?;
+    let path = resolve_command(cmd).ok_or_else(|| Error::Usage(format!("command not found: {cmd}")))?;
+    let c = |s: &str| std::ffi::CString::new(s).map_err(|_| Error::Usage(format!("NUL byte in {s:?}")));
     let env: Vec<std::ffi::CString> = std::env::vars_os()
         .map(|(k, v)| {
             let mut s = k.into_encoded_bytes();
@@ -149,8 +144,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, Error> {
             std::ffi::CString::new(s).unwrap_or_default()
         })
         .collect();
-    let stack = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_STACK)
-        .unwrap_or((8 << 20, u64::MAX));
+    let stack = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_STACK).unwrap_or((8 << 20, u64::MAX));
     let spec = os::SpawnSpec {
         path: c(&path)?,
         argv: opts.argv.iter().map(|a| c(a)).collect::<Result<_, _>>()?,
@@ -162,14 +156,8 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, Error> {
         null_stdio: false,
     };
     let mut meta = Metadata::for_this_host("ptrace", opts.argv.clone());
-    meta.extra
-        .push(("rlimit_stack".into(), format!("{} {}", stack.0, stack.1)));
-    meta.extra.push((
-        "cwd".into(),
-        std::env::current_dir()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
-    ));
+    meta.extra.push(("rlimit_stack".into(), format!("{} {}", stack.0, stack.1)));
+    meta.extra.push(("cwd".into(), std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default()));
     let w = Writer::create(&opts.output, &meta)?;
     let waker = os::ChildWaker::new().map_err(|e| Error::Os(format!("signalfd: {e}")))?;
     let root = os::spawn(&spec).map_err(|e| Error::Os(format!("starting {cmd}: {e}")))?;
@@ -200,11 +188,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, Error> {
     let code = r.root_status.unwrap_or(0);
     r.w.set_exit_code(Some(code));
     let (_, st) = r.w.finish()?;
-    Ok(RecordOutcome {
-        exit_code: code,
-        events: st.events,
-        bytes: st.bytes,
-    })
+    Ok(RecordOutcome { exit_code: code, events: st.events, bytes: st.bytes })
 }
 
 fn resolve_command(cmd: &str) -> Option<String> {
@@ -212,9 +196,7 @@ fn resolve_command(cmd: &str) -> Option<String> {
         return Some(cmd.to_owned());
     }
     let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
-    path.split(':')
-        .map(|d| format!("{d}/{cmd}"))
-        .find(|p| std::fs::metadata(p).map(|m| m.is_file()).unwrap_or(false))
+    path.split(':').map(|d| format!("{d}/{cmd}")).find(|p| std::fs::metadata(p).map(|m| m.is_file()).unwrap_or(false))
 }
 
 impl Task {
@@ -245,32 +227,17 @@ fn now_ns() -> u64 {
 impl Recorder {
     fn emit(&mut self, tid: Pid, body: EventBody) -> Result<u64, Error> {
         let tgid = self.tasks.get(&tid).map(|t| t.tgid).unwrap_or(tid);
-        Ok(self.w.append(Event::new(
-            now_ns(),
-            tgid.as_raw() as u32,
-            tid.as_raw() as u32,
-            u16::MAX,
-            body,
-        ))?)
+        Ok(self.w.append(Event::new(now_ns(), tgid.as_raw() as u32, tid.as_raw() as u32, u16::MAX, body))?)
     }
 
     fn emit_at(&mut self, tid: Pid, ts: u64, body: EventBody) -> Result<u64, Error> {
         let tgid = self.tasks.get(&tid).map(|t| t.tgid).unwrap_or(tid);
-        Ok(self.w.append(Event::new(
-            ts,
-            tgid.as_raw() as u32,
-            tid.as_raw() as u32,
-            u16::MAX,
-            body,
-        ))?)
+        Ok(self.w.append(Event::new(ts, tgid.as_raw() as u32, tid.as_raw() as u32, u16::MAX, body))?)
     }
 
     fn mem(&self, tid: Pid) -> Result<&Mem, Error> {
         let tgid = self.tasks.get(&tid).map(|t| t.tgid).unwrap_or(tid);
-        self.procs
-            .get(&tgid)
-            .map(|p| &p.mem)
-            .ok_or_else(|| Error::Os(format!("no memory handle for process {tgid}")))
+        self.procs.get(&tgid).map(|p| &p.mem).ok_or_else(|| Error::Os(format!("no memory handle for process {tgid}")))
     }
 
     fn run(&mut self) -> Result<(), Error> {
@@ -293,10 +260,7 @@ impl Recorder {
                 Ok(Some(s)) => self.handle(s)?,
                 Ok(None) => {
                     let ms = if self.running.is_some() && !self.ready.is_empty() {
-                        self.slice_end
-                            .saturating_duration_since(Instant::now())
-                            .as_millis()
-                            .clamp(1, 50) as i32
+                        self.slice_end.saturating_duration_since(Instant::now()).as_millis().clamp(1, 50) as i32
                     } else {
                         50
                     };
@@ -332,10 +296,7 @@ impl Recorder {
                     for (addr, len) in capture {
                         let data = mem.read_partial(addr, len);
                         if !data.is_empty() {
-                            outs.push(MemWrite {
-                                addr,
-                                data: Data::Bytes(data),
-                            });
+                            outs.push(MemWrite { addr, data: Data::Bytes(data) });
                         }
                     }
                     outs.append(&mut sc.writes);
@@ -349,11 +310,7 @@ impl Recorder {
                 };
             }
             let t = self.tasks.get_mut(&tid).unwrap();
-            t.st = if mode == Mode::Syscall {
-                St::InKernel
-            } else {
-                St::Running
-            };
+            t.st = if mode == Mode::Syscall { St::InKernel } else { St::Running };
             t.preempt_asked = false;
             if let (Some(si), true) = (siginfo, sig != 0) {
                 let _ = os::setsiginfo(tid, &si);
@@ -430,15 +387,11 @@ impl Recorder {
         match ev {
             libc::PTRACE_EVENT_SECCOMP => self.on_entry(pid),
             libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK | libc::PTRACE_EVENT_CLONE => {
-                let child = Pid::from_raw(
-                    os::getevent(pid).map_err(|e| Error::Os(format!("getevent: {e}")))? as i32,
-                );
+                let child = Pid::from_raw(os::getevent(pid).map_err(|e| Error::Os(format!("getevent: {e}")))? as i32);
                 let (flags, parent_tgid) = {
                     let t = &self.tasks[&pid];
                     let flags = match &t.entry {
-                        Some(e) if e.nr == sys::nr(Sysno::clone3) => {
-                            self.mem(pid)?.read_u64(e.args[0]).unwrap_or(0)
-                        }
+                        Some(e) if e.nr == sys::nr(Sysno::clone3) => self.mem(pid)?.read_u64(e.args[0]).unwrap_or(0),
                         Some(e) if e.nr == sys::nr(Sysno::clone) => e.args[0],
                         _ => 0,
                     };
@@ -446,48 +399,25 @@ impl Recorder {
                 };
                 let kind = match ev {
                     libc::PTRACE_EVENT_VFORK => ForkKind::Vfork,
-                    libc::PTRACE_EVENT_CLONE if flags & libc::CLONE_THREAD as u64 != 0 => {
-                        ForkKind::Thread
-                    }
+                    libc::PTRACE_EVENT_CLONE if flags & libc::CLONE_THREAD as u64 != 0 => ForkKind::Thread,
                     _ => ForkKind::Fork,
                 };
-                let tgid = if kind == ForkKind::Thread {
-                    parent_tgid
-                } else {
-                    child
-                };
-                let entry = self
-                    .tasks
-                    .entry(child)
-                    .or_insert_with(|| Task::new(child, tgid, St::New));
+                let tgid = if kind == ForkKind::Thread { parent_tgid } else { child };
+                let entry = self.tasks.entry(child).or_insert_with(|| Task::new(child, tgid, St::New));
                 entry.tgid = tgid;
                 entry.execed = true;
                 if kind != ForkKind::Thread {
-                    let mem = Mem::open(child)
-                        .map_err(|e| Error::Os(format!("opening memory of {child}: {e}")))?;
-                    let vdso = self
-                        .procs
-                        .get(&parent_tgid)
-                        .map(|p| p.vdso.clone())
-                        .unwrap_or_default();
+                    let mem = Mem::open(child).map_err(|e| Error::Os(format!("opening memory of {child}: {e}")))?;
+                    let vdso = self.procs.get(&parent_tgid).map(|p| p.vdso.clone()).unwrap_or_default();
                     self.procs.insert(child, Proc { mem, vdso });
                 }
-                self.emit(
-                    pid,
-                    EventBody::Fork(Fork {
-                        kind,
-                        child_pid: tgid.as_raw() as u32,
-                        child_tid: child.as_raw() as u32,
-                        flags,
-                    }),
-                )?;
+                self.emit(pid, EventBody::Fork(Fork { kind, child_pid: tgid.as_raw() as u32, child_tid: child.as_raw() as u32, flags }))?;
                 let c = self.tasks.get_mut(&child).unwrap();
                 c.forked = true;
                 if c.first_stop {
                     self.start(child);
                 }
-                os::syscall(pid, 0)
-                    .map_err(|e| Error::Os(format!("resuming {pid} after fork: {e}")))?;
+                os::syscall(pid, 0).map_err(|e| Error::Os(format!("resuming {pid} after fork: {e}")))?;
                 Ok(())
             }
             libc::PTRACE_EVENT_EXEC => {
@@ -502,18 +432,10 @@ impl Recorder {
                         self.running = Some(pid);
                     }
                 }
-                let mem = Mem::open(pid)
-                    .map_err(|e| Error::Os(format!("opening memory of {pid}: {e}")))?;
+                let mem = Mem::open(pid).map_err(|e| Error::Os(format!("opening memory of {pid}: {e}")))?;
                 let tgid = self.tasks[&pid].tgid;
-                self.procs.insert(
-                    tgid,
-                    Proc {
-                        mem,
-                        vdso: Default::default(),
-                    },
-                );
-                os::syscall(pid, 0)
-                    .map_err(|e| Error::Os(format!("resuming {pid} after exec: {e}")))?;
+                self.procs.insert(tgid, Proc { mem, vdso: Default::default() });
+                os::syscall(pid, 0).map_err(|e| Error::Os(format!("resuming {pid} after exec: {e}")))?;
                 Ok(())
             }
             libc::PTRACE_EVENT_EXIT => {
@@ -523,21 +445,9 @@ impl Recorder {
                 } else {
                     (libc::WEXITSTATUS(status), None, false)
                 };
-                let group = self.tasks[&pid]
-                    .entry
-                    .as_ref()
-                    .map(|e| e.nr == sys::nr(Sysno::exit_group))
-                    .unwrap_or(true);
+                let group = self.tasks[&pid].entry.as_ref().map(|e| e.nr == sys::nr(Sysno::exit_group)).unwrap_or(true);
                 if self.tasks[&pid].execed {
-                    self.emit(
-                        pid,
-                        EventBody::Exit(Exit {
-                            code,
-                            signal,
-                            core_dumped: core,
-                            group,
-                        }),
-                    )?;
+                    self.emit(pid, EventBody::Exit(Exit { code, signal, core_dumped: core, group }))?;
                 }
                 self.release_cpu(pid);
                 self.tasks.get_mut(&pid).unwrap().st = St::Exiting;
@@ -570,17 +480,11 @@ impl Recorder {
                     }
                     St::Running if sig == libc::SIGTRAP || self.tasks[&pid].preempt_asked => {
                         // Preempted: the slice ends here (moved to a point replay can patch).
-                        let regs = crate::landing::advance(pid, self.mem(pid)?)
-                            .map_err(|e| Error::Os(format!("task {pid}: {e}")))?;
+                        let regs = crate::landing::advance(pid, self.mem(pid)?).map_err(|e| Error::Os(format!("task {pid}: {e}")))?;
                         let landing = landing_of(&regs, self.tasks[&pid].last_exit_regs.as_ref());
                         self.emit(pid, EventBody::Preempt(Preempt { landing }))?;
                         let t = self.tasks.get_mut(&pid).unwrap();
-                        t.pending = vec![(
-                            None,
-                            EventBody::Resume(Resume {
-                                reason: ResumeReason::AfterPreempt,
-                            }),
-                        )];
+                        t.pending = vec![(None, EventBody::Resume(Resume { reason: ResumeReason::AfterPreempt }))];
                         t.resume_mode = Mode::Cont;
                         t.preempt_asked = false;
                         self.make_ready(pid, false);
@@ -588,11 +492,7 @@ impl Recorder {
                     }
                     _ => {
                         // A group-stop (job control) or a late interrupt: carry on as before.
-                        let mode = if matches!(st, St::InKernel | St::InKernelQuick) {
-                            Mode::Syscall
-                        } else {
-                            Mode::Cont
-                        };
+                        let mode = if matches!(st, St::InKernel | St::InKernelQuick) { Mode::Syscall } else { Mode::Cont };
                         let _ = match mode {
                             Mode::Cont => os::cont(pid, 0),
                             Mode::Syscall => os::syscall(pid, 0),
@@ -615,12 +515,7 @@ impl Recorder {
         if !t.forked {
             return;
         }
-        t.pending = vec![(
-            None,
-            EventBody::Resume(Resume {
-                reason: ResumeReason::Start,
-            }),
-        )];
+        t.pending = vec![(None, EventBody::Resume(Resume { reason: ResumeReason::Start }))];
         t.resume_mode = Mode::Cont;
         t.st = St::Ready;
         t.execed = true;
@@ -628,18 +523,13 @@ impl Recorder {
     }
 
     fn on_entry(&mut self, pid: Pid) -> Result<(), Error> {
-        let (nr, args) =
-            match os::syscall_info(pid).map_err(|e| Error::Os(format!("syscall info: {e}")))? {
-                SyscallInfo::Seccomp { nr, args } | SyscallInfo::Entry { nr, args } => {
-                    (nr as u32, args)
-                }
-                other => {
-                    let regs = os::getregs(pid).ok();
-                    return Err(Error::Os(format!(
-                        "task {pid}: expected a syscall entry, got {other:?} (regs {regs:?})"
-                    )));
-                }
-            };
+        let (nr, args) = match os::syscall_info(pid).map_err(|e| Error::Os(format!("syscall info: {e}")))? {
+            SyscallInfo::Seccomp { nr, args } | SyscallInfo::Entry { nr, args } => (nr as u32, args),
+            other => {
+                let regs = os::getregs(pid).ok();
+                return Err(Error::Os(format!("task {pid}: expected a syscall entry, got {other:?} (regs {regs:?})")));
+            }
+        };
         let class = sys::class(nr, &args);
         if let Class::Unsupported(why) = class {
             let regs = os::getregs(pid).ok();
@@ -661,51 +551,27 @@ impl Recorder {
         }
         let quick = sys::quick(nr, &args);
         let t = self.tasks.get_mut(&pid).unwrap();
-        t.entry = Some(Entry {
-            nr,
-            args,
-            ts: now_ns(),
-            t0: Instant::now(),
-            class,
-            exec,
-        });
+        t.entry = Some(Entry { nr, args, ts: now_ns(), t0: Instant::now(), class, exec });
         if quick {
             t.st = St::InKernelQuick;
         } else {
             t.st = St::InKernel;
             self.release_cpu(pid);
         }
-        os::syscall(pid, 0)
-            .map_err(|e| Error::Os(format!("resuming {pid} into its syscall: {e}")))?;
+        os::syscall(pid, 0).map_err(|e| Error::Os(format!("resuming {pid} into its syscall: {e}")))?;
         Ok(())
     }
 
-    fn capture_exec(
-        &mut self,
-        pid: Pid,
-        nr: u32,
-        args: &[u64; 6],
-    ) -> Result<Option<ExecInfo>, Error> {
+    fn capture_exec(&mut self, pid: Pid, nr: u32, args: &[u64; 6]) -> Result<Option<ExecInfo>, Error> {
         let tgid = self.tasks[&pid].tgid;
         if !self.procs.contains_key(&tgid) {
-            let mem =
-                Mem::open(pid).map_err(|e| Error::Os(format!("opening memory of {pid}: {e}")))?;
-            self.procs.insert(
-                tgid,
-                Proc {
-                    mem,
-                    vdso: Default::default(),
-                },
-            );
+            let mem = Mem::open(pid).map_err(|e| Error::Os(format!("opening memory of {pid}: {e}")))?;
+            self.procs.insert(tgid, Proc { mem, vdso: Default::default() });
         }
         let mem = self.mem(pid)?;
-        let (path_ptr, argv_ptr, env_ptr) = if nr == sys::nr(Sysno::execveat) {
-            (args[1], args[2], args[3])
-        } else {
-            (args[0], args[1], args[2])
-        };
-        let filename = String::from_utf8_lossy(&mem.read_cstr(path_ptr, 4096).unwrap_or_default())
-            .into_owned();
+        let (path_ptr, argv_ptr, env_ptr) =
+            if nr == sys::nr(Sysno::execveat) { (args[1], args[2], args[3]) } else { (args[0], args[1], args[2]) };
+        let filename = String::from_utf8_lossy(&mem.read_cstr(path_ptr, 4096).unwrap_or_default()).into_owned();
         let strings = |ptr: u64| -> Vec<String> {
             let mut v = Vec::new();
             if ptr == 0 {
@@ -716,32 +582,20 @@ impl Recorder {
                 if p == 0 {
                     break;
                 }
-                v.push(
-                    String::from_utf8_lossy(&mem.read_cstr(p, 1 << 20).unwrap_or_default())
-                        .into_owned(),
-                );
+                v.push(String::from_utf8_lossy(&mem.read_cstr(p, 1 << 20).unwrap_or_default()).into_owned());
             }
             v
         };
         let argv = strings(argv_ptr);
         let env = strings(env_ptr);
-        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        let abs = if filename.starts_with('/') {
-            filename.clone()
-        } else {
-            format!("{}/{}", cwd.trim_end_matches('/'), filename)
-        };
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).map(|p| p.display().to_string()).unwrap_or_default();
+        let abs = if filename.starts_with('/') { filename.clone() } else { format!("{}/{}", cwd.trim_end_matches('/'), filename) };
         let mut snapshots = Vec::new();
         let exe = match self.files.capture_path(&mut self.w, pid, &abs)? {
             Some(f) => f,
             None => return Ok(None), // execve will fail; nothing to keep.
         };
-        snapshots.push(FileSnapshot {
-            file: exe.clone(),
-            reason: "exec".into(),
-        });
+        snapshots.push(FileSnapshot { file: exe.clone(), reason: "exec".into() });
         // The interpreter chain: `#!` scripts and ELF PT_INTERP.
         let mut next = self.files.interpreter_of(&exe);
         let mut depth = 0;
@@ -752,19 +606,10 @@ impl Recorder {
             }
             if let Some(f) = self.files.capture_path(&mut self.w, pid, &p)? {
                 next = self.files.interpreter_of(&f);
-                snapshots.push(FileSnapshot {
-                    file: f,
-                    reason: "interp".into(),
-                });
+                snapshots.push(FileSnapshot { file: f, reason: "interp".into() });
             }
         }
-        Ok(Some(ExecInfo {
-            argv,
-            env,
-            cwd,
-            exe,
-            snapshots,
-        }))
+        Ok(Some(ExecInfo { argv, env, cwd, exe, snapshots }))
     }
 
     fn on_syscall_stop(&mut self, pid: Pid) -> Result<(), Error> {
@@ -818,34 +663,17 @@ impl Recorder {
                 if let Some(flag) = self.shown_fd(pid, fd) {
                     flags |= flag;
                     for (addr, len) in regions {
-                        writes.push(MemWrite {
-                            addr,
-                            data: Data::Bytes(mem.read_partial(addr, len)),
-                        });
+                        writes.push(MemWrite { addr, data: Data::Bytes(mem.read_partial(addr, len)) });
                     }
                 }
             }
             if entry.class == Class::MmapFile && ret >= 0 {
                 if let Some(f) = self.files.capture_fd(&mut self.w, pid, args[4] as i32)? {
-                    pending.push((
-                        None,
-                        EventBody::FileSnapshot(FileSnapshot {
-                            file: f,
-                            reason: "mmap".into(),
-                        }),
-                    ));
+                    pending.push((None, EventBody::FileSnapshot(FileSnapshot { file: f, reason: "mmap".into() })));
                 }
             }
         }
-        let sc = Syscall {
-            nr,
-            args,
-            ret,
-            duration_ns,
-            writes,
-            fd_type: FdType::Unknown,
-            flags,
-        };
+        let sc = Syscall { nr, args, ret, duration_ns, writes, fd_type: FdType::Unknown, flags };
         // The syscall event carries its entry time.
         pending.push((Some(entry.ts), EventBody::Syscall(sc)));
         let t = self.tasks.get_mut(&pid).unwrap();
@@ -878,8 +706,7 @@ impl Recorder {
         let tgid = self.tasks[&pid].tgid;
         let mem = Mem::open(pid).map_err(|e| Error::Os(format!("opening memory of {pid}: {e}")))?;
         let v = vdso::patch(pid, &mem).map_err(|e| Error::Os(format!("task {pid}: {e}")))?;
-        let cpuid = crate::inject::enable_cpuid_faulting(pid, v.syscall_insn)
-            .map_err(|e| Error::Os(format!("task {pid}: {e}")))?;
+        let cpuid = crate::inject::enable_cpuid_faulting(pid, v.syscall_insn).map_err(|e| Error::Os(format!("task {pid}: {e}")))?;
         self.procs.insert(tgid, Proc { mem, vdso: v });
         if !cpuid {
             self.w.set_summary_fact("cpuid_faulting", "unavailable");
@@ -889,26 +716,14 @@ impl Recorder {
         // The initial stack (argv, env, auxv, AT_RANDOM bytes...), restored as is at replay.
         if let Some(end) = stack_end(pid) {
             let data = mem.read_partial(regs.rsp, (end - regs.rsp) as usize);
-            writes.push(MemWrite {
-                addr: regs.rsp,
-                data: Data::Bytes(data),
-            });
+            writes.push(MemWrite { addr: regs.rsp, data: Data::Bytes(data) });
         }
         self.tasks.get_mut(&pid).unwrap().execed = true;
         if let Some(i) = info {
             for s in i.snapshots {
                 pending.push((None, EventBody::FileSnapshot(s)));
             }
-            pending.push((
-                None,
-                EventBody::Exec(Exec {
-                    exe: i.exe,
-                    argv: i.argv,
-                    env: i.env,
-                    cwd: i.cwd,
-                    auxv,
-                }),
-            ));
+            pending.push((None, EventBody::Exec(Exec { exe: i.exe, argv: i.argv, env: i.env, cwd: i.cwd, auxv })));
         }
         Ok(())
     }
@@ -946,37 +761,17 @@ impl Recorder {
                 return Ok(());
             }
         }
-        let synchronous = matches!(
-            sig,
-            libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP
-        ) && code > 0
-            && code != 0x80;
-        let sender_pid = if code <= 0 || code == 0x80 {
-            u32::from_le_bytes(siginfo[16..20].try_into().unwrap())
-        } else {
-            0
-        };
-        let addr = if synchronous {
-            u64::from_le_bytes(siginfo[16..24].try_into().unwrap())
-        } else {
-            0
-        };
+        let synchronous =
+            matches!(sig, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP) && code > 0 && code != 0x80;
+        let sender_pid = if code <= 0 || code == 0x80 { u32::from_le_bytes(siginfo[16..20].try_into().unwrap()) } else { 0 };
+        let addr = if synchronous { u64::from_le_bytes(siginfo[16..24].try_into().unwrap()) } else { 0 };
         let mut landing = landing_of(&regs, self.tasks[&pid].last_exit_regs.as_ref());
         if !synchronous && !landing.in_syscall {
             // Asynchronous, in user code: move it where replay can find it cheaply.
-            let regs = crate::landing::advance(pid, self.mem(pid)?)
-                .map_err(|e| Error::Os(format!("task {pid}: {e}")))?;
+            let regs = crate::landing::advance(pid, self.mem(pid)?).map_err(|e| Error::Os(format!("task {pid}: {e}")))?;
             landing = landing_of(&regs, None);
         }
-        let body = EventBody::Signal(Signal {
-            signo: sig,
-            code,
-            sender_pid,
-            addr,
-            landing,
-            synchronous,
-            siginfo: siginfo.to_vec(),
-        });
+        let body = EventBody::Signal(Signal { signo: sig, code, sender_pid, addr, landing, synchronous, siginfo: siginfo.to_vec() });
         let t = self.tasks.get_mut(&pid).unwrap();
         t.pending = vec![(None, body)];
         t.resume_mode = Mode::Cont;
@@ -1011,12 +806,7 @@ impl Recorder {
             regs.rdx = r[3] as u64;
             let ip = regs.rip;
             regs.rip += 2;
-            EventBody::Cpuid(Cpuid {
-                ip,
-                leaf,
-                subleaf: sub,
-                regs: r,
-            })
+            EventBody::Cpuid(Cpuid { ip, leaf, subleaf: sub, regs: r })
         } else {
             return Ok(None);
         };
@@ -1034,12 +824,7 @@ fn file_id(p: &str) -> Option<(u64, u64)> {
 pub fn read_auxv(pid: Pid) -> Vec<(u64, u64)> {
     let b = std::fs::read(format!("/proc/{pid}/auxv")).unwrap_or_default();
     b.chunks_exact(16)
-        .map(|c| {
-            (
-                u64::from_le_bytes(c[0..8].try_into().unwrap()),
-                u64::from_le_bytes(c[8..16].try_into().unwrap()),
-            )
-        })
+        .map(|c| (u64::from_le_bytes(c[0..8].try_into().unwrap()), u64::from_le_bytes(c[8..16].try_into().unwrap())))
         .take_while(|(k, _)| *k != 0)
         .collect()
 }

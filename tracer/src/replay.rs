@@ -66,6 +66,8 @@ pub struct ReplayOutcome {
     pub exit_code: i32,
     /// Events processed.
     pub events: u64,
+    /// Syscalls the program made that matched the log (served or executed).
+    pub syscalls: u64,
     /// Set when the replay stopped early (`until_event`).
     pub stopped: Option<StopReport>,
 }
@@ -107,6 +109,10 @@ struct Task {
     snapshot: Option<FileSnapshot>,
     /// Files to put in the replay root before the next exec.
     exec_files: Vec<FileSnapshot>,
+    /// Its execve was started ahead of its event (a vfork parent waited on it).
+    exec_in_flight: bool,
+    /// The child of its pending vfork.
+    vfork_child: Option<u32>,
 }
 
 struct Proc {
@@ -137,6 +143,7 @@ pub struct Replayer {
     root_status: Option<i32>,
     running: Option<u32>,
     mappings: Vec<Mapping>,
+    syscalls: u64,
     out: std::io::Stdout,
     err: std::io::Stderr,
 }
@@ -174,16 +181,10 @@ impl Replayer {
                 break;
             }
         }
-        let (root_tid, exec) = first_exec.ok_or_else(|| {
-            Error::Usage(format!(
-                "{}: the log holds no exec event to start from",
-                opts.log.display()
-            ))
-        })?;
-        let root_dir = tempfile::Builder::new()
-            .prefix("kprobe-replay-")
-            .tempdir()
-            .map_err(|e| Error::Os(format!("temporary directory: {e}")))?;
+        let (root_tid, exec) =
+            first_exec.ok_or_else(|| Error::Usage(format!("{}: the log holds no exec event to start from", opts.log.display())))?;
+        let root_dir =
+            tempfile::Builder::new().prefix("kprobe-replay-").tempdir().map_err(|e| Error::Os(format!("temporary directory: {e}")))?;
         let mut me = Replayer {
             r,
             opts,
@@ -196,27 +197,28 @@ impl Replayer {
             root_status: None,
             running: None,
             mappings: Vec::new(),
+            syscalls: 0,
             out: std::io::stdout(),
             err: std::io::stderr(),
         };
         for s in &snapshots {
             me.materialize(s)?;
         }
+        // Every executable and interpreter the recording exec'd goes into the replay root now.
+        for ev in me.r.events() {
+            if let EventBody::FileSnapshot(s) = ev?.body {
+                if s.reason != "mmap" {
+                    me.materialize(&s)?;
+                }
+            }
+        }
         let cwd = me.root_dir.path().join(exec.cwd.trim_start_matches('/'));
-        std::fs::create_dir_all(&cwd)
-            .map_err(|e| Error::Os(format!("creating {}: {e}", cwd.display())))?;
-        let c = |s: &str| {
-            std::ffi::CString::new(s).map_err(|_| Error::Usage(format!("NUL byte in {s:?}")))
-        };
-        let stack =
-            me.r.meta()
-                .extra
-                .iter()
-                .find(|(k, _)| k == "rlimit_stack")
-                .and_then(|(_, v)| {
-                    let mut it = v.split_whitespace().map(|x| x.parse::<u64>().ok());
-                    Some((it.next()??, it.next()??))
-                });
+        std::fs::create_dir_all(&cwd).map_err(|e| Error::Os(format!("creating {}: {e}", cwd.display())))?;
+        let c = |s: &str| std::ffi::CString::new(s).map_err(|_| Error::Usage(format!("NUL byte in {s:?}")));
+        let stack = me.r.meta().extra.iter().find(|(k, _)| k == "rlimit_stack").and_then(|(_, v)| {
+            let mut it = v.split_whitespace().map(|x| x.parse::<u64>().ok());
+            Some((it.next()??, it.next()??))
+        });
         let spec = os::SpawnSpec {
             path: c(&exec.exe.path)?,
             argv: exec.argv.iter().map(|a| c(a)).collect::<Result<_, _>>()?,
@@ -227,8 +229,7 @@ impl Replayer {
             seccomp: os::seccomp_filter(&sys::seccomp_allowed()),
             null_stdio: true,
         };
-        let pid = os::spawn(&spec)
-            .map_err(|e| Error::Os(format!("starting the replay of {}: {e}", exec.exe.path)))?;
+        let pid = os::spawn(&spec).map_err(|e| Error::Os(format!("starting the replay of {}: {e}", exec.exe.path)))?;
         let root_pid = me.r.get(0).map(|e| e.pid).unwrap_or(root_tid);
         me.tasks.insert(
             root_tid,
@@ -240,17 +241,12 @@ impl Replayer {
                 deliver: None,
                 snapshot: None,
                 exec_files: Vec::new(),
+                exec_in_flight: false,
+                vfork_child: None,
             },
         );
         let mem = Mem::open(pid).map_err(|e| Error::Os(format!("memory of {pid}: {e}")))?;
-        me.procs.insert(
-            root_pid,
-            Proc {
-                mem,
-                vdso: Default::default(),
-                real: pid,
-            },
-        );
+        me.procs.insert(root_pid, Proc { mem, vdso: Default::default(), real: pid });
         me.running = Some(root_tid);
         Ok(me)
     }
@@ -275,13 +271,8 @@ impl Replayer {
                 return Ok(ReplayOutcome {
                     exit_code: self.recorded_exit(),
                     events: self.seq,
-                    stopped: Some(StopReport {
-                        seq: self.seq,
-                        tid: ev.tid,
-                        event: kpl::text::describe(&ev),
-                        ip,
-                        symbol,
-                    }),
+                    syscalls: self.syscalls,
+                    stopped: Some(StopReport { seq: self.seq, tid: ev.tid, event: kpl::text::describe(&ev), ip, symbol }),
                 });
             }
             let ev = match self.r.get(self.seq) {
@@ -302,17 +293,11 @@ impl Replayer {
                 os::kill(t.real);
             }
         }
-        Ok(ReplayOutcome {
-            exit_code: self.recorded_exit(),
-            events: self.seq,
-            stopped: None,
-        })
+        Ok(ReplayOutcome { exit_code: self.recorded_exit(), events: self.seq, syscalls: self.syscalls, stopped: None })
     }
 
     fn recorded_exit(&self) -> i32 {
-        self.root_status
-            .or(self.r.index().summary.exit_code)
-            .unwrap_or(0)
+        self.root_status.or(self.r.index().summary.exit_code).unwrap_or(0)
     }
 
     fn kill_all(&mut self) {
@@ -349,21 +334,14 @@ impl Replayer {
             EventBody::Preempt(_) => {
                 let st = self.ensure_stop(ev.tid)?;
                 if st != Stop::Landing {
-                    return Err(self.diverge(
-                        ev,
-                        "to be preempted at its recorded landing point",
-                        &st,
-                    ));
+                    return Err(self.diverge(ev, "to be preempted at its recorded landing point", &st));
                 }
                 self.running = None;
                 Ok(())
             }
             EventBody::Resume(_) => {
                 let st = self.ensure_stop(ev.tid)?;
-                if !matches!(
-                    st,
-                    Stop::Started | Stop::Landing | Stop::Exit | Stop::Event(_)
-                ) {
+                if !matches!(st, Stop::Started | Stop::Landing | Stop::Exit | Stop::Event(_)) {
                     return Err(self.diverge(ev, "to be stopped, ready to resume", &st));
                 }
                 self.continue_task(ev.tid, 0)
@@ -402,11 +380,7 @@ impl Replayer {
 
     fn proc_of(&self, tid: u32) -> Result<&Proc, Error> {
         let tgid = self.task(tid)?.tgid;
-        self.procs.get(&tgid).ok_or_else(|| Error::Replay {
-            seq: self.seq,
-            tid,
-            why: format!("no process {tgid}"),
-        })
+        self.procs.get(&tgid).ok_or_else(|| Error::Replay { seq: self.seq, tid, why: format!("no process {tgid}") })
     }
 
     fn set_stop(&mut self, tid: u32, s: Stop) {
@@ -417,6 +391,13 @@ impl Replayer {
 
     fn syscall(&mut self, ev: &Event, sc: &Syscall) -> Result<(), Error> {
         let tid = ev.tid;
+        if self.is_forklike(sc.nr) {
+            self.drive_vfork_child(tid)?;
+        }
+        if self.task(tid)?.exec_in_flight {
+            self.syscalls += 1;
+            return self.exec(ev, sc);
+        }
         let st = self.ensure_stop(tid)?;
         // clone/fork/vfork were started at their fork event: this is their exit.
         if self.is_forklike(sc.nr) && st == Stop::Exit {
@@ -425,34 +406,18 @@ impl Replayer {
         let Stop::Entry { nr, args } = st else {
             return Err(self.diverge(ev, &format!("to enter {}", kpl::text::describe(ev)), &st));
         };
-        let first_exec = self.seq < 64
-            && nr == sys::nr(Sysno::execve)
-            && !self.procs.values().any(|p| p.vdso.syscall_insn != 0);
+        let first_exec = self.seq < 64 && nr == sys::nr(Sysno::execve) && !self.procs.values().any(|p| p.vdso.syscall_insn != 0);
         if nr != sc.nr || (args != sc.args && !first_exec) {
-            let actual = format!(
-                "called {}({})",
-                sys::name(nr),
-                args.iter()
-                    .map(|a| format!("{a:#x}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            let actual = format!("called {}({})", sys::name(nr), args.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(", "));
             return Err(self.divergence(
                 ev,
-                &format!(
-                    "{}({})",
-                    sc.name(),
-                    sc.args
-                        .iter()
-                        .map(|a| format!("{a:#x}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                &format!("{}({})", sc.name(), sc.args.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(", ")),
                 &actual,
             ));
         }
         let real = self.real(tid)?;
         let class = sys::class(nr, &args);
+        self.syscalls += 1;
         if nr == sys::nr(Sysno::execve) || nr == sys::nr(Sysno::execveat) {
             return self.exec(ev, sc);
         }
@@ -463,9 +428,7 @@ impl Replayer {
             }
             Class::MmapFile if sc.ret < 0 => self.skip_syscall(tid, real, sc)?,
             // A fork that failed at record time must fail here too.
-            Class::ExecutePatch if sc.ret < 0 && self.is_forklike(nr) => {
-                self.skip_syscall(tid, real, sc)?
-            }
+            Class::ExecutePatch if sc.ret < 0 && self.is_forklike(nr) => self.skip_syscall(tid, real, sc)?,
             Class::MmapFile => self.mmap_file(ev, real, sc)?,
             Class::ExecuteCheck | Class::ExecutePatch => {
                 os::syscall(real, 0).map_err(os_err("resuming into a syscall"))?;
@@ -492,14 +455,13 @@ impl Replayer {
     }
 
     fn is_forklike(&self, nr: u32) -> bool {
-        [Sysno::clone, Sysno::clone3, Sysno::fork, Sysno::vfork]
-            .iter()
-            .any(|s| sys::nr(*s) == nr)
+        [Sysno::clone, Sysno::clone3, Sysno::fork, Sysno::vfork].iter().any(|s| sys::nr(*s) == nr)
     }
 
     /// The exit of a clone/fork/vfork whose child was created at its fork event.
     fn finish_forklike(&mut self, ev: &Event, sc: &Syscall) -> Result<(), Error> {
         let tid = ev.tid;
+        self.syscalls += 1;
         let real = self.real(tid)?;
         let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
         regs.rax = sc.ret as u64;
@@ -517,11 +479,7 @@ impl Replayer {
         self.set_stop(tid, Stop::Running);
         let st = self.wait_stop(tid)?;
         if st != Stop::Exit {
-            return Err(Error::Replay {
-                seq: self.seq,
-                tid,
-                why: format!("a served {} did not come back (stopped: {st:?})", sc.name()),
-            });
+            return Err(Error::Replay { seq: self.seq, tid, why: format!("a served {} did not come back (stopped: {st:?})", sc.name()) });
         }
         let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
         regs.rax = sc.ret as u64;
@@ -533,14 +491,11 @@ impl Replayer {
         if sys::written_data(sc.nr, &sc.args, sc.ret, &NoMem).is_none() {
             for w in &sc.writes {
                 let bytes = self.bytes(&w.data, tid)?;
-                self.proc_of(tid)?
-                    .mem
-                    .write(w.addr, &bytes)
-                    .map_err(|e| Error::Replay {
-                        seq: self.seq,
-                        tid,
-                        why: format!("writing {} bytes at {:#x}: {e}", bytes.len(), w.addr),
-                    })?;
+                self.proc_of(tid)?.mem.write(w.addr, &bytes).map_err(|e| Error::Replay {
+                    seq: self.seq,
+                    tid,
+                    why: format!("writing {} bytes at {:#x}: {e}", bytes.len(), w.addr),
+                })?;
             }
         }
         Ok(())
@@ -549,7 +504,11 @@ impl Replayer {
     fn bytes(&self, d: &Data, tid: u32) -> Result<Vec<u8>, Error> {
         match self.r.payload(d) {
             Ok(b) => Ok(b.into_owned()),
-            Err(kpl::Error::Redacted { len, rule, .. }) => Err(Error::Replay { seq: self.seq, tid, why: format!("the program reads {len} bytes that were redacted at record time by capture policy rule `{rule}`") }),
+            Err(kpl::Error::Redacted { len, rule, .. }) => Err(Error::Replay {
+                seq: self.seq,
+                tid,
+                why: format!("the program reads {len} bytes that were redacted at record time by capture policy rule `{rule}`"),
+            }),
             Err(e) => Err(e.into()),
         }
     }
@@ -559,16 +518,8 @@ impl Replayer {
             return Ok(());
         }
         for w in &sc.writes {
-            let b = self
-                .r
-                .payload(&w.data)
-                .map(|c| c.into_owned())
-                .unwrap_or_default();
-            let _ = if sc.flags & Syscall::FLAG_STDOUT != 0 {
-                self.out.write_all(&b)
-            } else {
-                self.err.write_all(&b)
-            };
+            let b = self.r.payload(&w.data).map(|c| c.into_owned()).unwrap_or_default();
+            let _ = if sc.flags & Syscall::FLAG_STDOUT != 0 { self.out.write_all(&b) } else { self.err.write_all(&b) };
         }
         let _ = self.out.flush();
         Ok(())
@@ -593,11 +544,7 @@ impl Replayer {
         }
         let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
         if regs.rax != sc.ret as u64 {
-            return Err(self.divergence(
-                ev,
-                &format!("mmap at {:#x}", sc.ret),
-                &format!("got {}", kpl::sys::format_ret(regs.rax as i64)),
-            ));
+            return Err(self.divergence(ev, &format!("mmap at {:#x}", sc.ret), &format!("got {}", kpl::sys::format_ret(regs.rax as i64))));
         }
         let snap = self.tasks.get_mut(&tid).and_then(|t| t.snapshot.take());
         if let Some(s) = snap {
@@ -606,21 +553,13 @@ impl Replayer {
                 let off = sc.args[5] as usize;
                 let len = (sc.args[1] as usize).min(content.len().saturating_sub(off));
                 if len > 0 {
-                    self.proc_of(tid)?
-                        .mem
-                        .write(sc.ret as u64, &content[off..off + len])
-                        .map_err(|e| Error::Replay {
-                            seq: self.seq,
-                            tid,
-                            why: format!("filling the mapping of {}: {e}", s.file.path),
-                        })?;
+                    self.proc_of(tid)?.mem.write(sc.ret as u64, &content[off..off + len]).map_err(|e| Error::Replay {
+                        seq: self.seq,
+                        tid,
+                        why: format!("filling the mapping of {}: {e}", s.file.path),
+                    })?;
                 }
-                self.mappings.push(Mapping {
-                    start: sc.ret as u64,
-                    len: sc.args[1],
-                    offset: sc.args[5],
-                    file: s.file,
-                });
+                self.mappings.push(Mapping { start: sc.ret as u64, len: sc.args[1], offset: sc.args[5], file: s.file });
             }
         }
         regs.rax = sc.ret as u64;
@@ -635,20 +574,15 @@ impl Replayer {
 
     fn materialize(&self, s: &FileSnapshot) -> Result<(), Error> {
         let Some(h) = s.file.hash else { return Ok(()) };
-        let dest = self
-            .root_dir
-            .path()
-            .join(s.file.path.trim_start_matches('/'));
+        let dest = self.root_dir.path().join(s.file.path.trim_start_matches('/'));
         if dest.exists() {
             return Ok(());
         }
         let content = self.r.file(&h)?;
         if let Some(p) = dest.parent() {
-            std::fs::create_dir_all(p)
-                .map_err(|e| Error::Os(format!("creating {}: {e}", p.display())))?;
+            std::fs::create_dir_all(p).map_err(|e| Error::Os(format!("creating {}: {e}", p.display())))?;
         }
-        std::fs::write(&dest, content)
-            .map_err(|e| Error::Os(format!("writing {}: {e}", dest.display())))?;
+        std::fs::write(&dest, content).map_err(|e| Error::Os(format!("writing {}: {e}", dest.display())))?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))
             .map_err(|e| Error::Os(format!("chmod {}: {e}", dest.display())))?;
@@ -661,52 +595,20 @@ impl Replayer {
         for f in &files {
             self.materialize(f)?;
         }
-        if sc.ret < 0 {
-            let real = self.real(tid)?;
-            self.skip_syscall(tid, real, sc)?;
-            self.set_stop(tid, Stop::Exit);
-            return self.continue_task(tid, 0);
-        }
-        // The filename as recorded resolves inside the replay root only if
-        // absolute: point the call at the absolute path of the stored file.
-        let real = self.real(tid)?;
-        if let Some(exe) = files.iter().find(|f| f.reason == "exec") {
-            let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
-            let path_reg = if sc.nr == sys::nr(Sysno::execveat) {
-                regs.rsi
-            } else {
-                regs.rdi
-            };
-            let cur = self
-                .proc_of(tid)?
-                .mem
-                .read_cstr(path_reg, 4096)
-                .unwrap_or_default();
-            if cur != exe.file.path.as_bytes() {
-                let mut s = exe.file.path.clone().into_bytes();
-                s.push(0);
-                let at = (regs.rsp - 4096 - s.len() as u64) & !15;
-                self.proc_of(tid)?
-                    .mem
-                    .write(at, &s)
-                    .map_err(|e| Error::Replay {
-                        seq: self.seq,
-                        tid,
-                        why: format!("rewriting the exec path: {e}"),
-                    })?;
-                if sc.nr == sys::nr(Sysno::execveat) {
-                    regs.rsi = at;
-                    regs.rdi = libc::AT_FDCWD as u64;
-                } else {
-                    regs.rdi = at;
-                }
-                os::setregs(real, &regs).map_err(os_err("setregs"))?;
+        if !self.task(tid)?.exec_in_flight {
+            if sc.ret < 0 {
+                let real = self.real(tid)?;
+                self.skip_syscall(tid, real, sc)?;
+                self.set_stop(tid, Stop::Exit);
+                return self.continue_task(tid, 0);
             }
+            let exe = files.iter().find(|f| f.reason == "exec").map(|f| f.file.path.clone());
+            self.start_exec(tid, sc.nr, exe)?;
         }
-        os::syscall(real, 0).map_err(os_err("resuming into execve"))?;
-        self.set_stop(tid, Stop::Running);
+        self.tasks.get_mut(&tid).unwrap().exec_in_flight = false;
+        let real = self.real(tid)?;
         // Other threads of the process die first; then the exec event, then the exit.
-        let mut st = self.wait_stop(tid)?;
+        let mut st = self.ensure_stop(tid)?;
         if st == Stop::Event(libc::PTRACE_EVENT_EXEC) {
             os::syscall(self.real(tid)?, 0).map_err(os_err("resuming after exec"))?;
             self.set_stop(tid, Stop::Running);
@@ -718,24 +620,12 @@ impl Replayer {
         let real = self.real(tid)?;
         let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
         if regs.rax != 0 {
-            return Err(self.divergence(
-                ev,
-                "execve to succeed",
-                &format!("got {}", kpl::sys::format_ret(regs.rax as i64)),
-            ));
+            return Err(self.divergence(ev, "execve to succeed", &format!("got {}", kpl::sys::format_ret(regs.rax as i64))));
         }
         let tgid = self.task(tid)?.tgid;
         let mem = Mem::open(real).map_err(|e| Error::Os(format!("memory of {real}: {e}")))?;
-        let v = vdso::patch(real, &mem).map_err(|e| Error::Replay {
-            seq: self.seq,
-            tid,
-            why: e,
-        })?;
-        crate::inject::enable_cpuid_faulting(real, v.syscall_insn).map_err(|e| Error::Replay {
-            seq: self.seq,
-            tid,
-            why: e,
-        })?;
+        let v = vdso::patch(real, &mem).map_err(|e| Error::Replay { seq: self.seq, tid, why: e })?;
+        crate::inject::enable_cpuid_faulting(real, v.syscall_insn).map_err(|e| Error::Replay { seq: self.seq, tid, why: e })?;
         // The recorded initial stack (same argv, env, auxv, AT_RANDOM bytes).
         if let Some(w) = sc.writes.first() {
             let bytes = self.bytes(&w.data, tid)?;
@@ -753,6 +643,73 @@ impl Replayer {
         self.continue_task(tid, 0)
     }
 
+    /// Lets a task stopped at an execve entry run the exec. The filename as
+    /// recorded resolves inside the replay root only if absolute: the call
+    /// is pointed at the absolute path of the stored executable.
+    fn start_exec(&mut self, tid: u32, nr: u32, exe: Option<String>) -> Result<(), Error> {
+        let real = self.real(tid)?;
+        let exe = match exe {
+            Some(e) => Some(e),
+            None => self.lookahead_exe(tid)?,
+        };
+        if let Some(exe) = exe {
+            let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
+            let path_reg = if nr == sys::nr(Sysno::execveat) { regs.rsi } else { regs.rdi };
+            let cur = self.proc_of(tid)?.mem.read_cstr(path_reg, 4096).unwrap_or_default();
+            if cur != exe.as_bytes() {
+                let mut s = exe.into_bytes();
+                s.push(0);
+                let at = (regs.rsp - 4096 - s.len() as u64) & !15;
+                self.proc_of(tid)?.mem.write(at, &s).map_err(|e| Error::Replay {
+                    seq: self.seq,
+                    tid,
+                    why: format!("rewriting the exec path: {e}"),
+                })?;
+                if nr == sys::nr(Sysno::execveat) {
+                    regs.rsi = at;
+                    regs.rdi = libc::AT_FDCWD as u64;
+                } else {
+                    regs.rdi = at;
+                }
+                os::setregs(real, &regs).map_err(os_err("setregs"))?;
+            }
+        }
+        os::syscall(real, 0).map_err(os_err("resuming into execve"))?;
+        self.set_stop(tid, Stop::Running);
+        self.tasks.get_mut(&tid).unwrap().exec_in_flight = true;
+        Ok(())
+    }
+
+    /// The executable a task's coming exec event names.
+    fn lookahead_exe(&self, tid: u32) -> Result<Option<String>, Error> {
+        for ev in self.r.tid_events(tid, self.seq) {
+            match ev?.body {
+                EventBody::FileSnapshot(s) if s.reason == "exec" => return Ok(Some(s.file.path)),
+                EventBody::Syscall(sc) if sc.nr == sys::nr(Sysno::execve) || sc.nr == sys::nr(Sysno::execveat) => return Ok(None),
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// A vfork parent returns only once its child exec'd or exited; at
+    /// record time that happened before the child's exec event was written.
+    fn drive_vfork_child(&mut self, parent: u32) -> Result<(), Error> {
+        let Some(c) = self.tasks.get_mut(&parent).and_then(|t| t.vfork_child.take()) else { return Ok(()) };
+        if !self.tasks.contains_key(&c) || self.task(c)?.exec_in_flight {
+            return Ok(());
+        }
+        match self.ensure_stop(c)? {
+            Stop::Entry { nr, .. } if nr == sys::nr(Sysno::execve) || nr == sys::nr(Sysno::execveat) => self.start_exec(c, nr, None),
+            Stop::Entry { nr, .. } if nr == sys::nr(Sysno::exit) || nr == sys::nr(Sysno::exit_group) => {
+                os::cont(self.real(c)?, 0).map_err(os_err("resuming a vfork child into exit"))?;
+                self.set_stop(c, Stop::Running);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn fork(&mut self, ev: &Event, f: &Fork) -> Result<(), Error> {
         let tid = ev.tid;
         let st = self.ensure_stop(tid)?;
@@ -760,11 +717,7 @@ impl Replayer {
             return Err(self.diverge(ev, "to enter clone/fork/vfork", &st));
         };
         if !self.is_forklike(nr) {
-            return Err(self.divergence(
-                ev,
-                "clone, fork or vfork",
-                &format!("called {}", sys::name(nr)),
-            ));
+            return Err(self.divergence(ev, "clone, fork or vfork", &format!("called {}", sys::name(nr))));
         }
         let real = self.real(tid)?;
         os::syscall(real, 0).map_err(os_err("resuming into fork"))?;
@@ -775,11 +728,7 @@ impl Replayer {
         };
         let child = Pid::from_raw(os::getevent(real).map_err(os_err("getevent"))? as i32);
         let parent_tgid = self.task(tid)?.tgid;
-        let tgid = if f.kind == ForkKind::Thread {
-            parent_tgid
-        } else {
-            f.child_pid
-        };
+        let tgid = if f.kind == ForkKind::Thread { parent_tgid } else { f.child_pid };
         self.tasks.insert(
             f.child_tid,
             Task {
@@ -790,28 +739,19 @@ impl Replayer {
                 deliver: None,
                 snapshot: None,
                 exec_files: Vec::new(),
+                exec_in_flight: false,
+                vfork_child: None,
             },
         );
         if f.kind != ForkKind::Thread {
             let mem = Mem::open(child).map_err(|e| Error::Os(format!("memory of {child}: {e}")))?;
             let v = self.proc_of(tid)?.vdso.clone();
-            self.procs.insert(
-                tgid,
-                Proc {
-                    mem,
-                    vdso: v,
-                    real: child,
-                },
-            );
+            self.procs.insert(tgid, Proc { mem, vdso: v, real: child });
         }
         // Thread ids the kernel wrote into memory are the replay's: write the recorded ones.
         let (flags, ptid, ctid) = if nr == sys::nr(Sysno::clone3) {
             let m = &self.proc_of(tid)?.mem;
-            (
-                m.read_u64(args[0]).unwrap_or(0),
-                m.read_u64(args[0] + 24).unwrap_or(0),
-                m.read_u64(args[0] + 16).unwrap_or(0),
-            )
+            (m.read_u64(args[0]).unwrap_or(0), m.read_u64(args[0] + 24).unwrap_or(0), m.read_u64(args[0] + 16).unwrap_or(0))
         } else if nr == sys::nr(Sysno::clone) {
             (args[0], args[2], args[3])
         } else {
@@ -823,6 +763,9 @@ impl Replayer {
         }
         if flags & libc::CLONE_CHILD_SETTID as u64 != 0 && ctid != 0 {
             let _ = self.proc_of(f.child_tid)?.mem.write(ctid, &rec);
+        }
+        if f.kind == ForkKind::Vfork {
+            self.tasks.get_mut(&tid).unwrap().vfork_child = Some(f.child_tid);
         }
         os::syscall(real, 0).map_err(os_err("resuming after fork"))?;
         self.set_stop(tid, Stop::Running);
@@ -854,26 +797,16 @@ impl Replayer {
         let status = os::getevent(real).unwrap_or(0) as i32;
         let sig = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
         if sig != x.signal || (sig.is_none() && libc::WEXITSTATUS(status) != x.code) {
-            return Err(self.divergence(
-                ev,
-                &format!("exit {:?}/{}", x.signal, x.code),
-                &format!("exited with status {status:#x}"),
-            ));
+            return Err(self.divergence(ev, &format!("exit {:?}/{}", x.signal, x.code), &format!("exited with status {status:#x}")));
         }
         let _ = os::cont(real, 0);
         // Reap it (threads of a live group are reaped by the kernel).
         match os::wait(Some(real), false) {
             Ok(Some(WaitStatus::Exited(_, c))) => self.set_stop(tid, Stop::Gone(c)),
-            Ok(Some(WaitStatus::Signaled(_, s, _))) => {
-                self.set_stop(tid, Stop::Gone(128 + s as i32))
-            }
+            Ok(Some(WaitStatus::Signaled(_, s, _))) => self.set_stop(tid, Stop::Gone(128 + s as i32)),
             _ => self.set_stop(tid, Stop::Gone(0)),
         }
-        if tid == self.root_tid
-            || ev.pid == self.task(self.root_tid).map(|t| t.tgid).unwrap_or(0)
-                && x.group
-                && ev.tid == ev.pid
-        {
+        if tid == self.root_tid || ev.pid == self.task(self.root_tid).map(|t| t.tgid).unwrap_or(0) && x.group && ev.tid == ev.pid {
             self.root_status = Some(match x.signal {
                 Some(s) => 128 + s,
                 None => x.code,
@@ -889,12 +822,8 @@ impl Replayer {
     /// (exit_group, exec, fatal signal): resume the sibling that does it.
     fn drive_group_exit(&mut self, tid: u32) -> Result<(), Error> {
         let tgid = self.task(tid)?.tgid;
-        let sibs: Vec<(u32, Stop)> = self
-            .tasks
-            .iter()
-            .filter(|(t, x)| **t != tid && x.tgid == tgid)
-            .map(|(t, x)| (*t, x.stop.clone()))
-            .collect();
+        let sibs: Vec<(u32, Stop)> =
+            self.tasks.iter().filter(|(t, x)| **t != tid && x.tgid == tgid).map(|(t, x)| (*t, x.stop.clone())).collect();
         for (s, st) in sibs {
             if let Stop::Entry { nr, .. } = st {
                 if nr == sys::nr(Sysno::exit_group) {
@@ -916,22 +845,8 @@ impl Replayer {
         let st = self.ensure_stop(tid)?;
         match st {
             Stop::Signal(sig) if sig == s.signo && s.synchronous => {}
-            Stop::Exit
-            | Stop::Entry { .. }
-            | Stop::Started
-            | Stop::Landing
-            | Stop::Signal(libc::SIGTRAP)
-                if !s.synchronous => {}
-            other => {
-                return Err(self.diverge(
-                    ev,
-                    &format!(
-                        "to be where {} was delivered",
-                        kpl::json::signal_name(s.signo)
-                    ),
-                    &other,
-                ))
-            }
+            Stop::Exit | Stop::Entry { .. } | Stop::Started | Stop::Landing | Stop::Signal(libc::SIGTRAP) if !s.synchronous => {}
+            other => return Err(self.diverge(ev, &format!("to be where {} was delivered", kpl::json::signal_name(s.signo)), &other)),
         }
         self.tasks.get_mut(&tid).unwrap().deliver = Some((s.signo, s.siginfo.clone()));
         self.continue_task(tid, 0)
@@ -953,12 +868,7 @@ impl Replayer {
             self.set_stop(tid, Stop::Running);
             let st = self.wait_stop(tid)?;
             if st != Stop::Signal(sig) {
-                return Err(self.diverge_at(
-                    self.seq,
-                    tid,
-                    &format!("to take {}", kpl::json::signal_name(sig)),
-                    &st,
-                ));
+                return Err(self.diverge_at(self.seq, tid, &format!("to take {}", kpl::json::signal_name(sig)), &st));
             }
         }
         let _ = os::setsiginfo(real, &info);
@@ -971,11 +881,7 @@ impl Replayer {
         let real = self.real(tid)?;
         let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
         if st != Stop::Signal(libc::SIGSEGV) || regs.rip != ip {
-            return Err(self.diverge(
-                ev,
-                &format!("to trap on {} at {ip:#x}", kpl::text::describe(ev)),
-                &st,
-            ));
+            return Err(self.diverge(ev, &format!("to trap on {} at {ip:#x}", kpl::text::describe(ev)), &st));
         }
         apply(&mut regs);
         os::setregs(real, &regs).map_err(os_err("setregs"))?;
@@ -1000,13 +906,9 @@ impl Replayer {
         let delivering = self.task(tid)?.deliver.is_some();
         if let Some(n) = &next {
             match &n.body {
-                EventBody::Signal(s) if s.landing.in_syscall && !s.synchronous && !delivering => {
-                    return Ok(())
-                }
+                EventBody::Signal(s) if s.landing.in_syscall && !s.synchronous && !delivering => return Ok(()),
                 EventBody::Preempt(p) => return self.run_to_landing(tid, &p.landing, n.seq),
-                EventBody::Signal(s) if !s.synchronous && !s.landing.in_syscall => {
-                    return self.run_to_landing(tid, &s.landing, n.seq)
-                }
+                EventBody::Signal(s) if !s.synchronous && !s.landing.in_syscall => return self.run_to_landing(tid, &s.landing, n.seq),
                 _ => {}
             }
         }
@@ -1040,19 +942,13 @@ impl Replayer {
     fn run_to_landing(&mut self, tid: u32, l: &Landing, seq: u64) -> Result<(), Error> {
         let real = self.real(tid)?;
         let here = os::getregs(real).map_err(os_err("getregs"))?;
-        if self.task(tid)?.deliver.is_none()
-            && here.rip == l.ip
-            && fingerprint(&here) == l.fingerprint
-        {
+        if self.task(tid)?.deliver.is_none() && here.rip == l.ip && fingerprint(&here) == l.fingerprint {
             self.set_stop(tid, Stop::Landing);
             return Ok(());
         }
         let (mem_ok, insn) = {
             let p = self.proc_of(tid)?;
-            (
-                p.vdso.syscall_insn != 0,
-                crate::landing::decode_at(&p.mem, l.ip),
-            )
+            (p.vdso.syscall_insn != 0, crate::landing::decode_at(&p.mem, l.ip))
         };
         if mem_ok && !l.regs.is_empty() && insn.as_ref().is_some_and(crate::landing::patchable) {
             return self.run_to_landing_patched(tid, l, seq);
@@ -1062,8 +958,7 @@ impl Replayer {
         let mut sig = self.arm_signal(tid)?;
         let mut passes = 0u64;
         let res = loop {
-            os::cont(real, std::mem::take(&mut sig))
-                .map_err(os_err("resuming to a landing point"))?;
+            os::cont(real, std::mem::take(&mut sig)).map_err(os_err("resuming to a landing point"))?;
             self.set_stop(tid, Stop::Running);
             self.running = Some(tid);
             let st = self.wait_stop(tid)?;
@@ -1074,18 +969,17 @@ impl Replayer {
                 }
                 passes += 1;
                 if passes > 500_000_000 {
-                    break Err(Error::Replay { seq, tid, why: format!("passed the landing point {:#x} {passes} times without matching its registers", l.ip) });
+                    break Err(Error::Replay {
+                        seq,
+                        tid,
+                        why: format!("passed the landing point {:#x} {passes} times without matching its registers", l.ip),
+                    });
                 }
                 // The kernel sets the resume flag on an execute breakpoint: continuing
                 // runs the instruction without trapping again.
                 continue;
             }
-            break Err(self.diverge_at(
-                seq,
-                tid,
-                &format!("to reach its landing point {:#x}", l.ip),
-                &st,
-            ));
+            break Err(self.diverge_at(seq, tid, &format!("to reach its landing point {:#x}", l.ip), &st));
         };
         let _ = os::set_debugreg(real, 7, 0);
         tracing::debug!(tid, ip = l.ip, passes, "landed");
@@ -1101,14 +995,12 @@ impl Replayer {
         let insn_addr = self.proc_of(tid)?.vdso.syscall_insn;
         let t = {
             let p = self.proc_of(tid)?;
-            crate::landing::install(real, &p.mem, insn_addr, l.ip, &l.regs)
-                .map_err(|e| Error::Replay { seq, tid, why: e })?
+            crate::landing::install(real, &p.mem, insn_addr, l.ip, &l.regs).map_err(|e| Error::Replay { seq, tid, why: e })?
         };
         let mut sig = self.arm_signal(tid)?;
         let mut candidates = 0u64;
         let res = loop {
-            os::cont(real, std::mem::take(&mut sig))
-                .map_err(os_err("resuming to a landing point"))?;
+            os::cont(real, std::mem::take(&mut sig)).map_err(os_err("resuming to a landing point"))?;
             self.set_stop(tid, Stop::Running);
             self.running = Some(tid);
             let st = self.wait_stop(tid)?;
@@ -1122,12 +1014,7 @@ impl Replayer {
                 candidates += 1;
                 continue;
             }
-            break Err(self.diverge_at(
-                seq,
-                tid,
-                &format!("to reach its landing point {:#x}", l.ip),
-                &st,
-            ));
+            break Err(self.diverge_at(seq, tid, &format!("to reach its landing point {:#x}", l.ip), &st));
         };
         let removed = {
             let p = self.proc_of(tid)?;
@@ -1165,30 +1052,16 @@ impl Replayer {
             let stop = match s {
                 WaitStatus::Exited(_, c) => Stop::Gone(c),
                 WaitStatus::Signaled(_, sig, _) => Stop::Gone(128 + sig as i32),
-                WaitStatus::PtraceSyscall(_) => {
-                    match os::syscall_info(real).map_err(os_err("syscall info"))? {
-                        SyscallInfo::Entry { nr, args } | SyscallInfo::Seccomp { nr, args } => {
-                            Stop::Entry {
-                                nr: nr as u32,
-                                args,
-                            }
-                        }
-                        SyscallInfo::Exit { .. } => Stop::Exit,
-                        SyscallInfo::None => continue,
-                    }
-                }
+                WaitStatus::PtraceSyscall(_) => match os::syscall_info(real).map_err(os_err("syscall info"))? {
+                    SyscallInfo::Entry { nr, args } | SyscallInfo::Seccomp { nr, args } => Stop::Entry { nr: nr as u32, args },
+                    SyscallInfo::Exit { .. } => Stop::Exit,
+                    SyscallInfo::None => continue,
+                },
                 WaitStatus::PtraceEvent(_, _, ev) => match ev {
-                    libc::PTRACE_EVENT_SECCOMP => {
-                        match os::syscall_info(real).map_err(os_err("syscall info"))? {
-                            SyscallInfo::Seccomp { nr, args } | SyscallInfo::Entry { nr, args } => {
-                                Stop::Entry {
-                                    nr: nr as u32,
-                                    args,
-                                }
-                            }
-                            _ => continue,
-                        }
-                    }
+                    libc::PTRACE_EVENT_SECCOMP => match os::syscall_info(real).map_err(os_err("syscall info"))? {
+                        SyscallInfo::Seccomp { nr, args } | SyscallInfo::Entry { nr, args } => Stop::Entry { nr: nr as u32, args },
+                        _ => continue,
+                    },
                     libc::PTRACE_EVENT_EXIT => Stop::Exiting,
                     libc::PTRACE_EVENT_STOP if was_new => Stop::Started,
                     libc::PTRACE_EVENT_STOP => {
@@ -1210,10 +1083,7 @@ impl Replayer {
                     } else if self.task(tid)?.injecting == Some(sig) {
                         self.tasks.get_mut(&tid).unwrap().injecting = None;
                         Stop::Signal(sig)
-                    } else if matches!(
-                        sig,
-                        libc::SIGSEGV | libc::SIGTRAP | libc::SIGBUS | libc::SIGILL | libc::SIGFPE
-                    ) {
+                    } else if matches!(sig, libc::SIGSEGV | libc::SIGTRAP | libc::SIGBUS | libc::SIGILL | libc::SIGFPE) {
                         Stop::Signal(sig)
                     } else {
                         // A real signal the recording does not have: suppress it.
@@ -1249,11 +1119,7 @@ impl Replayer {
             let (name, off) = crate::elf::symbol_at(&bytes, ip - m.start + m.offset)?;
             Some(format!("{name}+{off:#x} in {}", m.file.path))
         };
-        if let Some(m) = self
-            .mappings
-            .iter()
-            .find(|m| ip >= m.start && ip < m.start + m.len)
-        {
+        if let Some(m) = self.mappings.iter().find(|m| ip >= m.start && ip < m.start + m.len) {
             if let Some(s) = file_at(m) {
                 return s;
             }
@@ -1269,10 +1135,7 @@ impl Replayer {
             let Some((a, b)) = f[0].split_once('-') else {
                 continue;
             };
-            let (a, b) = (
-                u64::from_str_radix(a, 16).unwrap_or(0),
-                u64::from_str_radix(b, 16).unwrap_or(0),
-            );
+            let (a, b) = (u64::from_str_radix(a, 16).unwrap_or(0), u64::from_str_radix(b, 16).unwrap_or(0));
             if ip < a || ip >= b {
                 continue;
             }
@@ -1301,13 +1164,7 @@ impl Replayer {
     }
 
     fn divergence(&self, ev: &Event, expected: &str, actual: &str) -> Error {
-        Error::Divergence {
-            seq: ev.seq,
-            tid: ev.tid,
-            expected: expected.to_owned(),
-            actual: actual.to_owned(),
-            place: self.place(ev.tid),
-        }
+        Error::Divergence { seq: ev.seq, tid: ev.tid, expected: expected.to_owned(), actual: actual.to_owned(), place: self.place(ev.tid) }
     }
 
     fn diverge(&self, ev: &Event, expected: &str, st: &Stop) -> Error {
@@ -1316,26 +1173,15 @@ impl Replayer {
 
     fn diverge_at(&self, seq: u64, tid: u32, expected: &str, st: &Stop) -> Error {
         let actual = match st {
-            Stop::Entry { nr, args } => format!(
-                "called {}({})",
-                sys::name(*nr),
-                args.iter()
-                    .map(|a| format!("{a:#x}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            Stop::Entry { nr, args } => {
+                format!("called {}({})", sys::name(*nr), args.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(", "))
+            }
             Stop::Signal(s) => format!("stopped with {}", kpl::json::signal_name(*s)),
             Stop::Gone(c) => format!("ended (status {c})"),
             Stop::Exiting => "is exiting".to_owned(),
             other => format!("stopped ({other:?})"),
         };
-        Error::Divergence {
-            seq,
-            tid,
-            expected: format!("task {tid} {expected}"),
-            actual,
-            place: self.place(tid),
-        }
+        Error::Divergence { seq, tid, expected: format!("task {tid} {expected}"), actual, place: self.place(tid) }
     }
 
     /// The log being replayed.

@@ -34,11 +34,8 @@ pub fn class(nr: u32, args: &[u64; 6]) -> Class {
         return Class::Unsupported("unknown syscall number");
     };
     match s {
-        brk | mprotect | munmap | mremap | madvise | rt_sigaction | rt_sigprocmask
-        | rt_sigreturn | sigaltstack | arch_prctl | set_robust_list | exit | exit_group
-        | execve | execveat | seccomp | pkey_mprotect | pkey_alloc | pkey_free => {
-            Class::ExecuteCheck
-        }
+        brk | mprotect | munmap | mremap | madvise | rt_sigaction | rt_sigprocmask | rt_sigreturn | sigaltstack | arch_prctl
+        | set_robust_list | exit | exit_group | execve | execveat | seccomp | pkey_mprotect | pkey_alloc | pkey_free => Class::ExecuteCheck,
         clone | clone3 | fork | vfork | set_tid_address => Class::ExecutePatch,
         mmap => {
             if args[3] & libc::MAP_ANONYMOUS as u64 != 0 {
@@ -50,23 +47,19 @@ pub fn class(nr: u32, args: &[u64; 6]) -> Class {
         rseq => Class::Refuse,
         prctl => match args[0] as i32 {
             libc::PR_SET_NO_NEW_PRIVS | libc::PR_SET_SECCOMP => Class::ExecuteCheck,
-            libc::PR_SET_TSC => {
-                Class::Unsupported("prctl(PR_SET_TSC) by the program would undo rdtsc trapping")
-            }
+            libc::PR_SET_TSC => Class::Unsupported("prctl(PR_SET_TSC) by the program would undo rdtsc trapping"),
             _ => Class::Emulate,
         },
         ptrace => Class::Unsupported("ptrace inside a recording (nested tracing)"),
-        io_uring_setup | io_uring_enter | io_uring_register => Class::Unsupported(
-            "io_uring (the kernel writes completions into shared rings asynchronously)",
-        ),
+        io_uring_setup | io_uring_enter | io_uring_register => {
+            Class::Unsupported("io_uring (the kernel writes completions into shared rings asynchronously)")
+        }
         io_setup | io_submit | io_getevents | io_pgetevents | io_cancel | io_destroy => {
             Class::Unsupported("Linux AIO (completions arrive asynchronously)")
         }
         process_vm_readv | process_vm_writev => Class::Unsupported("cross-process memory access"),
         userfaultfd => Class::Unsupported("userfaultfd"),
-        shmget | shmat | shmdt | shmctl => Class::Unsupported(
-            "System V shared memory (shared with processes outside the recording)",
-        ),
+        shmget | shmat | shmdt | shmctl => Class::Unsupported("System V shared memory (shared with processes outside the recording)"),
         perf_event_open => Class::Unsupported("perf_event_open"),
         modify_ldt => Class::Unsupported("modify_ldt"),
         vmsplice => Class::Unsupported("vmsplice"),
@@ -233,26 +226,13 @@ pub fn quick(nr: u32, args: &[u64; 6]) -> bool {
 /// `args[arg] & mask == value`.
 pub fn seccomp_allowed() -> Vec<(i64, Option<(u8, u64, u64)>)> {
     use Sysno::*;
-    let mut v: Vec<(i64, Option<(u8, u64, u64)>)> = [
-        brk,
-        mprotect,
-        munmap,
-        mremap,
-        madvise,
-        rt_sigprocmask,
-        rt_sigaction,
-        rt_sigreturn,
-        sigaltstack,
-        set_robust_list,
-    ]
-    .iter()
-    .map(|s| (s.id() as i64, None))
-    .collect();
+    let mut v: Vec<(i64, Option<(u8, u64, u64)>)> =
+        [brk, mprotect, munmap, mremap, madvise, rt_sigprocmask, rt_sigaction, rt_sigreturn, sigaltstack, set_robust_list]
+            .iter()
+            .map(|s| (s.id() as i64, None))
+            .collect();
     // Anonymous mappings: placement is deterministic with randomisation off.
-    v.push((
-        mmap.id() as i64,
-        Some((3, libc::MAP_ANONYMOUS as u64, libc::MAP_ANONYMOUS as u64)),
-    ));
+    v.push((mmap.id() as i64, Some((3, libc::MAP_ANONYMOUS as u64, libc::MAP_ANONYMOUS as u64))));
     v
 }
 
@@ -329,12 +309,7 @@ fn fdset_len(nfds: u64) -> usize {
 /// Regions may be generous: bytes the kernel did not touch are captured as
 /// they are and written back unchanged at replay. `m` reads the memory as
 /// it is after the call.
-pub fn outputs(
-    nr: u32,
-    a: &[u64; 6],
-    ret: i64,
-    m: &dyn MemRead,
-) -> Result<Vec<Region>, UnknownOutputs> {
+pub fn outputs(nr: u32, a: &[u64; 6], ret: i64, m: &dyn MemRead) -> Result<Vec<Region>, UnknownOutputs> {
     use Sysno::*;
     let mut out = Vec::new();
     let Some(s) = Sysno::new(nr as usize) else {
@@ -476,18 +451,13 @@ pub fn outputs(
             ) {
                 nz(&mut out, a[0], 4);
             }
-            if matches!(
-                op,
-                libc::FUTEX_WAKE_OP | libc::FUTEX_CMP_REQUEUE_PI | libc::FUTEX_WAIT_REQUEUE_PI
-            ) {
+            if matches!(op, libc::FUTEX_WAKE_OP | libc::FUTEX_CMP_REQUEUE_PI | libc::FUTEX_WAIT_REQUEUE_PI) {
                 nz(&mut out, a[4], 4);
             }
         }
         prctl => match a[0] as i32 {
             libc::PR_GET_NAME => nz(&mut out, a[1], 16),
-            libc::PR_GET_TSC | libc::PR_GET_PDEATHSIG | libc::PR_GET_TID_ADDRESS => {
-                nz(&mut out, a[1], 8)
-            }
+            libc::PR_GET_TSC | libc::PR_GET_PDEATHSIG | libc::PR_GET_TID_ADDRESS => nz(&mut out, a[1], 8),
             _ => {}
         },
         // Calls whose only output is the return value (or that write nothing).
@@ -529,12 +499,7 @@ fn ioctl_outputs(a: &[u64; 6], out: &mut Vec<Region>) -> Result<(), UnknownOutpu
 
 /// For calls that write program output to a file descriptor: the regions
 /// holding the bytes written, so replay can show stdout/stderr from the log.
-pub fn written_data(
-    nr: u32,
-    a: &[u64; 6],
-    ret: i64,
-    m: &dyn MemRead,
-) -> Option<(u64, Vec<Region>)> {
+pub fn written_data(nr: u32, a: &[u64; 6], ret: i64, m: &dyn MemRead) -> Option<(u64, Vec<Region>)> {
     use Sysno::*;
     if ret <= 0 {
         return None;

@@ -24,14 +24,8 @@ pub struct Vdso {
     pub patched: Vec<(String, u64)>,
 }
 
-const FUNCS: &[(&str, u32)] = &[
-    ("clock_gettime", 228),
-    ("gettimeofday", 96),
-    ("time", 201),
-    ("getcpu", 309),
-    ("clock_getres", 229),
-    ("clock_gettime64", 228),
-];
+const FUNCS: &[(&str, u32)] =
+    &[("clock_gettime", 228), ("gettimeofday", 96), ("time", 201), ("getcpu", 309), ("clock_getres", 229), ("clock_gettime64", 228)];
 
 /// Finds the vDSO mapping of `pid` from /proc/PID/maps.
 pub fn find(pid: Pid) -> Option<(u64, u64)> {
@@ -51,16 +45,10 @@ pub fn find(pid: Pid) -> Option<(u64, u64)> {
 /// Patches the vDSO of `pid` (stopped, right after exec).
 pub fn patch(pid: Pid, mem: &Mem) -> Result<Vdso, String> {
     let (base, size) = find(pid).ok_or("the process has no vDSO mapping")?;
-    let image = mem
-        .read(base, size as usize)
-        .map_err(|e| format!("reading the vDSO: {e}"))?;
+    let image = mem.read(base, size as usize).map_err(|e| format!("reading the vDSO: {e}"))?;
     let f = object::File::parse(&image[..]).map_err(|e| format!("parsing the vDSO: {e}"))?;
     let first = f.segments().map(|s| s.address()).min().unwrap_or(0);
-    let mut v = Vdso {
-        base,
-        size,
-        ..Default::default()
-    };
+    let mut v = Vdso { base, size, ..Default::default() };
     let mut done: Vec<u64> = Vec::new();
     for s in f.dynamic_symbols() {
         let Ok(name) = s.name() else { continue };
@@ -75,8 +63,7 @@ pub fn patch(pid: Pid, mem: &Mem) -> Result<Vdso, String> {
         let mut stub = vec![0xb8];
         stub.extend_from_slice(&nr.to_le_bytes());
         stub.extend_from_slice(&[0x0f, 0x05, 0xc3]);
-        mem.write(addr, &stub)
-            .map_err(|e| format!("patching {name} in the vDSO: {e}"))?;
+        mem.write(addr, &stub).map_err(|e| format!("patching {name} in the vDSO: {e}"))?;
         done.push(addr);
         v.patched.push((name.to_owned(), addr));
         v.syscall_insn = addr + 5;

@@ -32,61 +32,29 @@ fn data() -> impl Strategy<Value = Data> {
 }
 
 fn landing() -> impl Strategy<Value = Landing> {
-    (any::<u64>(), any::<u64>(), any::<u32>(), any::<bool>()).prop_map(
-        |(ip, fingerprint, passes, in_syscall)| Landing {
-            ip,
-            fingerprint,
-            passes,
-            in_syscall,
-        },
-    )
+    (any::<u64>(), any::<u64>(), any::<u32>(), any::<bool>(), prop::collection::vec(any::<u64>(), 0..27))
+        .prop_map(|(ip, fingerprint, passes, in_syscall, regs)| Landing { ip, fingerprint, passes, in_syscall, regs })
 }
 
 fn file_ref() -> impl Strategy<Value = FileRef> {
-    (s(), prop::option::of(hash()), any::<u64>(), bytes(20)).prop_map(
-        |(path, hash, size, build_id)| FileRef {
-            path,
-            hash,
-            size,
-            build_id,
-        },
-    )
+    (s(), prop::option::of(hash()), any::<u64>(), bytes(20)).prop_map(|(path, hash, size, build_id)| FileRef { path, hash, size, build_id })
 }
 
 fn ip() -> impl Strategy<Value = IpAddr> {
-    prop_oneof![
-        any::<[u8; 4]>().prop_map(IpAddr::from),
-        any::<[u8; 16]>().prop_map(IpAddr::from)
-    ]
+    prop_oneof![any::<[u8; 4]>().prop_map(IpAddr::from), any::<[u8; 16]>().prop_map(IpAddr::from)]
 }
 
 fn tcp() -> impl Strategy<Value = Tcp> {
-    (
-        ip(),
-        any::<u16>(),
-        ip(),
-        any::<u16>(),
-        any::<u64>(),
-        any::<u64>(),
-        any::<u32>(),
-        any::<u8>(),
-        any::<u8>(),
+    (ip(), any::<u16>(), ip(), any::<u16>(), any::<u64>(), any::<u64>(), any::<u32>(), any::<u8>(), any::<u8>()).prop_map(
+        |(saddr, sport, daddr, dport, bytes, latency_ns, srtt_us, old_state, new_state)| Tcp {
+            tuple: Tuple { saddr, sport, daddr, dport },
+            bytes,
+            latency_ns,
+            srtt_us,
+            old_state,
+            new_state,
+        },
     )
-        .prop_map(
-            |(saddr, sport, daddr, dport, bytes, latency_ns, srtt_us, old_state, new_state)| Tcp {
-                tuple: Tuple {
-                    saddr,
-                    sport,
-                    daddr,
-                    dport,
-                },
-                bytes,
-                latency_ns,
-                srtt_us,
-                old_state,
-                new_state,
-            },
-        )
 }
 
 fn fd_type() -> impl Strategy<Value = FdType> {
@@ -116,24 +84,9 @@ fn syscall() -> impl Strategy<Value = Syscall> {
             // Some writes land on an argument (the codec's common case).
             let writes = ws
                 .into_iter()
-                .map(|(addr, pick, data)| MemWrite {
-                    addr: if pick < 128 {
-                        args[(pick % 6) as usize]
-                    } else {
-                        addr
-                    },
-                    data,
-                })
+                .map(|(addr, pick, data)| MemWrite { addr: if pick < 128 { args[(pick % 6) as usize] } else { addr }, data })
                 .collect();
-            Syscall {
-                nr,
-                args,
-                ret,
-                duration_ns,
-                writes,
-                fd_type,
-                flags,
-            }
+            Syscall { nr, args, ret, duration_ns, writes, fd_type, flags }
         })
 }
 
@@ -147,201 +100,82 @@ pub fn body() -> impl Strategy<Value = EventBody> {
             s(),
             prop::collection::vec(any::<(u64, u64)>(), 0..4)
         )
-            .prop_map(|(exe, argv, env, cwd, auxv)| EventBody::Exec(Exec {
-                exe,
-                argv,
-                env,
-                cwd,
-                auxv
-            })),
-        (
-            prop_oneof![
-                Just(ForkKind::Fork),
-                Just(ForkKind::Vfork),
-                Just(ForkKind::Thread)
-            ],
-            any::<u32>(),
-            any::<u32>(),
-            any::<u64>()
-        )
-            .prop_map(|(kind, child_pid, child_tid, flags)| EventBody::Fork(Fork {
-                kind,
-                child_pid,
-                child_tid,
-                flags
-            })),
-        (
-            any::<i32>(),
-            prop::option::of(any::<i32>()),
-            any::<bool>(),
-            any::<bool>()
-        )
-            .prop_map(|(code, signal, core_dumped, group)| EventBody::Exit(Exit {
-                code,
-                signal,
-                core_dumped,
-                group
-            })),
+            .prop_map(|(exe, argv, env, cwd, auxv)| EventBody::Exec(Exec { exe, argv, env, cwd, auxv })),
+        (prop_oneof![Just(ForkKind::Fork), Just(ForkKind::Vfork), Just(ForkKind::Thread)], any::<u32>(), any::<u32>(), any::<u64>())
+            .prop_map(|(kind, child_pid, child_tid, flags)| EventBody::Fork(Fork { kind, child_pid, child_tid, flags })),
+        (any::<i32>(), prop::option::of(any::<i32>()), any::<bool>(), any::<bool>())
+            .prop_map(|(code, signal, core_dumped, group)| EventBody::Exit(Exit { code, signal, core_dumped, group })),
         syscall().prop_map(EventBody::Syscall),
-        (
-            any::<i32>(),
-            any::<i32>(),
-            any::<u32>(),
-            any::<u64>(),
-            landing(),
-            any::<bool>(),
-            bytes(128)
-        )
-            .prop_map(
-                |(signo, code, sender_pid, addr, landing, synchronous, siginfo)| EventBody::Signal(
-                    Signal {
-                        signo,
-                        code,
-                        sender_pid,
-                        addr,
-                        landing,
-                        synchronous,
-                        siginfo
-                    }
-                )
-            ),
+        (any::<i32>(), any::<i32>(), any::<u32>(), any::<u64>(), landing(), any::<bool>(), bytes(128)).prop_map(
+            |(signo, code, sender_pid, addr, landing, synchronous, siginfo)| EventBody::Signal(Signal {
+                signo,
+                code,
+                sender_pid,
+                addr,
+                landing,
+                synchronous,
+                siginfo
+            })
+        ),
         landing().prop_map(|landing| EventBody::Preempt(Preempt { landing })),
-        (any::<u64>(), any::<u64>(), prop::option::of(any::<u32>()))
-            .prop_map(|(ip, tsc, aux)| EventBody::Rdtsc(Rdtsc { ip, tsc, aux })),
-        (any::<u64>(), any::<u32>(), any::<u32>(), any::<[u32; 4]>()).prop_map(
-            |(ip, leaf, subleaf, regs)| EventBody::Cpuid(Cpuid {
-                ip,
-                leaf,
-                subleaf,
-                regs
-            })
-        ),
-        (file_ref(), s())
-            .prop_map(|(file, reason)| EventBody::FileSnapshot(FileSnapshot { file, reason })),
-        (s(), any::<u8>(), any::<u32>(), any::<u32>(), s()).prop_map(
-            |(prev_comm, prev_state, next_pid, next_tid, next_comm)| EventBody::SchedSwitch(
-                SchedSwitch {
-                    prev_comm,
-                    prev_state,
-                    next_pid,
-                    next_tid,
-                    next_comm
-                }
-            )
-        ),
-        (any::<u16>(), any::<u32>(), any::<u32>(), any::<bool>()).prop_map(
-            |(target_cpu, waker_pid, waker_tid, new_task)| EventBody::SchedWakeup(SchedWakeup {
-                target_cpu,
-                waker_pid,
-                waker_tid,
-                new_task
-            })
-        ),
+        (any::<u64>(), any::<u64>(), prop::option::of(any::<u32>())).prop_map(|(ip, tsc, aux)| EventBody::Rdtsc(Rdtsc { ip, tsc, aux })),
+        (any::<u64>(), any::<u32>(), any::<u32>(), any::<[u32; 4]>()).prop_map(|(ip, leaf, subleaf, regs)| EventBody::Cpuid(Cpuid {
+            ip,
+            leaf,
+            subleaf,
+            regs
+        })),
+        (file_ref(), s()).prop_map(|(file, reason)| EventBody::FileSnapshot(FileSnapshot { file, reason })),
+        (s(), any::<u8>(), any::<u32>(), any::<u32>(), s()).prop_map(|(prev_comm, prev_state, next_pid, next_tid, next_comm)| {
+            EventBody::SchedSwitch(SchedSwitch { prev_comm, prev_state, next_pid, next_tid, next_comm })
+        }),
+        (any::<u16>(), any::<u32>(), any::<u32>(), any::<bool>()).prop_map(|(target_cpu, waker_pid, waker_tid, new_task)| {
+            EventBody::SchedWakeup(SchedWakeup { target_cpu, waker_pid, waker_tid, new_task })
+        }),
         (any::<u64>(), any::<u32>(), any::<u32>(), s(), any::<u64>()).prop_map(
-            |(delay_ns, culprit_pid, culprit_tid, culprit_comm, off_cpu_ns)| EventBody::SchedDelay(
-                SchedDelay {
-                    delay_ns,
-                    culprit_pid,
-                    culprit_tid,
-                    culprit_comm,
-                    off_cpu_ns
-                }
-            )
+            |(delay_ns, culprit_pid, culprit_tid, culprit_comm, off_cpu_ns)| EventBody::SchedDelay(SchedDelay {
+                delay_ns,
+                culprit_pid,
+                culprit_tid,
+                culprit_comm,
+                off_cpu_ns
+            })
         ),
-        (any::<u16>(), any::<u16>()).prop_map(|(from_cpu, to_cpu)| EventBody::SchedMigrate(
-            SchedMigrate { from_cpu, to_cpu }
-        )),
+        (any::<u16>(), any::<u16>()).prop_map(|(from_cpu, to_cpu)| EventBody::SchedMigrate(SchedMigrate { from_cpu, to_cpu })),
         tcp().prop_map(EventBody::TcpSend),
         tcp().prop_map(EventBody::TcpRecv),
         tcp().prop_map(EventBody::TcpRetransmit),
         tcp().prop_map(EventBody::TcpState),
-        (
-            any::<u64>(),
-            any::<u64>(),
-            any::<u32>(),
-            prop::option::of(any::<bool>()),
-            any::<u64>()
-        )
-            .prop_map(
-                |(addr, ip, error_code, major, latency_ns)| EventBody::PageFault(PageFault {
-                    addr,
-                    ip,
-                    error_code,
-                    major,
-                    latency_ns
-                })
-            ),
-        (
-            any::<[u8; 16]>(),
-            any::<[u8; 8]>(),
-            any::<[u8; 8]>(),
-            s(),
-            s(),
-            s(),
-            any::<u64>(),
-            any::<u64>(),
-            any::<u8>()
-        )
-            .prop_map(
-                |(
-                    trace_id,
-                    span_id,
-                    parent_span_id,
-                    name,
-                    service,
-                    txn,
-                    start_ns,
-                    end_ns,
-                    status,
-                )| EventBody::Span(SpanRef {
-                    trace_id,
-                    span_id,
-                    parent_span_id,
-                    name,
-                    service,
-                    txn,
-                    start_ns,
-                    end_ns,
-                    status
-                })
-            ),
-        (
-            s(),
-            any::<u64>(),
-            any::<u64>(),
-            any::<u64>(),
-            any::<u32>(),
-            s(),
-            s()
-        )
-            .prop_map(
-                |(txn, effect_seq, cause_seq, contribution_ns, rank, cause_kind, summary)| {
-                    EventBody::Cause(Cause {
-                        txn,
-                        effect_seq,
-                        cause_seq,
-                        contribution_ns,
-                        rank,
-                        cause_kind,
-                        summary,
-                    })
-                }
-            ),
-        (s(), any::<u64>()).prop_map(|(source, count)| EventBody::Lost(Lost { source, count })),
-        (any::<u64>(), s(), s()).prop_map(|(cgroup_id, path, container_id)| EventBody::Cgroup(
-            CgroupInfo {
-                cgroup_id,
-                path,
-                container_id
+        (any::<u64>(), any::<u64>(), any::<u32>(), prop::option::of(any::<bool>()), any::<u64>()).prop_map(
+            |(addr, ip, error_code, major, latency_ns)| EventBody::PageFault(PageFault { addr, ip, error_code, major, latency_ns })
+        ),
+        (any::<[u8; 16]>(), any::<[u8; 8]>(), any::<[u8; 8]>(), s(), s(), s(), any::<u64>(), any::<u64>(), any::<u8>()).prop_map(
+            |(trace_id, span_id, parent_span_id, name, service, txn, start_ns, end_ns, status)| EventBody::Span(SpanRef {
+                trace_id,
+                span_id,
+                parent_span_id,
+                name,
+                service,
+                txn,
+                start_ns,
+                end_ns,
+                status
+            })
+        ),
+        (s(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>(), s(), s()).prop_map(
+            |(txn, effect_seq, cause_seq, contribution_ns, rank, cause_kind, summary)| {
+                EventBody::Cause(Cause { txn, effect_seq, cause_seq, contribution_ns, rank, cause_kind, summary })
             }
-        )),
+        ),
+        (s(), any::<u64>()).prop_map(|(source, count)| EventBody::Lost(Lost { source, count })),
+        (any::<u64>(), s(), s()).prop_map(|(cgroup_id, path, container_id)| EventBody::Cgroup(CgroupInfo {
+            cgroup_id,
+            path,
+            container_id
+        })),
         (s(), s()).prop_map(|(topic, text)| EventBody::Note(Note { topic, text })),
-        prop_oneof![
-            Just(ResumeReason::Start),
-            Just(ResumeReason::AfterPreempt),
-            Just(ResumeReason::AfterStop)
-        ]
-        .prop_map(|reason| EventBody::Resume(Resume { reason })),
+        prop_oneof![Just(ResumeReason::Start), Just(ResumeReason::AfterPreempt), Just(ResumeReason::AfterStop)]
+            .prop_map(|reason| EventBody::Resume(Resume { reason })),
     ]
 }
 
@@ -356,15 +190,7 @@ pub fn event() -> impl Strategy<Value = Event> {
         prop_oneof![Just(0u64), any::<u64>()],
         body(),
     )
-        .prop_map(|(ts_ns, pid, dt, cpu, cgroup, body)| Event {
-            seq: 0,
-            ts_ns,
-            pid,
-            tid: pid.wrapping_add(dt),
-            cpu,
-            cgroup,
-            body,
-        })
+        .prop_map(|(ts_ns, pid, dt, cpu, cgroup, body)| Event { seq: 0, ts_ns, pid, tid: pid.wrapping_add(dt), cpu, cgroup, body })
 }
 
 /// Writes events to an in-memory log with small blocks (many block
@@ -379,13 +205,7 @@ pub fn write_log(events: &[Event], opts: kpl::WriterOptions) -> Vec<u8> {
 
 /// Small blocks: many boundaries in small logs.
 pub fn small_blocks() -> kpl::WriterOptions {
-    kpl::WriterOptions {
-        block_size: 2048,
-        payload_block_size: 1024,
-        inline_max: 48,
-        level: 1,
-        file_chunk: 4096,
-    }
+    kpl::WriterOptions { block_size: 2048, payload_block_size: 1024, inline_max: 48, level: 1, file_chunk: 4096 }
 }
 
 /// Test metadata.
