@@ -83,10 +83,7 @@ pub fn procs_with_comm(comm: &str) -> Vec<u32> {
 
 fn clock_offset() -> i128 {
     let get = |clk| {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: valid timespec pointer.
         unsafe { libc::clock_gettime(clk, &mut ts) };
         ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -95,6 +92,102 @@ fn clock_offset() -> i128 {
     let r = get(libc::CLOCK_REALTIME);
     let m2 = get(libc::CLOCK_MONOTONIC);
     r - (m1 + m2) / 2
+}
+
+/// Runs `argv` under the recorder: the child is held before its `exec`
+/// until the programs are attached and it is selected by pid (with the
+/// processes it forks), so everything from its exec on is captured. Returns
+/// its exit status and the run's summary once it has exited. This is
+/// `kprobe recorder [--replay-grade] -- CMD` (and what `kprobe record
+/// --backend ebpf` runs).
+pub fn record_command(argv: &[String], mut cfg: Config, sink: &mut dyn Sink) -> Result<(std::process::ExitStatus, Summary)> {
+    use anyhow::{bail, Context};
+    use std::ffi::CString;
+    use std::os::unix::process::ExitStatusExt;
+    let prog = argv.first().context("no command to record")?;
+    // Everything the child needs is made before fork: after it, only
+    // async-signal-safe calls (read, close, execv, _exit).
+    let path = if prog.contains('/') {
+        std::path::PathBuf::from(prog)
+    } else {
+        std::env::var_os("PATH")
+            .and_then(|p| std::env::split_paths(&p).map(|d| d.join(prog)).find(|c| c.is_file()))
+            .with_context(|| format!("{prog}: command not found in PATH"))?
+    };
+    let cpath = CString::new(path.as_os_str().as_encoded_bytes()).context("command path has a NUL byte")?;
+    let cargs: Vec<CString> =
+        argv.iter().map(|a| CString::new(a.as_bytes())).collect::<Result<_, _>>().context("an argument has a NUL byte")?;
+    let mut ptrs: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    let mut fds = [0i32; 2];
+    // SAFETY: a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("pipe2");
+    }
+    let (rfd, wfd) = (fds[0], fds[1]);
+    // SAFETY: the child only calls async-signal-safe functions before execv.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error()).context("fork");
+    }
+    if pid == 0 {
+        // SAFETY: in the child; held until the parent has attached the programs.
+        unsafe {
+            libc::close(wfd);
+            let mut b = 0u8;
+            while libc::read(rfd, &mut b as *mut u8 as *mut libc::c_void, 1) < 0 {}
+            libc::execv(cpath.as_ptr(), ptrs.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    // SAFETY: our copy of the read end.
+    unsafe { libc::close(rfd) };
+    let wait = move || -> Result<std::process::ExitStatus> {
+        let mut status = 0;
+        loop {
+            // SAFETY: our own child.
+            let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+            if r == pid {
+                return Ok(std::process::ExitStatus::from_raw(status));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                bail!("waiting for {prog}: {e}");
+            }
+        }
+    };
+    cfg.filter = Filter::Pid(vec![pid as u32]);
+    let mut rec = match Recorder::start(cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            // SAFETY: our child and our write end.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::close(wfd);
+            }
+            let _ = wait();
+            return Err(e);
+        }
+    };
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            // SAFETY: our write end: releases the child into its exec.
+            unsafe {
+                libc::write(wfd, b"g".as_ptr() as *const libc::c_void, 1);
+                libc::close(wfd);
+            }
+            let status = wait();
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            status
+        });
+        let summary = rec.run(sink, &|| done.load(std::sync::atomic::Ordering::Relaxed));
+        let status = waiter.join().map_err(|_| anyhow::anyhow!("waiter thread panicked"))??;
+        if status.code() == Some(127) {
+            tracing::warn!("{prog}: exit status 127 (could it be executed?)");
+        }
+        Ok((status, summary?))
+    })
 }
 
 /// A running recorder: programs attached, ring buffer open.
@@ -170,39 +263,22 @@ impl Recorder {
             let path = self.resolver.path(ev.cgroup).unwrap_or_default();
             let cid = cgroup::container_id(&path);
             self.containers.insert(ev.cgroup, cid.clone());
-            let mut info = Event::new(
-                ev.ts_ns,
-                0,
-                0,
-                u16::MAX,
-                EventBody::Cgroup(CgroupInfo {
-                    cgroup_id: ev.cgroup,
-                    path,
-                    container_id: cid,
-                }),
-            );
+            let mut info =
+                Event::new(ev.ts_ns, 0, 0, u16::MAX, EventBody::Cgroup(CgroupInfo { cgroup_id: ev.cgroup, path, container_id: cid }));
             info.cgroup = ev.cgroup;
             self.push(sink, info)?;
         }
         if let EventBody::Exec(x) = &mut ev.body {
             // best effort: the process may have moved on already
             if let Ok(c) = std::fs::read(format!("/proc/{}/cmdline", ev.pid)) {
-                x.argv = c
-                    .split(|&b| b == 0)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| String::from_utf8_lossy(s).into_owned())
-                    .collect();
+                x.argv = c.split(|&b| b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect();
             }
             if let Ok(p) = std::fs::read_link(format!("/proc/{}/cwd", ev.pid)) {
                 x.cwd = p.display().to_string();
             }
             if self.cfg.replay_grade {
                 if let Ok(c) = std::fs::read(format!("/proc/{}/environ", ev.pid)) {
-                    x.env = c
-                        .split(|&b| b == 0)
-                        .filter(|s| !s.is_empty())
-                        .map(|s| String::from_utf8_lossy(s).into_owned())
-                        .collect();
+                    x.env = c.split(|&b| b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect();
                 }
             }
         }
@@ -212,18 +288,8 @@ impl Recorder {
     fn push(&mut self, sink: &mut dyn Sink, mut ev: Event) -> Result<()> {
         ev.seq = self.seq;
         self.seq += 1;
-        let cid = self
-            .containers
-            .get(&ev.cgroup)
-            .map(String::as_str)
-            .unwrap_or("");
-        sink.send(
-            &ev,
-            &EventMeta {
-                container_id: cid,
-                host: &self.host,
-            },
-        )
+        let cid = self.containers.get(&ev.cgroup).map(String::as_str).unwrap_or("");
+        sink.send(&ev, &EventMeta { container_id: cid, host: &self.host })
     }
 
     fn note(&mut self, sink: &mut dyn Sink, text: String) -> Result<()> {
@@ -232,10 +298,7 @@ impl Recorder {
             std::process::id(),
             std::process::id(),
             u16::MAX,
-            EventBody::Note(Note {
-                topic: "recorder".into(),
-                text,
-            }),
+            EventBody::Note(Note { topic: "recorder".into(), text }),
         );
         self.push(sink, ev)
     }
@@ -246,25 +309,11 @@ impl Recorder {
             let name = raw::HOOK_NAMES[h];
             let old = self.reported[h];
             let labels = vec![("hook".to_owned(), name.to_owned())];
-            self.metrics
-                .events
-                .get_or_create(&labels)
-                .inc_by(c.events - old.events);
-            self.metrics
-                .drops
-                .get_or_create(&labels)
-                .inc_by(c.drops - old.drops);
+            self.metrics.events.get_or_create(&labels).inc_by(c.events - old.events);
+            self.metrics.drops.get_or_create(&labels).inc_by(c.drops - old.drops);
             if c.drops > old.drops {
-                let ev = Event::new(
-                    self.now(),
-                    0,
-                    0,
-                    u16::MAX,
-                    EventBody::Lost(Lost {
-                        source: name.to_owned(),
-                        count: c.drops - old.drops,
-                    }),
-                );
+                let ev =
+                    Event::new(self.now(), 0, 0, u16::MAX, EventBody::Lost(Lost { source: name.to_owned(), count: c.drops - old.drops }));
                 self.push(sink, ev)?;
             }
         }
@@ -280,18 +329,14 @@ impl Recorder {
         let offset = self.offset;
         let mut batch = Vec::new();
         let mut errors = 0u64;
-        let bytes = self
-            .probe
-            .drain(|rec| match raw::decode_record(rec, offset) {
-                Ok(x) => batch.push(x),
-                Err(e) => {
-                    errors += 1;
-                    tracing::warn!("{e}");
-                }
-            });
-        self.metrics
-            .ring_fill
-            .set(bytes as f64 / self.probe.ring_bytes as f64);
+        let bytes = self.probe.drain(|rec| match raw::decode_record(rec, offset) {
+            Ok(x) => batch.push(x),
+            Err(e) => {
+                errors += 1;
+                tracing::warn!("{e}");
+            }
+        });
+        self.metrics.ring_fill.set(bytes as f64 / self.probe.ring_bytes as f64);
         if errors > 0 {
             self.decode_errors += errors;
             self.metrics.decode_errors.inc_by(errors);
@@ -317,14 +362,7 @@ impl Recorder {
                         }
                         Some(out) => {
                             // a buffer too large for any chunk: nothing captured
-                            let p = Pending {
-                                ev,
-                                out,
-                                buf: Vec::new(),
-                                got: 0,
-                                path: None,
-                                incomplete: true,
-                            };
+                            let p = Pending { ev, out, buf: Vec::new(), got: 0, path: None, incomplete: true };
                             self.finish_pending(sink, p, false)?;
                         }
                         None => {
@@ -377,10 +415,7 @@ impl Recorder {
                 s.flags |= Syscall::FLAG_TRUNCATED;
             }
             if !p.buf.is_empty() {
-                s.writes.push(MemWrite {
-                    addr: p.out.addr,
-                    data: Data::Bytes(std::mem::take(&mut p.buf)),
-                });
+                s.writes.push(MemWrite { addr: p.out.addr, data: Data::Bytes(std::mem::take(&mut p.buf)) });
             }
             if let Some(path) = p.path.take() {
                 self.fds.insert((p.ev.pid, s.ret as u64), path);
@@ -424,19 +459,10 @@ impl Recorder {
                 break;
             }
         }
-        let mut s = Summary {
-            hooks: self.reported,
-            received: self.received,
-            decode_errors: self.decode_errors,
-            ..Default::default()
-        };
+        let mut s = Summary { hooks: self.reported, received: self.received, decode_errors: self.decode_errors, ..Default::default() };
         self.note(
             sink,
-            format!(
-                "recorder stopped: {} events read, {} dropped in the kernel",
-                self.received.iter().sum::<u64>(),
-                s.dropped()
-            ),
+            format!("recorder stopped: {} events read, {} dropped in the kernel", self.received.iter().sum::<u64>(), s.dropped()),
         )?;
         s.events = self.seq;
         s.sink = sink.finish()?;

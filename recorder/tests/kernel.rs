@@ -44,64 +44,36 @@ fn syscall_counts_are_exact() {
     let dir = tempdir();
     let comm = unique_comm("kpsys");
     let exe = compile_c(dir.path(), &comm, SYSCALL_FIXTURE);
-    let cfg = Config {
-        hooks: hooks("syscall"),
-        filter: Filter::Comm(comm.clone()),
-        ..Config::default()
-    };
+    let cfg = Config { hooks: hooks("syscall"), filter: Filter::Comm(comm.clone()), ..Config::default() };
     let rec = start(cfg);
     let n = 5000;
-    let child = Command::new(&exe)
-        .arg(n.to_string())
-        .arg(dir.path().join("data"))
-        .spawn()
-        .unwrap();
+    let child = Command::new(&exe).arg(n.to_string()).arg(dir.path().join("data")).spawn().unwrap();
     let pid = child.id();
     let st = child.wait_with_output().unwrap();
     assert!(st.status.success());
     let (summary, evs) = rec.finish();
-    assert_eq!(
-        summary.dropped(),
-        0,
-        "no drops expected at this rate: {summary:?}"
-    );
+    assert_eq!(summary.dropped(), 0, "no drops expected at this rate: {summary:?}");
     let sys = syscalls_of(&evs, pid);
     let writes: Vec<_> = sys.iter().filter(|s| s.nr == 1).collect();
     assert_eq!(writes.len(), n, "write(2) calls");
-    assert!(writes
-        .iter()
-        .all(|s| s.ret == 7 && s.args[2] == 7 && s.fd_type == FdType::Char));
+    assert!(writes.iter().all(|s| s.ret == 7 && s.args[2] == 7 && s.fd_type == FdType::Char));
     // (the dynamic loader preads ELF headers too: count the fixture's own)
-    let preads: Vec<_> = sys
-        .iter()
-        .filter(|s| s.nr == 17 && s.args[2] == 16)
-        .collect();
+    let preads: Vec<_> = sys.iter().filter(|s| s.nr == 17 && s.args[2] == 16).collect();
     assert_eq!(preads.len(), n / 2, "pread64(2) calls");
-    assert!(preads
-        .iter()
-        .all(|s| s.ret == 16 && s.fd_type == FdType::Char));
+    assert!(preads.iter().all(|s| s.ret == 16 && s.fd_type == FdType::Char));
     let pwrites: Vec<_> = sys.iter().filter(|s| s.nr == 18).collect();
     assert_eq!(pwrites.len(), 3);
-    assert!(pwrites
-        .iter()
-        .all(|s| s.ret == 5 && s.fd_type == FdType::File));
+    assert!(pwrites.iter().all(|s| s.ret == 5 && s.fd_type == FdType::File));
     assert_eq!(count(&sys, 75), 3, "fdatasync");
     assert_eq!(count(&sys, 74), 1, "fsync");
     // only the read/write family is captured
-    assert!(sys
-        .iter()
-        .all(|s| [0, 1, 17, 18, 19, 20, 44, 45, 46, 47, 74, 75].contains(&s.nr)));
+    assert!(sys.iter().all(|s| [0, 1, 17, 18, 19, 20, 44, 45, 46, 47, 74, 75].contains(&s.nr)));
     // nothing from other processes
-    assert!(evs
-        .iter()
-        .filter(|e| matches!(e.body, EventBody::Syscall(_)))
-        .all(|e| e.pid == pid));
+    assert!(evs.iter().filter(|e| matches!(e.body, EventBody::Syscall(_))).all(|e| e.pid == pid));
     // every event names its cgroup, described once by a cgroup event
     let cg = evs.iter().find(|e| e.pid == pid).unwrap().cgroup;
     assert_ne!(cg, 0);
-    assert!(evs
-        .iter()
-        .any(|e| matches!(&e.body, EventBody::Cgroup(c) if c.cgroup_id == cg)));
+    assert!(evs.iter().any(|e| matches!(&e.body, EventBody::Cgroup(c) if c.cgroup_id == cg)));
     // the kernel's counters agree with what was read
     assert_eq!(summary.received, summary.hooks.map(|h| h.events));
 }
@@ -109,15 +81,9 @@ fn syscall_counts_are_exact() {
 #[test]
 fn cgroup_filter_and_container_id() {
     let root = recorder::cgroup::v2_root().expect("cgroup v2 is mounted");
-    let cid = format!(
-        "{:064x}",
-        std::process::id() as u128 * 0x9e3779b97f4a7c15u128
-    );
+    let cid = format!("{:064x}", std::process::id() as u128 * 0x9e3779b97f4a7c15u128);
     let cid = &cid[cid.len() - 64..];
-    let rel = format!(
-        "kprobe-test-{}.slice/cri-containerd-{cid}.scope",
-        std::process::id()
-    );
+    let rel = format!("kprobe-test-{}.slice/cri-containerd-{cid}.scope", std::process::id());
     let path = std::path::Path::new(&root).join(&rel);
     std::fs::create_dir_all(&path).expect("creating a cgroup v2");
     struct Rm(std::path::PathBuf);
@@ -137,35 +103,20 @@ fn cgroup_filter_and_container_id() {
         ..Config::default()
     });
     // one run outside the cgroup, one inside
-    let outside = Command::new(&exe)
-        .arg("100")
-        .arg(dir.path().join("a"))
-        .status()
-        .unwrap();
+    let outside = Command::new(&exe).arg("100").arg(dir.path().join("a")).status().unwrap();
     assert!(outside.success());
     let procs = path.join("cgroup.procs");
     let inside = Command::new("sh")
         .arg("-c")
-        .arg(format!(
-            "echo $$ > {} && exec {} 200 {}",
-            procs.display(),
-            exe.display(),
-            dir.path().join("b").display()
-        ))
+        .arg(format!("echo $$ > {} && exec {} 200 {}", procs.display(), exe.display(), dir.path().join("b").display()))
         .spawn()
         .unwrap();
     let pid = inside.id();
     assert!(inside.wait_with_output().unwrap().status.success());
     let (_, evs) = rec.finish();
-    let sys: Vec<&Event> = evs
-        .iter()
-        .filter(|e| matches!(e.body, EventBody::Syscall(_)))
-        .collect();
+    let sys: Vec<&Event> = evs.iter().filter(|e| matches!(e.body, EventBody::Syscall(_))).collect();
     assert!(!sys.is_empty());
-    assert!(
-        sys.iter().all(|e| e.pid == pid),
-        "only the process in the cgroup is recorded"
-    );
+    assert!(sys.iter().all(|e| e.pid == pid), "only the process in the cgroup is recorded");
     assert_eq!(count(&syscalls_of(&evs, pid), 1), 200);
     let cg = sys[0].cgroup;
     let info = evs
@@ -199,11 +150,7 @@ fn fresh_pages_fault() {
     let dir = tempdir();
     let comm = unique_comm("kpflt");
     let exe = compile_c(dir.path(), &comm, FAULT_FIXTURE);
-    let rec = start(Config {
-        hooks: hooks("fault"),
-        filter: Filter::Comm(comm),
-        ..Config::default()
-    });
+    let rec = start(Config { hooks: hooks("fault"), filter: Filter::Comm(comm), ..Config::default() });
     let n = 3000u64;
     let out = Command::new(&exe).arg(n.to_string()).output().unwrap();
     assert!(out.status.success());
@@ -219,22 +166,11 @@ fn fresh_pages_fault() {
 
 #[test]
 fn tiny_ring_buffer_reports_drops() {
-    let rec = start(Config {
-        ring_buffer_kb: 4,
-        hooks: Hooks::default(),
-        ..Config::default()
-    });
-    let st = Command::new("dd")
-        .args(["if=/dev/zero", "of=/dev/null", "bs=1", "count=300000"])
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+    let rec = start(Config { ring_buffer_kb: 4, hooks: Hooks::default(), ..Config::default() });
+    let st = Command::new("dd").args(["if=/dev/zero", "of=/dev/null", "bs=1", "count=300000"]).stderr(Stdio::null()).status().unwrap();
     assert!(st.success());
     let (summary, evs) = rec.finish();
-    assert!(
-        summary.dropped() > 0,
-        "a 4 KiB ring under dd must overflow: {summary:?}"
-    );
+    assert!(summary.dropped() > 0, "a 4 KiB ring under dd must overflow: {summary:?}");
     let lost: u64 = evs
         .iter()
         .filter_map(|e| match &e.body {
@@ -242,11 +178,7 @@ fn tiny_ring_buffer_reports_drops() {
             _ => None,
         })
         .sum();
-    assert_eq!(
-        lost,
-        summary.dropped(),
-        "every drop is in the stream as a lost event"
-    );
+    assert_eq!(lost, summary.dropped(), "every drop is in the stream as a lost event");
     let mut per_hook: HashMap<String, u64> = HashMap::new();
     for e in &evs {
         if let EventBody::Lost(l) = &e.body {
@@ -254,17 +186,9 @@ fn tiny_ring_buffer_reports_drops() {
         }
     }
     for (i, n) in recorder::raw::HOOK_NAMES.iter().enumerate() {
-        assert_eq!(
-            per_hook.get(*n).copied().unwrap_or(0),
-            summary.hooks[i].drops,
-            "hook {n}"
-        );
+        assert_eq!(per_hook.get(*n).copied().unwrap_or(0), summary.hooks[i].drops, "hook {n}");
     }
-    assert_eq!(
-        summary.received,
-        summary.hooks.map(|h| h.events),
-        "what was written was read"
-    );
+    assert_eq!(summary.received, summary.hooks.map(|h| h.events), "what was written was read");
 }
 
 const SVC: &str = r#"
@@ -284,12 +208,7 @@ fn cpu_hog_is_the_culprit_of_run_queue_delay() {
     let svc = compile_c(dir.path(), &svc_comm, SVC);
     let hog_exe = compile_c(dir.path(), &hog_comm, HOG);
     // nice -20: the hog, not whatever else this shared machine runs, owns CPU 1
-    let mut hog = Command::new("nice")
-        .args(["-n", "-20", "taskset", "-c", "1"])
-        .arg(&hog_exe)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut hog = Command::new("nice").args(["-n", "-20", "taskset", "-c", "1"]).arg(&hog_exe).stdout(Stdio::piped()).spawn().unwrap();
     struct Kill(std::process::Child);
     impl Drop for Kill {
         fn drop(&mut self) {
@@ -298,22 +217,11 @@ fn cpu_hog_is_the_culprit_of_run_queue_delay() {
         }
     }
     let mut line = String::new();
-    BufReader::new(hog.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(hog.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let hog_pid = hog.id();
     let _hog = Kill(hog);
-    let rec = start(Config {
-        hooks: hooks("sched"),
-        filter: Filter::Comm(svc_comm),
-        ..Config::default()
-    });
-    let child = Command::new("taskset")
-        .arg("-c")
-        .arg("1")
-        .arg(&svc)
-        .spawn()
-        .unwrap();
+    let rec = start(Config { hooks: hooks("sched"), filter: Filter::Comm(svc_comm), ..Config::default() });
+    let child = Command::new("taskset").arg("-c").arg("1").arg(&svc).spawn().unwrap();
     let svc_pid = child.id();
     assert!(child.wait_with_output().unwrap().status.success());
     let (_, evs) = rec.finish();
@@ -321,29 +229,17 @@ fn cpu_hog_is_the_culprit_of_run_queue_delay() {
     for e in &evs {
         if let EventBody::SchedDelay(d) = &e.body {
             if e.pid == svc_pid {
-                let x = by_culprit
-                    .entry(d.culprit_pid)
-                    .or_insert((0, d.culprit_comm.clone()));
+                let x = by_culprit.entry(d.culprit_pid).or_insert((0, d.culprit_comm.clone()));
                 x.0 += d.delay_ns;
             }
         }
     }
-    let (top, (total, comm)) = by_culprit
-        .iter()
-        .max_by_key(|(_, (t, _))| *t)
-        .expect("run-queue delay events for the service");
-    assert_eq!(
-        *top, hog_pid,
-        "the hog delays the service most: {by_culprit:?}"
-    );
+    let (top, (total, comm)) = by_culprit.iter().max_by_key(|(_, (t, _))| *t).expect("run-queue delay events for the service");
+    assert_eq!(*top, hog_pid, "the hog delays the service most: {by_culprit:?}");
     assert_eq!(comm, &hog_comm);
     assert!(*total > 0);
-    assert!(evs
-        .iter()
-        .any(|e| e.pid == svc_pid && matches!(e.body, EventBody::SchedWakeup(_))));
-    assert!(evs
-        .iter()
-        .any(|e| e.pid == svc_pid && matches!(e.body, EventBody::SchedSwitch(_))));
+    assert!(evs.iter().any(|e| e.pid == svc_pid && matches!(e.body, EventBody::SchedWakeup(_))));
+    assert!(evs.iter().any(|e| e.pid == svc_pid && matches!(e.body, EventBody::SchedSwitch(_))));
 }
 
 /// Two network namespaces joined by a veth pair; removed on drop.
@@ -362,23 +258,13 @@ impl Net {
         let id = std::process::id();
         let (a, b) = (format!("kpr{id}a"), format!("kpr{id}b"));
         for ns in [&a, &b] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
+            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
         }
-        let net = Net {
-            a: a.clone(),
-            b: b.clone(),
-        };
+        let net = Net { a: a.clone(), b: b.clone() };
         let o = (id % 250) as u8;
         sh(&format!("ip netns add {a} && ip netns add {b}"));
-        sh(&format!(
-            "ip link add kpv{id}a type veth peer name kpv{id}b"
-        ));
-        sh(&format!(
-            "ip link set kpv{id}a netns {a} && ip link set kpv{id}b netns {b}"
-        ));
+        sh(&format!("ip link add kpv{id}a type veth peer name kpv{id}b"));
+        sh(&format!("ip link set kpv{id}a netns {a} && ip link set kpv{id}b netns {b}"));
         sh(&format!("ip -n {a} addr add 10.213.{o}.1/24 dev kpv{id}a && ip -n {a} link set kpv{id}a up && ip -n {a} link set lo up"));
         sh(&format!("ip -n {b} addr add 10.213.{o}.2/24 dev kpv{id}b && ip -n {b} link set kpv{id}b up && ip -n {b} link set lo up"));
         net
@@ -418,10 +304,7 @@ sys.stdin.readline()
 "#;
 
 fn retrans_segs(ns: &str) -> u64 {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "nstat", "-asz", "TcpRetransSegs"])
-        .output()
-        .expect("nstat (iproute2)");
+    let out = Command::new("ip").args(["netns", "exec", ns, "nstat", "-asz", "TcpRetransSegs"]).output().expect("nstat (iproute2)");
     let s = String::from_utf8_lossy(&out.stdout);
     s.lines()
         .find(|l| l.starts_with("TcpRetransSegs"))
@@ -440,31 +323,20 @@ fn tcp_retransmits_match_nstat() {
         "ip netns exec {} nft -f - <<'EOF'\ntable inet kprobe_test {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  tcp dport 7777 numgen random mod 100 < 20 drop\n }}\n}}\nEOF",
         net.b
     ));
-    let mut server = Command::new("ip")
-        .args(["netns", "exec", &net.b, "python3", "-c", SERVER, &server_ip])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut server =
+        Command::new("ip").args(["netns", "exec", &net.b, "python3", "-c", SERVER, &server_ip]).stdout(Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "ready");
     let mut client = Command::new("ip")
-        .args([
-            "netns", "exec", &net.a, "python3", "-c", CLIENT, &server_ip, "60",
-        ])
+        .args(["netns", "exec", &net.a, "python3", "-c", CLIENT, &server_ip, "60"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let client_pid = client.id();
     let before = retrans_segs(&net.a);
-    let rec = start(Config {
-        hooks: hooks("tcp"),
-        filter: Filter::Pid(vec![client_pid]),
-        ..Config::default()
-    });
+    let rec = start(Config { hooks: hooks("tcp"), filter: Filter::Pid(vec![client_pid]), ..Config::default() });
     let mut stdin = client.stdin.take().unwrap();
     stdin.write_all(b"go\n").unwrap();
     let mut out = BufReader::new(client.stdout.take().unwrap());
@@ -479,20 +351,10 @@ fn tcp_retransmits_match_nstat() {
     let _ = server.kill();
     let _ = server.wait();
     assert_eq!(summary.dropped(), 0);
-    let retrans: Vec<&Event> = evs
-        .iter()
-        .filter(|e| matches!(&e.body, EventBody::TcpRetransmit(_)))
-        .collect();
+    let retrans: Vec<&Event> = evs.iter().filter(|e| matches!(&e.body, EventBody::TcpRetransmit(_))).collect();
     let nstat = after - before;
-    assert!(
-        nstat > 0,
-        "20% loss on 60 round trips must cause retransmits"
-    );
-    assert_eq!(
-        retrans.len() as u64,
-        nstat,
-        "retransmit events vs the namespace's TcpRetransSegs"
-    );
+    assert!(nstat > 0, "20% loss on 60 round trips must cause retransmits");
+    assert_eq!(retrans.len() as u64, nstat, "retransmit events vs the namespace's TcpRetransSegs");
     assert!(retrans.iter().all(|e| e.pid == client_pid));
     for e in &retrans {
         if let EventBody::TcpRetransmit(t) = &e.body {
@@ -518,9 +380,7 @@ fn tcp_retransmits_match_nstat() {
         })
         .sum();
     assert_eq!(received, 60 * 64, "bytes received on the socket");
-    assert!(evs
-        .iter()
-        .any(|e| matches!(&e.body, EventBody::TcpState(t) if t.new_state == 1 /* ESTABLISHED */)));
+    assert!(evs.iter().any(|e| matches!(&e.body, EventBody::TcpState(t) if t.new_state == 1 /* ESTABLISHED */)));
 }
 
 const REPLAY_FIXTURE: &str = r#"
@@ -569,11 +429,7 @@ fn replay_grade_captures_results_and_output_buffers() {
         }],
         ..Config::default()
     });
-    let out = Command::new(&exe)
-        .arg(dir.path().join("input.bin"))
-        .arg(dir.path().join("key.secret"))
-        .output()
-        .unwrap();
+    let out = Command::new(&exe).arg(dir.path().join("input.bin")).arg(dir.path().join("key.secret")).output().unwrap();
     assert!(out.status.success());
     let pid = std::str::from_utf8(&out.stdout).unwrap().to_owned();
     let f: Vec<&str> = pid.split_whitespace().collect();
@@ -593,37 +449,53 @@ fn replay_grade_captures_results_and_output_buffers() {
     for nr in [257u32, 3, 9, 318, 228] {
         assert!(sys.iter().any(|(_, s)| s.nr == nr), "syscall {nr} captured");
     }
-    let big = sys
-        .iter()
-        .find(|(_, s)| s.nr == 0 && s.ret == 10_000)
-        .expect("the 10000-byte read");
+    let big = sys.iter().find(|(_, s)| s.nr == 0 && s.ret == 10_000).expect("the 10000-byte read");
     assert_eq!(big.1.writes.len(), 1);
     assert_eq!(big.1.writes[0].addr, buf_addr);
-    assert_eq!(
-        big.1.writes[0].data,
-        Data::Bytes(data.clone()),
-        "the bytes the kernel wrote, across 3 chunks"
-    );
+    assert_eq!(big.1.writes[0].data, Data::Bytes(data.clone()), "the bytes the kernel wrote, across 3 chunks");
     assert_eq!(big.1.flags & Syscall::FLAG_TRUNCATED, 0);
-    let secret = sys
-        .iter()
-        .find(|(_, s)| s.nr == 0 && s.ret == 7)
-        .expect("the secret read");
-    assert_eq!(
-        secret.1.writes[0].data,
-        Data::Redacted {
-            len: 7,
-            hash: Some(kpl::FileHash::of(b"hunter2")),
-            rule: "path:*.secret".into()
-        }
-    );
+    let secret = sys.iter().find(|(_, s)| s.nr == 0 && s.ret == 7).expect("the secret read");
+    assert_eq!(secret.1.writes[0].data, Data::Redacted { len: 7, hash: Some(kpl::FileHash::of(b"hunter2")), rule: "path:*.secret".into() });
     let rnd = sys.iter().find(|(_, s)| s.nr == 318).unwrap();
     assert_eq!(rnd.1.ret, 16);
     assert_eq!(rnd.1.writes[0].data.len(), 16);
     let clk = sys.iter().find(|(_, s)| s.nr == 228).unwrap();
     assert_eq!(clk.1.writes[0].data.len(), 16);
-    assert!(evs.iter().any(|e| matches!(&e.body, EventBody::Exec(x) if x.exe.path.ends_with(&*exe.file_name().unwrap().to_string_lossy()))));
     assert!(evs
         .iter()
-        .any(|e| matches!(&e.body, EventBody::Exit(x) if x.group && x.code == 0)));
+        .any(|e| matches!(&e.body, EventBody::Exec(x) if x.exe.path.ends_with(&*exe.file_name().unwrap().to_string_lossy()))));
+    assert!(evs.iter().any(|e| matches!(&e.body, EventBody::Exit(x) if x.group && x.code == 0)));
+}
+
+#[test]
+fn record_command_captures_from_exec_on() {
+    require_root();
+    let dir = tempdir();
+    let f = dir.path().join("hello.txt");
+    std::fs::write(&f, b"hello from the kernel\n").unwrap();
+    let mut sink = MemSink::default();
+    let (status, summary) = recorder::record_command(
+        &["cat".to_string(), f.display().to_string()],
+        Config { hooks: hooks("syscall"), replay_grade: true, ..Config::default() },
+        &mut sink,
+    )
+    .expect("recording cat");
+    assert!(status.success());
+    assert_eq!(summary.dropped(), 0);
+    let evs = sink.0.lock().unwrap();
+    let exec = evs.iter().position(|e| matches!(&e.body, EventBody::Exec(x) if x.exe.path.ends_with("/cat"))).expect("the exec of cat");
+    let pid = evs[exec].pid;
+    // nothing of the command before its exec is needed: the first syscall
+    // after it is the exec's own return or the loader's first call
+    let read = evs[exec..]
+        .iter()
+        .find_map(|e| match &e.body {
+            EventBody::Syscall(s) if e.pid == pid && s.nr == 0 && s.ret == 22 => Some(s.clone()),
+            _ => None,
+        })
+        .expect("cat's read of the file");
+    assert_eq!(read.writes[0].data, kpl::Data::Bytes(b"hello from the kernel\n".to_vec()));
+    assert!(evs.iter().any(|e| e.pid == pid && matches!(&e.body, EventBody::Exit(x) if x.group && x.code == 0)));
+    let err = recorder::record_command(&["/no/such/program".into()], Config::default(), &mut MemSink::default());
+    assert!(err.is_ok_and(|(st, _)| st.code() == Some(127)));
 }

@@ -75,6 +75,9 @@ pub struct RecorderArgs {
     /// Print the bound metrics address on stderr as `metrics: http://ADDR`.
     #[arg(long, hide = true)]
     pub print_metrics_addr: bool,
+    /// Record this command (from its exec on, with its children) and stop when it exits.
+    #[arg(last = true)]
+    pub command: Vec<String>,
 }
 
 fn config_of(a: &RecorderArgs) -> Result<Config> {
@@ -91,7 +94,12 @@ fn config_of(a: &RecorderArgs) -> Result<Config> {
     if let Some(rf) = a.kafka_replication_factor {
         c.kafka_replication_factor = rf;
     }
-    c.filter = if !a.pid.is_empty() {
+    c.filter = if !a.command.is_empty() {
+        if !a.pid.is_empty() || a.comm.is_some() || a.cgroup.is_some() {
+            bail!("-- CMD selects the process to record: drop --pid, --comm and --cgroup");
+        }
+        Filter::Pid(vec![]) // the command's pid, once started
+    } else if !a.pid.is_empty() {
         for p in &a.pid {
             if !std::path::Path::new(&format!("/proc/{p}")).exists() {
                 bail!("--pid {p}: no such process");
@@ -106,7 +114,7 @@ fn config_of(a: &RecorderArgs) -> Result<Config> {
         Filter::All
     };
     c.replay_grade = a.replay_grade;
-    if c.replay_grade && c.filter == Filter::All {
+    if c.replay_grade && c.filter == Filter::All && a.command.is_empty() {
         bail!("--replay-grade needs the processes to capture: --pid, --comm or --cgroup");
     }
     Ok(c)
@@ -115,10 +123,7 @@ fn config_of(a: &RecorderArgs) -> Result<Config> {
 fn summary_json(s: &Summary) -> serde_json::Value {
     let mut hooks = serde_json::Map::new();
     for (i, n) in recorder::raw::HOOK_NAMES.iter().enumerate() {
-        hooks.insert(
-            (*n).into(),
-            serde_json::json!({"events": s.hooks[i].events, "drops": s.hooks[i].drops, "received": s.received[i]}),
-        );
+        hooks.insert((*n).into(), serde_json::json!({"events": s.hooks[i].events, "drops": s.hooks[i].drops, "received": s.received[i]}));
     }
     serde_json::json!({
         "events": s.events,
@@ -134,12 +139,29 @@ fn summary_json(s: &Summary) -> serde_json::Value {
 pub fn max_rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
         .unwrap_or(0)
+}
+
+fn report(a: &RecorderArgs, summary: &Summary) -> Result<()> {
+    let js = summary_json(summary);
+    eprintln!(
+        "kprobe recorder: {} events, {} dropped in the kernel{}; {}",
+        summary.events,
+        summary.dropped(),
+        if summary.dropped() > 0 { " (reported as `lost` events)" } else { "" },
+        summary.sink
+    );
+    for (i, n) in recorder::raw::HOOK_NAMES.iter().enumerate() {
+        let h = summary.hooks[i];
+        if h.events + h.drops > 0 {
+            eprintln!("  {n:8} {:>10} events {:>8} dropped", h.events, h.drops);
+        }
+    }
+    if let Some(p) = &a.summary {
+        std::fs::write(p, serde_json::to_vec_pretty(&js)?).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
 }
 
 /// Runs `kprobe recorder`.
@@ -160,14 +182,19 @@ pub fn run(a: RecorderArgs) -> Result<ExitCode> {
     } else if a.json {
         Box::new(JsonLinesSink::new(std::io::stdout()))
     } else {
-        let path = a
-            .output
-            .clone()
-            .unwrap_or_else(|| "kprobe-recorder.kpl".into());
+        let path = a.output.clone().unwrap_or_else(|| "kprobe-recorder.kpl".into());
         Box::new(KplSink::create(&path, std::env::args().collect())?)
     };
-    let mut rec = Recorder::start(cfg)
-        .context("starting the eBPF recorder (it needs root, BTF and tracepoints)")?;
+    if !a.command.is_empty() {
+        let (status, summary) = recorder::record_command(&a.command, cfg, sink.as_mut())
+            .context("recording the command with the eBPF recorder (it needs root, BTF and tracepoints)")?;
+        report(&a, &summary)?;
+        return Ok(match status.code() {
+            Some(c) => ExitCode::from(c as u8),
+            None => ExitCode::from(128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0) as u8),
+        });
+    }
+    let mut rec = Recorder::start(cfg).context("starting the eBPF recorder (it needs root, BTF and tracepoints)")?;
     let _server = match &a.metrics_addr {
         Some(addr) => {
             let s = recorder::metrics::serve(addr, rec.metrics())?;
@@ -182,35 +209,10 @@ pub fn run(a: RecorderArgs) -> Result<ExitCode> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
-    let deadline = a
-        .duration
-        .map(|d| Instant::now() + Duration::from_secs_f64(d));
+    let deadline = a.duration.map(|d| Instant::now() + Duration::from_secs_f64(d));
     eprintln!("kprobe recorder: recording (hooks attached)");
-    let summary = rec.run(sink.as_mut(), &|| {
-        stop.load(Ordering::Relaxed) || deadline.map(|d| Instant::now() >= d).unwrap_or(false)
-    })?;
-    let js = summary_json(&summary);
-    eprintln!(
-        "kprobe recorder: {} events, {} dropped in the kernel{}; {}",
-        summary.events,
-        summary.dropped(),
-        if summary.dropped() > 0 {
-            " (reported as `lost` events)"
-        } else {
-            ""
-        },
-        summary.sink
-    );
-    for (i, n) in recorder::raw::HOOK_NAMES.iter().enumerate() {
-        let h = summary.hooks[i];
-        if h.events + h.drops > 0 {
-            eprintln!("  {n:8} {:>10} events {:>8} dropped", h.events, h.drops);
-        }
-    }
-    if let Some(p) = &a.summary {
-        std::fs::write(p, serde_json::to_vec_pretty(&js)?)
-            .with_context(|| format!("writing {}", p.display()))?;
-    }
+    let summary = rec.run(sink.as_mut(), &|| stop.load(Ordering::Relaxed) || deadline.map(|d| Instant::now() >= d).unwrap_or(false))?;
+    report(&a, &summary)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -274,15 +276,9 @@ impl Sink for NullSink {
 }
 
 fn run_loop(exe: &std::path::Path, mode: u32, n: u64) -> Result<f64> {
-    let out = std::process::Command::new(exe)
-        .arg(mode.to_string())
-        .arg(n.to_string())
-        .output()?;
+    let out = std::process::Command::new(exe).arg(mode.to_string()).arg(n.to_string()).output()?;
     if !out.status.success() {
-        bail!(
-            "benchmark loop failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("benchmark loop failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
 }
@@ -302,17 +298,13 @@ fn with_recorder<T>(cfg: Config, f: impl FnOnce() -> Result<T>) -> Result<(T, Su
     });
     let r = f();
     stop.store(true, Ordering::Relaxed);
-    let s = th
-        .join()
-        .map_err(|_| anyhow::anyhow!("recorder thread panicked"))??;
+    let s = th.join().map_err(|_| anyhow::anyhow!("recorder thread panicked"))??;
     Ok((r?, s))
 }
 
 fn ensure_tracefs() {
     if !std::path::Path::new("/sys/kernel/tracing/available_events").exists() {
-        let _ = std::process::Command::new("mount")
-            .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
-            .status();
+        let _ = std::process::Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]).status();
     }
 }
 
@@ -332,20 +324,22 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
     if !st.success() {
         bail!("gcc failed on {}", src.display());
     }
-    let mut idle = std::process::Command::new("sleep").arg("100000").spawn()?;
+    struct Idle(std::process::Child);
+    impl Drop for Idle {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    // a process the `filtered out` configuration selects (not the loop)
+    let idle = Idle(std::process::Command::new("sleep").arg("100000").spawn()?);
     let hooks = Hooks::default();
-    let filtered = Config {
-        hooks,
-        filter: Filter::Pid(vec![idle.id()]),
-        ..Config::default()
-    };
-    let hit = Config {
-        hooks,
-        filter: Filter::Comm("kpbench".into()),
-        ..Config::default()
-    };
+    let filtered = Config { hooks, filter: Filter::Pid(vec![idle.0.id()]), ..Config::default() };
+    let hit = Config { hooks, filter: Filter::Comm("kpbench".into()), ..Config::default() };
     println!("== added time per syscall: a getpid loop (not instrumented, but raw_syscalls fires) and a read loop (instrumented), {} calls, median of {} rounds", a.calls, a.rounds);
-    println!("   all hooks attached; `filtered out`: the recorder selects another process; `hit`: it records the loop (sink: counting only)");
+    println!(
+        "   all hooks attached; `filtered out`: the recorder selects another process; `hit`: it records the loop (sink: counting only)"
+    );
     let mut rows = Vec::new();
     for (mode, name) in [(0u32, "getpid"), (1, "read")] {
         let (mut base, mut filt, mut hitv) = (vec![], vec![], vec![]);
@@ -367,22 +361,17 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
         );
         rows.push((name, b, f, h, drops));
     }
-    let _ = idle.kill();
-    let _ = idle.wait();
+    drop(idle);
 
-    println!("== throughput: {} workers x {} read(2) calls, syscall hook, ring {} KiB, `kprobe recorder` to a .kpl file", a.workers, a.events, a.ring_kb);
+    println!(
+        "== throughput: {} workers x {} read(2) calls, syscall hook, ring {} KiB, `kprobe recorder` to a .kpl file",
+        a.workers, a.events, a.ring_kb
+    );
     ensure_tracefs();
     let kpl_out = dir.join("throughput.kpl");
     let summary_path = dir.join("summary.json");
     let mut rec = std::process::Command::new(std::env::current_exe()?)
-        .args([
-            "recorder",
-            "--hooks",
-            "syscall",
-            "--comm",
-            "kpbench",
-            "--ring-kb",
-        ])
+        .args(["recorder", "--hooks", "syscall", "--comm", "kpbench", "--ring-kb"])
         .arg(a.ring_kb.to_string())
         .arg("-o")
         .arg(&kpl_out)
@@ -419,13 +408,7 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
     };
     let t0 = Instant::now();
     let workers: Vec<_> = (0..a.workers)
-        .map(|_| {
-            std::process::Command::new(&exe)
-                .arg("1")
-                .arg(a.events.to_string())
-                .stdout(std::process::Stdio::null())
-                .spawn()
-        })
+        .map(|_| std::process::Command::new(&exe).arg("1").arg(a.events.to_string()).stdout(std::process::Stdio::null()).spawn())
         .collect::<std::io::Result<_>>()?;
     for mut w in workers {
         w.wait()?;
@@ -434,25 +417,15 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
     std::thread::sleep(Duration::from_millis(500));
     let bt_count = match bpftrace {
         Some((c, mut out)) => {
-            let _ = std::process::Command::new("kill")
-                .arg("-INT")
-                .arg(c.id().to_string())
-                .status();
+            let _ = std::process::Command::new("kill").arg("-INT").arg(c.id().to_string()).status();
             let mut s = String::new();
             use std::io::Read;
             out.read_to_string(&mut s)?;
-            s.lines().find_map(|l| {
-                l.trim()
-                    .strip_prefix("@n: ")
-                    .and_then(|v| v.parse::<u64>().ok())
-            })
+            s.lines().find_map(|l| l.trim().strip_prefix("@n: ").and_then(|v| v.parse::<u64>().ok()))
         }
         None => None,
     };
-    let _ = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(rec.id().to_string())
-        .status();
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(rec.id().to_string()).status();
     let st = rec.wait()?;
     if !st.success() {
         bail!("kprobe recorder failed ({st})");
