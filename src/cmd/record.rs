@@ -15,6 +15,18 @@ pub struct RecordArgs {
     /// Longest time (ms) a thread runs user code while others wait.
     #[arg(long, default_value_t = 20)]
     time_slice_ms: u64,
+    /// When cpuid is trapped and recorded: `startup` (from each exec until
+    /// the C library set up thread-local storage), `always` (slow in VMs:
+    /// every context switch rewrites an MSR), or `off`.
+    #[arg(long, default_value = "startup", value_parser = ["off", "startup", "always"])]
+    cpuid_faulting: String,
+    /// Do not pin the recording to one CPU (pinning makes ptrace stops
+    /// local context switches; the program then sees one CPU).
+    #[arg(long)]
+    no_pin: bool,
+    /// Pin to this CPU instead of the current one.
+    #[arg(long)]
+    cpu: Option<usize>,
     /// The command to record.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -45,6 +57,8 @@ pub fn record(a: RecordArgs) -> Result<ExitCode> {
         output: output.clone(),
         argv: a.command,
         time_slice: Duration::from_millis(a.time_slice_ms.max(1)),
+        cpuid: tracer::inject::CpuidMode::from_name(Some(&a.cpuid_faulting)),
+        pin: (!a.no_pin).then_some(a.cpu),
     })?;
     eprintln!("kprobe: recorded {} events ({} bytes) to {}", out.events, out.bytes, output.display());
     Ok(ExitCode::from((out.exit_code & 0xff) as u8))

@@ -26,7 +26,7 @@ pub fn syscall(pid: Pid, insn: u64, nr: u64, args: [u64; 6]) -> Result<i64, Stri
         os::syscall(pid, 0).map_err(|e| format!("resuming for an injected syscall: {e}"))?;
         match os::wait(Some(pid), false).map_err(|e| format!("waiting for an injected syscall: {e}"))? {
             Some(WaitStatus::PtraceSyscall(_)) | Some(WaitStatus::PtraceEvent(..)) => {
-                if let Ok(SyscallInfo::Exit { ret: v }) = os::syscall_info(pid) {
+                if let Ok(SyscallInfo::Exit { ret: v, .. }) = os::syscall_info(pid) {
                     ret = Some(v);
                     break;
                 }
@@ -42,6 +42,57 @@ pub fn syscall(pid: Pid, insn: u64, nr: u64, args: [u64; 6]) -> Result<i64, Stri
 /// `arch_prctl(ARCH_SET_CPUID, 0)`: make `cpuid` fault so it can be recorded
 /// and replayed. Returns false when the CPU or kernel cannot.
 pub fn enable_cpuid_faulting(pid: Pid, insn: u64) -> Result<bool, String> {
-    const ARCH_SET_CPUID: u64 = 0x1012;
     Ok(syscall(pid, insn, libc::SYS_arch_prctl as u64, [ARCH_SET_CPUID, 0, 0, 0, 0, 0])? == 0)
+}
+
+/// `arch_prctl(ARCH_SET_CPUID, 1)`: let `cpuid` run natively again.
+pub fn disable_cpuid_faulting(pid: Pid, insn: u64) -> Result<(), String> {
+    syscall(pid, insn, libc::SYS_arch_prctl as u64, [ARCH_SET_CPUID, 1, 0, 0, 0, 0]).map(drop)
+}
+
+const ARCH_SET_CPUID: u64 = 0x1012;
+
+/// When `cpuid` faults (and is recorded).
+///
+/// Faulting makes every context switch to and from the tracee rewrite a
+/// model-specific register; in a virtual machine that is a VM exit, and on
+/// these machines it makes tracing several times slower. The C library
+/// asks the CPU what it supports while the program starts up (the dynamic
+/// loader's feature detection, before it sets up thread-local storage), so
+/// the default records exactly that phase and lets later `cpuid`s run
+/// natively (same machine: same answers; another CPU: code paths chosen at
+/// start-up still match the recording).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CpuidMode {
+    /// Never fault.
+    Off,
+    /// Fault from each exec until the first `arch_prctl(ARCH_SET_FS)`.
+    #[default]
+    Startup,
+    /// Fault for the whole recording.
+    Always,
+}
+
+impl CpuidMode {
+    /// Name as stored in the log's metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuidMode::Off => "off",
+            CpuidMode::Startup => "startup",
+            CpuidMode::Always => "always",
+        }
+    }
+    /// From the name in the metadata (logs without one: `always`, the
+    /// behaviour of the first recordings).
+    pub fn from_name(s: Option<&str>) -> CpuidMode {
+        match s {
+            Some("off") => CpuidMode::Off,
+            Some("startup") => CpuidMode::Startup,
+            _ => CpuidMode::Always,
+        }
+    }
+    /// True when faulting stops after syscall `nr` with `args` (startup mode).
+    pub fn ends_at(self, nr: u32, args: &[u64; 6]) -> bool {
+        self == CpuidMode::Startup && nr == libc::SYS_arch_prctl as u32 && args[0] == 0x1002
+    }
 }

@@ -79,9 +79,23 @@ pub fn fingerprint(r: &os::Regs) -> u64 {
     u64::from_le_bytes(blake3::hash(&bytes).as_bytes()[..8].try_into().unwrap())
 }
 
+/// Where a task's last syscall returned: instruction and stack pointers and
+/// the result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitPoint {
+    /// Instruction pointer after the `syscall` instruction.
+    pub ip: u64,
+    /// Stack pointer.
+    pub sp: u64,
+    /// Return value.
+    pub ret: i64,
+}
+
 /// Where a task stopped: its registers, and whether it is still exactly
-/// where its last syscall returned (then the landing is that syscall's).
-pub fn landing_of(r: &os::Regs, last_exit: Option<&os::Regs>) -> Landing {
-    let in_syscall = last_exit.is_some_and(|e| fingerprint(e) == fingerprint(r));
+/// where its last syscall returned (then the landing is that syscall's):
+/// same instruction and stack pointers, the result still in rax and the
+/// return address the `syscall` instruction left in rcx.
+pub fn landing_of(r: &os::Regs, last_exit: Option<&ExitPoint>) -> Landing {
+    let in_syscall = last_exit.is_some_and(|e| r.rip == e.ip && r.rsp == e.sp && r.rax == e.ret as u64 && r.rcx == e.ip);
     Landing { ip: r.rip, fingerprint: fingerprint(r), passes: 0, in_syscall, regs: landing::regs_vec(r) }
 }

@@ -29,6 +29,11 @@ pub struct RecordOptions {
     pub argv: Vec<String>,
     /// Longest time a thread runs user code while others wait (default 20 ms).
     pub time_slice: Duration,
+    /// When `cpuid` is trapped and recorded.
+    pub cpuid: crate::inject::CpuidMode,
+    /// Pin the tracer and the program to one CPU (`Some(None)`: the current
+    /// one); `None` leaves affinity alone.
+    pub pin: Option<Option<usize>>,
 }
 
 /// The result of a recording.
@@ -94,7 +99,7 @@ struct Task {
     resume_mode: Mode,
     resume_sig: i32,
     entry: Option<Entry>,
-    last_exit_regs: Option<Regs>,
+    last_exit: Option<crate::ExitPoint>,
     execed: bool,
     preempt_asked: bool,
     /// Memory regions of the pending syscall event, read when the task is
@@ -112,6 +117,8 @@ struct Task {
 struct Proc {
     mem: Mem,
     vdso: vdso::Vdso,
+    /// cpuid currently faults in this process.
+    cpuid_faulting: bool,
 }
 
 struct Recorder {
@@ -126,6 +133,7 @@ struct Recorder {
     root_status: Option<i32>,
     files: FileCapture,
     waker: os::ChildWaker,
+    cpuid: crate::inject::CpuidMode,
     /// (device, inode) of the recorder's own stdout and stderr.
     own_stdio: [Option<(u64, u64)>; 2],
 }
@@ -157,7 +165,12 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, Error> {
     };
     let mut meta = Metadata::for_this_host("ptrace", opts.argv.clone());
     meta.extra.push(("rlimit_stack".into(), format!("{} {}", stack.0, stack.1)));
+    meta.extra.push(("cpuid_faulting".into(), opts.cpuid.name().into()));
     meta.extra.push(("cwd".into(), std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default()));
+    if let Some(cpu) = opts.pin {
+        let c = os::pin_to_cpu(cpu).map_err(|e| Error::Os(format!("pinning to a CPU: {e}")))?;
+        meta.extra.push(("pinned_cpu".into(), c.to_string()));
+    }
     let w = Writer::create(&opts.output, &meta)?;
     let waker = os::ChildWaker::new().map_err(|e| Error::Os(format!("signalfd: {e}")))?;
     let root = os::spawn(&spec).map_err(|e| Error::Os(format!("starting {cmd}: {e}")))?;
@@ -174,6 +187,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, Error> {
         files: FileCapture::default(),
         waker,
         own_stdio: [file_id("/proc/self/fd/1"), file_id("/proc/self/fd/2")],
+        cpuid: opts.cpuid,
     };
     r.tasks.insert(root, Task::new(root, root, St::Running));
     let res = r.run();
@@ -209,7 +223,7 @@ impl Task {
             resume_mode: Mode::Cont,
             resume_sig: 0,
             entry: None,
-            last_exit_regs: None,
+            last_exit: None,
             execed: false,
             preempt_asked: false,
             capture: Vec::new(),
@@ -256,7 +270,9 @@ impl Recorder {
                     }
                 }
             }
-            match os::wait(None, true) {
+            // Nobody to preempt in favour of: block in waitpid (no timer needed).
+            let must_tick = self.running.is_some() && !self.ready.is_empty();
+            match os::wait(None, must_tick) {
                 Ok(Some(s)) => self.handle(s)?,
                 Ok(None) => {
                     let ms = if self.running.is_some() && !self.ready.is_empty() {
@@ -409,7 +425,8 @@ impl Recorder {
                 if kind != ForkKind::Thread {
                     let mem = Mem::open(child).map_err(|e| Error::Os(format!("opening memory of {child}: {e}")))?;
                     let vdso = self.procs.get(&parent_tgid).map(|p| p.vdso.clone()).unwrap_or_default();
-                    self.procs.insert(child, Proc { mem, vdso });
+                    let cpuid_faulting = self.procs.get(&parent_tgid).is_some_and(|p| p.cpuid_faulting);
+                    self.procs.insert(child, Proc { mem, vdso, cpuid_faulting });
                 }
                 self.emit(pid, EventBody::Fork(Fork { kind, child_pid: tgid.as_raw() as u32, child_tid: child.as_raw() as u32, flags }))?;
                 let c = self.tasks.get_mut(&child).unwrap();
@@ -434,7 +451,7 @@ impl Recorder {
                 }
                 let mem = Mem::open(pid).map_err(|e| Error::Os(format!("opening memory of {pid}: {e}")))?;
                 let tgid = self.tasks[&pid].tgid;
-                self.procs.insert(tgid, Proc { mem, vdso: Default::default() });
+                self.procs.insert(tgid, Proc { mem, vdso: Default::default(), cpuid_faulting: false });
                 os::syscall(pid, 0).map_err(|e| Error::Os(format!("resuming {pid} after exec: {e}")))?;
                 Ok(())
             }
@@ -481,7 +498,7 @@ impl Recorder {
                     St::Running if sig == libc::SIGTRAP || self.tasks[&pid].preempt_asked => {
                         // Preempted: the slice ends here (moved to a point replay can patch).
                         let regs = crate::landing::advance(pid, self.mem(pid)?).map_err(|e| Error::Os(format!("task {pid}: {e}")))?;
-                        let landing = landing_of(&regs, self.tasks[&pid].last_exit_regs.as_ref());
+                        let landing = landing_of(&regs, self.tasks[&pid].last_exit.as_ref());
                         self.emit(pid, EventBody::Preempt(Preempt { landing }))?;
                         let t = self.tasks.get_mut(&pid).unwrap();
                         t.pending = vec![(None, EventBody::Resume(Resume { reason: ResumeReason::AfterPreempt }))];
@@ -566,7 +583,7 @@ impl Recorder {
         let tgid = self.tasks[&pid].tgid;
         if !self.procs.contains_key(&tgid) {
             let mem = Mem::open(pid).map_err(|e| Error::Os(format!("opening memory of {pid}: {e}")))?;
-            self.procs.insert(tgid, Proc { mem, vdso: Default::default() });
+            self.procs.insert(tgid, Proc { mem, vdso: Default::default(), cpuid_faulting: false });
         }
         let mem = self.mem(pid)?;
         let (path_ptr, argv_ptr, env_ptr) =
@@ -614,7 +631,7 @@ impl Recorder {
 
     fn on_syscall_stop(&mut self, pid: Pid) -> Result<(), Error> {
         match os::syscall_info(pid).map_err(|e| Error::Os(format!("syscall info: {e}")))? {
-            SyscallInfo::Exit { ret } => self.on_exit(pid, ret),
+            SyscallInfo::Exit { ret, ip, sp } => self.on_exit(pid, ret, ip, sp),
             SyscallInfo::Entry { .. } => {
                 // An entry stop after a PTRACE_SYSCALL resume (a restarted syscall): treat as an entry.
                 self.on_entry(pid)
@@ -626,14 +643,14 @@ impl Recorder {
         }
     }
 
-    fn on_exit(&mut self, pid: Pid, mut ret: i64) -> Result<(), Error> {
+    fn on_exit(&mut self, pid: Pid, mut ret: i64, ip: u64, sp: u64) -> Result<(), Error> {
         let Some(entry) = self.tasks.get_mut(&pid).and_then(|t| t.entry.take()) else {
             // An exit stop we did not see enter (e.g. an injected syscall): continue.
             let _ = os::cont(pid, 0);
             return Ok(());
         };
-        let mut regs = os::getregs(pid).map_err(|e| Error::Os(format!("getregs: {e}")))?;
         if entry.class == Class::Refuse {
+            let mut regs = os::getregs(pid).map_err(|e| Error::Os(format!("getregs: {e}")))?;
             ret = -(libc::ENOSYS as i64);
             regs.rax = ret as u64;
             os::setregs(pid, &regs).map_err(|e| Error::Os(format!("setregs: {e}")))?;
@@ -647,8 +664,8 @@ impl Recorder {
         let args = entry.args;
         if nr == sys::nr(Sysno::execve) || nr == sys::nr(Sysno::execveat) {
             if ret == 0 {
+                let regs = os::getregs(pid).map_err(|e| Error::Os(format!("getregs: {e}")))?;
                 self.after_exec(pid, &regs, entry.exec, &mut pending, &mut writes)?;
-                regs = os::getregs(pid).map_err(|e| Error::Os(format!("getregs: {e}")))?;
             }
         } else if ret >= 0 || matches!(-ret as i32, libc::EINTR) {
             let mem = self.mem(pid)?;
@@ -656,7 +673,7 @@ impl Recorder {
                 tid: pid.as_raw(),
                 syscall: sys::name(nr),
                 why: format!("the recorder does not know which memory {} writes", e.0),
-                ip: regs.rip,
+                ip,
             })?;
             capture = regions;
             if let Some((fd, regions)) = sys::written_data(nr, &args, ret, mem) {
@@ -673,6 +690,9 @@ impl Recorder {
                 }
             }
         }
+        if self.cpuid.ends_at(nr, &args) {
+            self.end_cpuid_faulting(pid)?;
+        }
         let sc = Syscall { nr, args, ret, duration_ns, writes, fd_type: FdType::Unknown, flags };
         // The syscall event carries its entry time.
         pending.push((Some(entry.ts), EventBody::Syscall(sc)));
@@ -680,7 +700,7 @@ impl Recorder {
         t.pending = pending;
         t.capture = capture;
         t.resume_mode = Mode::Cont;
-        t.last_exit_regs = Some(regs);
+        t.last_exit = Some(crate::ExitPoint { ip, sp, ret });
         let quick = t.st == St::InKernelQuick;
         // A quick syscall keeps the CPU unless the slice is over and others wait.
         let keep = quick && (Instant::now() < self.slice_end || self.ready.is_empty());
@@ -706,9 +726,10 @@ impl Recorder {
         let tgid = self.tasks[&pid].tgid;
         let mem = Mem::open(pid).map_err(|e| Error::Os(format!("opening memory of {pid}: {e}")))?;
         let v = vdso::patch(pid, &mem).map_err(|e| Error::Os(format!("task {pid}: {e}")))?;
-        let cpuid = crate::inject::enable_cpuid_faulting(pid, v.syscall_insn).map_err(|e| Error::Os(format!("task {pid}: {e}")))?;
-        self.procs.insert(tgid, Proc { mem, vdso: v });
-        if !cpuid {
+        let cpuid = self.cpuid != crate::inject::CpuidMode::Off
+            && crate::inject::enable_cpuid_faulting(pid, v.syscall_insn).map_err(|e| Error::Os(format!("task {pid}: {e}")))?;
+        self.procs.insert(tgid, Proc { mem, vdso: v, cpuid_faulting: cpuid });
+        if !cpuid && self.cpuid != crate::inject::CpuidMode::Off {
             self.w.set_summary_fact("cpuid_faulting", "unavailable");
         }
         let auxv = read_auxv(pid);
@@ -728,8 +749,23 @@ impl Recorder {
         Ok(())
     }
 
+    /// Start-up is over: cpuid runs natively from now on in this process.
+    fn end_cpuid_faulting(&mut self, pid: Pid) -> Result<(), Error> {
+        let tgid = self.tasks[&pid].tgid;
+        if let Some(p) = self.procs.get_mut(&tgid) {
+            if p.cpuid_faulting {
+                crate::inject::disable_cpuid_faulting(pid, p.vdso.syscall_insn).map_err(|e| Error::Os(format!("task {pid}: {e}")))?;
+                p.cpuid_faulting = false;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether descriptor `fd` of `pid` is the recorder's own stdout or stderr.
     fn shown_fd(&self, pid: Pid, fd: u64) -> Option<u32> {
+        if fd != 1 && fd != 2 {
+            return None;
+        }
         let id = file_id(&format!("/proc/{pid}/fd/{fd}"))?;
         if Some(id) == self.own_stdio[0] {
             Some(Syscall::FLAG_STDOUT)
@@ -765,7 +801,7 @@ impl Recorder {
             matches!(sig, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP) && code > 0 && code != 0x80;
         let sender_pid = if code <= 0 || code == 0x80 { u32::from_le_bytes(siginfo[16..20].try_into().unwrap()) } else { 0 };
         let addr = if synchronous { u64::from_le_bytes(siginfo[16..24].try_into().unwrap()) } else { 0 };
-        let mut landing = landing_of(&regs, self.tasks[&pid].last_exit_regs.as_ref());
+        let mut landing = landing_of(&regs, self.tasks[&pid].last_exit.as_ref());
         if !synchronous && !landing.in_syscall {
             // Asynchronous, in user code: move it where replay can find it cheaply.
             let regs = crate::landing::advance(pid, self.mem(pid)?).map_err(|e| Error::Os(format!("task {pid}: {e}")))?;

@@ -119,6 +119,8 @@ struct Proc {
     mem: Mem,
     vdso: vdso::Vdso,
     real: Pid,
+    /// cpuid currently faults in this process.
+    cpuid_faulting: bool,
 }
 
 /// A file-backed mapping, for symbolization.
@@ -144,6 +146,7 @@ pub struct Replayer {
     running: Option<u32>,
     mappings: Vec<Mapping>,
     syscalls: u64,
+    cpuid: crate::inject::CpuidMode,
     out: std::io::Stdout,
     err: std::io::Stderr,
 }
@@ -198,9 +201,12 @@ impl Replayer {
             running: None,
             mappings: Vec::new(),
             syscalls: 0,
+            cpuid: crate::inject::CpuidMode::Always,
             out: std::io::stdout(),
             err: std::io::stderr(),
         };
+        me.cpuid =
+            crate::inject::CpuidMode::from_name(me.r.meta().extra.iter().find(|(k, _)| k == "cpuid_faulting").map(|(_, v)| v.as_str()));
         for s in &snapshots {
             me.materialize(s)?;
         }
@@ -229,6 +235,8 @@ impl Replayer {
             seccomp: os::seccomp_filter(&sys::seccomp_allowed()),
             null_stdio: true,
         };
+        // One task runs at a time: one CPU makes every stop a local switch.
+        let _ = os::pin_to_cpu(None);
         let pid = os::spawn(&spec).map_err(|e| Error::Os(format!("starting the replay of {}: {e}", exec.exe.path)))?;
         let root_pid = me.r.get(0).map(|e| e.pid).unwrap_or(root_tid);
         me.tasks.insert(
@@ -246,7 +254,7 @@ impl Replayer {
             },
         );
         let mem = Mem::open(pid).map_err(|e| Error::Os(format!("memory of {pid}: {e}")))?;
-        me.procs.insert(root_pid, Proc { mem, vdso: Default::default(), real: pid });
+        me.procs.insert(root_pid, Proc { mem, vdso: Default::default(), real: pid, cpuid_faulting: false });
         me.running = Some(root_tid);
         Ok(me)
     }
@@ -448,6 +456,19 @@ impl Replayer {
                         &format!("got {}", kpl::sys::format_ret(regs.rax as i64)),
                     ));
                 }
+                if self.cpuid.ends_at(nr, &args) {
+                    let tgid = self.task(tid)?.tgid;
+                    if let Some(p) = self.procs.get_mut(&tgid) {
+                        if p.cpuid_faulting {
+                            crate::inject::disable_cpuid_faulting(real, p.vdso.syscall_insn).map_err(|e| Error::Replay {
+                                seq: self.seq,
+                                tid,
+                                why: e,
+                            })?;
+                            p.cpuid_faulting = false;
+                        }
+                    }
+                }
             }
         }
         self.set_stop(tid, Stop::Exit);
@@ -625,7 +646,8 @@ impl Replayer {
         let tgid = self.task(tid)?.tgid;
         let mem = Mem::open(real).map_err(|e| Error::Os(format!("memory of {real}: {e}")))?;
         let v = vdso::patch(real, &mem).map_err(|e| Error::Replay { seq: self.seq, tid, why: e })?;
-        crate::inject::enable_cpuid_faulting(real, v.syscall_insn).map_err(|e| Error::Replay { seq: self.seq, tid, why: e })?;
+        let cpuid_faulting = self.cpuid != crate::inject::CpuidMode::Off
+            && crate::inject::enable_cpuid_faulting(real, v.syscall_insn).map_err(|e| Error::Replay { seq: self.seq, tid, why: e })?;
         // The recorded initial stack (same argv, env, auxv, AT_RANDOM bytes).
         if let Some(w) = sc.writes.first() {
             let bytes = self.bytes(&w.data, tid)?;
@@ -637,7 +659,7 @@ impl Replayer {
             regs.rsp = w.addr;
         }
         os::setregs(real, &regs).map_err(os_err("setregs"))?;
-        self.procs.insert(tgid, Proc { mem, vdso: v, real });
+        self.procs.insert(tgid, Proc { mem, vdso: v, real, cpuid_faulting });
         self.mappings.retain(|_| false);
         self.set_stop(tid, Stop::Exit);
         self.continue_task(tid, 0)
@@ -746,7 +768,8 @@ impl Replayer {
         if f.kind != ForkKind::Thread {
             let mem = Mem::open(child).map_err(|e| Error::Os(format!("memory of {child}: {e}")))?;
             let v = self.proc_of(tid)?.vdso.clone();
-            self.procs.insert(tgid, Proc { mem, vdso: v, real: child });
+            let cpuid_faulting = self.proc_of(tid)?.cpuid_faulting;
+            self.procs.insert(tgid, Proc { mem, vdso: v, real: child, cpuid_faulting });
         }
         // Thread ids the kernel wrote into memory are the replay's: write the recorded ones.
         let (flags, ptid, ctid) = if nr == sys::nr(Sysno::clone3) {
