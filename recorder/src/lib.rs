@@ -158,7 +158,15 @@ pub fn record_command(argv: &[String], mut cfg: Config, sink: &mut dyn Sink) -> 
     };
     cfg.filter = Filter::Pid(vec![pid as u32]);
     let mut rec = match Recorder::start(cfg) {
-        Ok(r) => r,
+        Ok(mut r) => {
+            r.exec_hint = Some(ExecHint {
+                pid: pid as u32,
+                argv: argv.to_vec(),
+                env: std::env::vars_os().map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy())).collect(),
+                cwd: std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
+            });
+            r
+        }
         Err(e) => {
             // SAFETY: our child and our write end.
             unsafe {
@@ -207,6 +215,15 @@ pub struct Recorder {
     pending: HashMap<u32, Pending>,
     /// (pid, fd) -> path, from captured open calls (replay-grade).
     fds: HashMap<(u32, u64), String>,
+    exec_hint: Option<ExecHint>,
+}
+
+/// What the recorder knows of a command it started itself.
+struct ExecHint {
+    pid: u32,
+    argv: Vec<String>,
+    env: Vec<String>,
+    cwd: String,
 }
 
 /// A replay-grade syscall waiting for the chunks of its output buffer.
@@ -246,6 +263,7 @@ impl Recorder {
             policy,
             pending: HashMap::new(),
             fds: HashMap::new(),
+            exec_hint: None,
         })
     }
 
@@ -269,17 +287,34 @@ impl Recorder {
             self.push(sink, info)?;
         }
         if let EventBody::Exec(x) = &mut ev.body {
+            let split = |c: Vec<u8>| -> Vec<String> {
+                c.split(|&b| b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+            };
             // best effort: the process may have moved on already
             if let Ok(c) = std::fs::read(format!("/proc/{}/cmdline", ev.pid)) {
-                x.argv = c.split(|&b| b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect();
+                x.argv = split(c);
             }
             if let Ok(p) = std::fs::read_link(format!("/proc/{}/cwd", ev.pid)) {
                 x.cwd = p.display().to_string();
             }
+            if let Ok(a) = std::fs::read(format!("/proc/{}/auxv", ev.pid)) {
+                x.auxv = a
+                    .chunks_exact(16)
+                    .map(|c| (u64::from_le_bytes(c[..8].try_into().unwrap()), u64::from_le_bytes(c[8..].try_into().unwrap())))
+                    .take_while(|&(t, _)| t != 0)
+                    .collect();
+            }
             if self.cfg.replay_grade {
                 if let Ok(c) = std::fs::read(format!("/proc/{}/environ", ev.pid)) {
-                    x.env = c.split(|&b| b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect();
+                    x.env = split(c);
                 }
+            }
+            // the command started by record_command: known exactly
+            if self.exec_hint.as_ref().is_some_and(|h| h.pid == ev.pid) {
+                let h = self.exec_hint.take().unwrap();
+                x.argv = h.argv;
+                x.env = h.env;
+                x.cwd = h.cwd;
             }
         }
         self.push(sink, ev)
