@@ -554,16 +554,30 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 			submit(HOOK_SYSCALL, d);
 		}
 	}
+	if (chunks == 1 && len <= DATA_SMALL) {
+		/* a small buffer: a small record, not 4 KiB of ring */
+		struct rec_data_small *d = reserve(HOOK_SYSCALL, sizeof(*d));
+		if (d) {
+			hdr_current(&d->h, R_DATA, sizeof(*d), now);
+			d->addr = addr;
+			d->index = 0;
+			d->len = len;
+			if (bpf_probe_read_user(d->data, len & (2 * DATA_SMALL - 1), (void *)addr))
+				d->len = 0;
+			submit(HOOK_SYSCALL, d);
+		}
+		return 0;
+	}
 	for (__u32 i = 0; i < DATA_MAX_CHUNKS; i++) {
 		if (i >= chunks)
 			break;
-		struct rec_data *d = reserve(HOOK_SYSCALL, sizeof(*d));
-		if (!d)
-			continue;
 		__u64 off = (__u64)i * DATA_CHUNK;
 		__u64 n = len - off;
 		if (n > DATA_CHUNK)
 			n = DATA_CHUNK;
+		struct rec_data *d = reserve(HOOK_SYSCALL, sizeof(*d));
+		if (!d)
+			continue;
 		hdr_current(&d->h, R_DATA, sizeof(*d), now);
 		d->addr = addr + off;
 		d->index = i;

@@ -93,6 +93,17 @@ struct rec_syscall {
 	__u32 flags;    /* OUT_TRUNCATED, OUT_PATH */
 };
 
+/* A chunk of at most DATA_SMALL bytes goes out in a small record (same
+ * layout, shorter data[]), so small buffers do not reserve 4 KiB each. */
+#define DATA_SMALL 256
+struct rec_data_small {
+	struct rec_hdr h;
+	__u64 addr;
+	__u32 len;
+	__u32 index;
+	__u8 data[DATA_SMALL];
+};
+
 #define OUT_TRUNCATED 1 /* the buffer was longer than DATA_MAX_CHUNKS chunks */
 #define OUT_PATH 2      /* an R_DATA record with index PATH_INDEX follows: the opened path */
 #define PATH_INDEX 0xffff

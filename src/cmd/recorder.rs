@@ -336,13 +336,14 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
     let hooks = Hooks::default();
     let filtered = Config { hooks, filter: Filter::Pid(vec![idle.0.id()]), ..Config::default() };
     let hit = Config { hooks, filter: Filter::Comm("kpbench".into()), ..Config::default() };
+    let replay = Config { replay_grade: true, ..hit.clone() };
     println!("== added time per syscall: a getpid loop (not instrumented, but raw_syscalls fires) and a read loop (instrumented), {} calls, median of {} rounds", a.calls, a.rounds);
     println!(
         "   all hooks attached; `filtered out`: the recorder selects another process; `hit`: it records the loop (sink: counting only)"
     );
     let mut rows = Vec::new();
     for (mode, name) in [(0u32, "getpid"), (1, "read")] {
-        let (mut base, mut filt, mut hitv) = (vec![], vec![], vec![]);
+        let (mut base, mut filt, mut hitv, mut rgv) = (vec![], vec![], vec![], vec![]);
         let mut drops = 0;
         for _ in 0..a.rounds {
             base.push(run_loop(&exe, mode, a.calls)?);
@@ -350,14 +351,19 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
             let (v, s) = with_recorder(hit.clone(), || run_loop(&exe, mode, a.calls))?;
             drops += s.dropped();
             hitv.push(v);
+            let (v, s) = with_recorder(replay.clone(), || run_loop(&exe, mode, a.calls))?;
+            drops += s.dropped();
+            rgv.push(v);
         }
-        let (b, f, h) = (median(base), median(filt), median(hitv));
+        let (b, f, h, r) = (median(base), median(filt), median(hitv), median(rgv));
         println!(
-            "{name:7} ns/call: no probes {b:8.1} | filtered out {f:8.1} (+{:6.1}, x{:.2}) | hit {h:8.1} (+{:6.1}, x{:.2}) | drops {drops}",
+            "{name:7} ns/call: no probes {b:8.1} | filtered out {f:8.1} (+{:6.1}, x{:.2}) | hit {h:8.1} (+{:6.1}, x{:.2}) | replay-grade {r:8.1} (+{:6.1}, x{:.2}) | drops {drops}",
             f - b,
             f / b,
             h - b,
-            h / b
+            h / b,
+            r - b,
+            r / b
         );
         rows.push((name, b, f, h, drops));
     }
