@@ -9,11 +9,7 @@ use std::process::ExitCode;
 mod cmd;
 
 #[derive(Parser)]
-#[command(
-    name = "kprobe",
-    version,
-    about = "Flight recorder and deterministic replay debugger for distributed financial systems"
-)]
+#[command(name = "kprobe", version, about = "Flight recorder and deterministic replay debugger for distributed financial systems")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,10 +33,7 @@ enum Command {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KPROBE_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KPROBE_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 pub enum BenchCmd {
     /// eBPF recorder: added ns per syscall next to no probes, events/s, RSS, bpftrace cross-check.
     Recorder(crate::cmd::recorder::BenchArgs),
+    /// ptrace recording: slowdown next to native and strace -f, replay speed, bytes/syscall.
+    Record(crate::cmd::bench_tracer::BenchRecordArgs),
     /// Write/read throughput, bytes/event next to JSON+zstd, seek latency.
     Log {
         /// Events in the synthetic log.
@@ -39,27 +41,17 @@ pub enum BenchCmd {
 pub fn run(cmd: BenchCmd) -> Result<ExitCode> {
     match cmd {
         BenchCmd::Recorder(a) => crate::cmd::recorder::bench(a),
-        BenchCmd::Log {
-            events,
-            output,
-            baseline_events,
-            seeks,
-            seed,
-        } => bench_log(events, output, baseline_events.min(events), seeks, seed),
+        BenchCmd::Record(a) => crate::cmd::bench_tracer::run(a),
+        BenchCmd::Log { events, output, baseline_events, seeks, seed } => {
+            bench_log(events, output, baseline_events.min(events), seeks, seed)
+        }
     }
 }
 
 fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
-    let pb = indicatif::ProgressBar::with_draw_target(
-        Some(len),
-        indicatif::ProgressDrawTarget::stderr_with_hz(4),
-    );
+    let pb = indicatif::ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::stderr_with_hz(4));
     pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg:>14} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})",
-        )
-        .unwrap()
-        .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})").unwrap().progress_chars("=> "),
     );
     pb.set_message(what.to_owned());
     pb
@@ -71,10 +63,7 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
 }
 
 fn bench_log(n: u64, output: PathBuf, base_n: u64, seeks: usize, seed: u64) -> Result<ExitCode> {
-    let meta = Metadata::for_this_host(
-        "synthetic",
-        vec!["kprobe".into(), "bench".into(), "log".into()],
-    );
+    let meta = Metadata::for_this_host("synthetic", vec!["kprobe".into(), "bench".into(), "log".into()]);
     // Write: generation is excluded from the timing (events are made in batches first).
     let mut w = Writer::create(&output, &meta)?;
     let mut gen = Synth::new(seed);
@@ -116,10 +105,7 @@ fn bench_log(n: u64, output: PathBuf, base_n: u64, seeks: usize, seed: u64) -> R
     let r = Reader::open(&output)?;
     let open_time = t.elapsed();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
-    let (t0, t1) = (
-        r.index().blocks.first().map(|b| b.min_ts).unwrap_or(0),
-        r.index().blocks.last().map(|b| b.max_ts).unwrap_or(0),
-    );
+    let (t0, t1) = (r.index().blocks.first().map(|b| b.min_ts).unwrap_or(0), r.index().blocks.last().map(|b| b.max_ts).unwrap_or(0));
     let tids: Vec<u32> = r.index().tids.iter().map(|t| t.0).collect();
     let (mut by_seq, mut by_ts, mut by_tid) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..seeks {
@@ -179,18 +165,9 @@ fn bench_log(n: u64, output: PathBuf, base_n: u64, seeks: usize, seed: u64) -> R
         json_raw as f64 / base_n as f64,
         bpe / (json_raw as f64 / base_n as f64)
     );
-    println!(
-        "| write, events/s (one core) | {:.2} M | — | — | ≥ 2 M |",
-        write_eps / 1e6
-    );
-    println!(
-        "| read (decode all), events/s | {:.2} M | — | — | — |",
-        read_eps / 1e6
-    );
-    println!(
-        "| open (footer index) | {:.0} µs | — | — | — |",
-        us(open_time)
-    );
+    println!("| write, events/s (one core) | {:.2} M | — | — | ≥ 2 M |", write_eps / 1e6);
+    println!("| read (decode all), events/s | {:.2} M | — | — | — |", read_eps / 1e6);
+    println!("| open (footer index) | {:.0} µs | — | — | — |", us(open_time));
     println!(
         "| seek by seq p50 / p99 / max | {:.0} / {:.0} / {:.0} µs | — | — | ≤ 1000 µs |",
         us(pct(&mut by_seq, 0.5)),
@@ -210,11 +187,6 @@ fn bench_log(n: u64, output: PathBuf, base_n: u64, seeks: usize, seed: u64) -> R
         us(pct(&mut by_tid, 1.0))
     );
     println!();
-    println!(
-        "file: {} ({} bytes, {} blocks)",
-        output.display(),
-        stats.bytes,
-        r.index().blocks.len()
-    );
+    println!("file: {} ({} bytes, {} blocks)", output.display(), stats.bytes, r.index().blocks.len());
     Ok(ExitCode::SUCCESS)
 }

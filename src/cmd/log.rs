@@ -49,14 +49,7 @@ pub enum LogCmd {
 pub fn run(cmd: LogCmd) -> Result<ExitCode> {
     match cmd {
         LogCmd::Info { file, json } => info(file, json),
-        LogCmd::Dump {
-            file,
-            from,
-            count,
-            tid,
-            kind,
-            json,
-        } => dump(file, from, count, tid, kind, json),
+        LogCmd::Dump { file, from, count, tid, kind, json } => dump(file, from, count, tid, kind, json),
         LogCmd::Verify { file } => verify(file),
     }
 }
@@ -73,22 +66,11 @@ fn info(file: PathBuf, json: bool) -> Result<ExitCode> {
     let first = ix.blocks.iter().map(|b| b.min_ts).min().unwrap_or(0);
     let last = ix.blocks.iter().map(|b| b.max_ts).max().unwrap_or(0);
     let events = r.event_count();
-    let bpe = if events > 0 {
-        r.file_len() as f64 / events as f64
-    } else {
-        0.0
-    };
+    let bpe = if events > 0 { r.file_len() as f64 / events as f64 } else { 0.0 };
     let kinds: Vec<(String, u64)> = ix
         .counts
         .iter()
-        .map(|(k, n)| {
-            (
-                Kind::from_id(*k)
-                    .map(|k| k.name().to_owned())
-                    .unwrap_or_else(|| format!("unknown#{k}")),
-                *n,
-            )
-        })
+        .map(|(k, n)| (Kind::from_id(*k).map(|k| k.name().to_owned()).unwrap_or_else(|| format!("unknown#{k}")), *n))
         .collect();
     let file_bytes: u64 = ix.files.iter().map(|f| f.size).sum();
     if json {
@@ -114,30 +96,14 @@ fn info(file: PathBuf, json: bool) -> Result<ExitCode> {
     println!("command:     {}", m.command.join(" "));
     println!("started:     {}", fmt_time(m.start_time_ns));
     if events > 0 {
-        println!(
-            "time span:   {} .. {} ({:.6} s)",
-            fmt_time(first),
-            fmt_time(last),
-            last.saturating_sub(first) as f64 / 1e9
-        );
+        println!("time span:   {} .. {} ({:.6} s)", fmt_time(first), fmt_time(last), last.saturating_sub(first) as f64 / 1e9);
     }
-    println!(
-        "events:      {events} in {} blocks, {bpe:.2} bytes/event",
-        ix.blocks.len()
-    );
+    println!("events:      {events} in {} blocks, {bpe:.2} bytes/event", ix.blocks.len());
     for (k, n) in &kinds {
         println!("  {k:<16} {n:>12}");
     }
-    println!(
-        "payload:     {} bytes in {} blocks",
-        ix.payload_bytes(),
-        ix.payload.len()
-    );
-    println!(
-        "file store:  {} files, {} bytes",
-        ix.files.len(),
-        file_bytes
-    );
+    println!("payload:     {} bytes in {} blocks", ix.payload_bytes(), ix.payload.len());
+    println!("file store:  {} files, {} bytes", ix.files.len(), file_bytes);
     if let Some(c) = ix.summary.exit_code {
         println!("exit code:   {c}");
     }
@@ -145,10 +111,7 @@ fn info(file: PathBuf, json: bool) -> Result<ExitCode> {
         println!("{:<12} {v}", format!("{k}:"));
     }
     if r.skipped_unknown() > 0 {
-        println!(
-            "skipped:     {} events of kinds newer than this kprobe",
-            r.skipped_unknown()
-        );
+        println!("skipped:     {} events of kinds newer than this kprobe", r.skipped_unknown());
     }
     match r.recovery() {
         None => println!("index:       footer"),
@@ -162,43 +125,18 @@ fn info(file: PathBuf, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn dump(
-    file: PathBuf,
-    from: u64,
-    count: Option<u64>,
-    tid: Option<u32>,
-    kinds: Vec<String>,
-    json: bool,
-) -> Result<ExitCode> {
+fn dump(file: PathBuf, from: u64, count: Option<u64>, tid: Option<u32>, kinds: Vec<String>, json: bool) -> Result<ExitCode> {
     let r = Reader::open(&file)?;
     let mut want = Vec::new();
     for k in &kinds {
         want.push(Kind::from_name(k).ok_or_else(|| {
-            anyhow::anyhow!(
-                "unknown event kind `{k}` (known: {})",
-                Kind::ALL
-                    .iter()
-                    .map(|k| k.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+            anyhow::anyhow!("unknown event kind `{k}` (known: {})", Kind::ALL.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "))
         })?);
     }
     if let Some(rc) = r.recovery() {
-        eprintln!(
-            "kprobe: {}: index rebuilt by scanning ({}); {} damaged region(s)",
-            file.display(),
-            rc.reason,
-            rc.problems.len()
-        );
+        eprintln!("kprobe: {}: index rebuilt by scanning ({}); {} damaged region(s)", file.display(), rc.reason, rc.problems.len());
     }
-    let base = r.meta().start_time_ns.min(
-        r.index()
-            .blocks
-            .first()
-            .map(|b| b.min_ts)
-            .unwrap_or(u64::MAX),
-    );
+    let base = r.meta().start_time_ns.min(r.index().blocks.first().map(|b| b.min_ts).unwrap_or(u64::MAX));
     let it = match tid {
         Some(t) => r.tid_events(t, from),
         None => r.events_from(from),
@@ -224,11 +162,7 @@ fn dump(
             continue;
         }
         n += 1;
-        let line = if json {
-            kpl::json::event_to_json(&ev, Some(&fetch)).to_string()
-        } else {
-            kpl::text::line(&ev, base)
-        };
+        let line = if json { kpl::json::event_to_json(&ev, Some(&fetch)).to_string() } else { kpl::text::line(&ev, base) };
         if let Err(e) = writeln!(out, "{line}") {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 return Ok(ExitCode::SUCCESS);
@@ -241,16 +175,9 @@ fn dump(
         _ => {}
     }
     if r.skipped_unknown() > 0 {
-        eprintln!(
-            "kprobe: skipped {} events of kinds newer than this kprobe",
-            r.skipped_unknown()
-        );
+        eprintln!("kprobe: skipped {} events of kinds newer than this kprobe", r.skipped_unknown());
     }
-    Ok(if errors > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if errors > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 fn verify(file: PathBuf) -> Result<ExitCode> {
@@ -259,13 +186,7 @@ fn verify(file: PathBuf) -> Result<ExitCode> {
     let ranges = rep
         .recovered_ranges
         .iter()
-        .map(|(a, b)| {
-            if b > a {
-                format!("{a}..{}", b - 1)
-            } else {
-                format!("{a}")
-            }
-        })
+        .map(|(a, b)| if b > a { format!("{a}..{}", b - 1) } else { format!("{a}") })
         .collect::<Vec<_>>()
         .join(", ");
     if rep.is_sound() {
@@ -279,26 +200,15 @@ fn verify(file: PathBuf) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{}: DAMAGED: {} problem(s)",
-        file.display(),
-        rep.problems.len()
-    );
+    println!("{}: DAMAGED: {} problem(s)", file.display(), rep.problems.len());
     for p in &rep.problems {
-        println!(
-            "  bad block at byte offset {} ({} bytes): {}",
-            p.offset, p.len, p.what
-        );
+        println!("  bad block at byte offset {} ({} bytes): {}", p.offset, p.len, p.what);
         println!("      lost: {}", p.lost);
     }
     println!(
         "  recovered: {} events (seq {}), {} payload bytes, {} files",
         rep.events_ok,
-        if ranges.is_empty() {
-            "none".into()
-        } else {
-            ranges
-        },
+        if ranges.is_empty() { "none".into() } else { ranges },
         rep.payload_ok,
         rep.files_ok
     );

@@ -275,6 +275,11 @@ impl Replayer {
         while self.seq < self.end {
             if self.opts.until_event == Some(self.seq) {
                 let ev = self.r.get(self.seq)?;
+                // Let every task reach the stop its next event starts from.
+                let tids: Vec<u32> = self.tasks.iter().filter(|(_, t)| t.stop == Stop::Running).map(|(t, _)| *t).collect();
+                for t in tids {
+                    self.wait_stop(t)?;
+                }
                 let (ip, symbol) = self.where_is(ev.tid);
                 return Ok(ReplayOutcome {
                     exit_code: self.recorded_exit(),
