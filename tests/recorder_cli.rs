@@ -12,22 +12,14 @@ fn kprobe() -> Command {
 }
 
 fn tmp() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "kprobe-rec-cli-{}-{}",
-        std::process::id(),
-        kpl::now_ns()
-    ));
+    let d = std::env::temp_dir().join(format!("kprobe-rec-cli-{}-{}", std::process::id(), kpl::now_ns()));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
 
 fn root() {
     let id = Command::new("id").arg("-u").output().unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&id.stdout).trim(),
-        "0",
-        "the recorder needs root (eBPF): run as root"
-    );
+    assert_eq!(String::from_utf8_lossy(&id.stdout).trim(), "0", "the recorder needs root (eBPF): run as root");
 }
 
 #[test]
@@ -38,16 +30,7 @@ fn records_a_kpl_file_that_log_reads() {
     let sum = d.join("summary.json");
     // `dd` as the workload, selected by name; the recorder runs 3 s.
     let mut rec = kprobe()
-        .args([
-            "recorder",
-            "--hooks",
-            "syscall,sched",
-            "--comm",
-            "dd",
-            "--duration",
-            "4",
-            "-o",
-        ])
+        .args(["recorder", "--hooks", "syscall,sched", "--comm", "dd", "--duration", "4", "-o"])
         .arg(&out)
         .arg("--summary")
         .arg(&sum)
@@ -58,11 +41,7 @@ fn records_a_kpl_file_that_log_reads() {
     let mut line = String::new();
     err.read_line(&mut line).unwrap();
     assert!(line.contains("recording"), "{line}");
-    let dd = Command::new("dd")
-        .args(["if=/dev/zero", "of=/dev/null", "bs=1", "count=1000"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let dd = Command::new("dd").args(["if=/dev/zero", "of=/dev/null", "bs=1", "count=1000"]).stderr(Stdio::null()).spawn().unwrap();
     let dd_pid = dd.id();
     assert!(dd.wait_with_output().unwrap().status.success());
     let mut rest = String::new();
@@ -70,34 +49,18 @@ fn records_a_kpl_file_that_log_reads() {
     assert!(rec.wait().unwrap().success(), "{rest}");
     let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&sum).unwrap()).unwrap();
     assert_eq!(s["dropped"], 0);
-    assert!(
-        s["hooks"]["syscall"]["events"].as_u64().unwrap() >= 2000,
-        "{s}"
-    );
-    assert_eq!(
-        s["hooks"]["syscall"]["events"],
-        s["hooks"]["syscall"]["received"]
-    );
-    let info = kprobe()
-        .args(["log", "info", "--json"])
-        .arg(&out)
-        .output()
-        .unwrap();
+    assert!(s["hooks"]["syscall"]["events"].as_u64().unwrap() >= 2000, "{s}");
+    assert_eq!(s["hooks"]["syscall"]["events"], s["hooks"]["syscall"]["received"]);
+    let info = kprobe().args(["log", "info", "--json"]).arg(&out).output().unwrap();
     assert!(info.status.success());
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["backend"], "ebpf", "{info}");
-    let dump = kprobe()
-        .args(["log", "dump", "--kind", "syscall", "--json"])
-        .arg(&out)
-        .output()
-        .unwrap();
+    let dump = kprobe().args(["log", "dump", "--kind", "syscall", "--json"]).arg(&out).output().unwrap();
     assert!(dump.status.success());
     let writes = String::from_utf8_lossy(&dump.stdout)
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| {
-            v["pid"] == dd_pid && v["name"] == "write" && v["ret"] == 1 && v["args"][0] == 1
-        })
+        .filter(|v| v["pid"] == dd_pid && v["name"] == "write" && v["ret"] == 1 && v["args"][0] == 1)
         .count();
     assert_eq!(writes, 1000, "dd's one-byte writes");
     let verify = kprobe().args(["log", "verify"]).arg(&out).status().unwrap();
@@ -118,17 +81,7 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
 fn json_lines_metrics_and_health() {
     root();
     let mut rec = kprobe()
-        .args([
-            "recorder",
-            "--json",
-            "--hooks",
-            "syscall",
-            "--comm",
-            "dd",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--print-metrics-addr",
-        ])
+        .args(["recorder", "--json", "--hooks", "syscall", "--comm", "dd", "--metrics-addr", "127.0.0.1:0", "--print-metrics-addr"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -139,15 +92,9 @@ fn json_lines_metrics_and_health() {
     while !addr.starts_with("metrics: http://") {
         assert!(Instant::now() < deadline);
         addr.clear();
-        assert!(
-            err.read_line(&mut addr).unwrap() > 0,
-            "recorder exited early"
-        );
+        assert!(err.read_line(&mut addr).unwrap() > 0, "recorder exited early");
     }
-    let addr = addr
-        .trim()
-        .trim_start_matches("metrics: http://")
-        .to_owned();
+    let addr = addr.trim().trim_start_matches("metrics: http://").to_owned();
     // read stdout as it comes (a full pipe would stall the recorder)
     let mut stdout = rec.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
@@ -155,11 +102,7 @@ fn json_lines_metrics_and_health() {
         stdout.read_to_string(&mut out).unwrap();
         out
     });
-    let dd = Command::new("dd")
-        .args(["if=/dev/zero", "of=/dev/null", "bs=1", "count=500"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let dd = Command::new("dd").args(["if=/dev/zero", "of=/dev/null", "bs=1", "count=500"]).stderr(Stdio::null()).spawn().unwrap();
     let dd_pid = dd.id();
     assert!(dd.wait_with_output().unwrap().status.success());
     // the counters reach the endpoint within a few reader cycles
@@ -173,10 +116,7 @@ fn json_lines_metrics_and_health() {
             .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
             .unwrap_or(0);
         if n >= 1000 {
-            assert!(
-                body.contains("kprobe_recorder_drops_total{hook=\"syscall\"} 0"),
-                "{body}"
-            );
+            assert!(body.contains("kprobe_recorder_drops_total{hook=\"syscall\"} 0"), "{body}");
             assert!(body.contains("kprobe_recorder_ringbuf_fill_ratio"));
             assert!(body.contains("kprobe_recorder_spool_bytes"));
             assert!(body.contains("kprobe_recorder_sink_lag_events"));
@@ -188,27 +128,13 @@ fn json_lines_metrics_and_health() {
     let (code, body) = http_get(&addr, "/healthz");
     assert_eq!(code, 200, "{body}");
     // SIGTERM stops it cleanly, flushing the JSON lines
-    assert!(Command::new("kill")
-        .arg("-TERM")
-        .arg(rec.id().to_string())
-        .status()
-        .unwrap()
-        .success());
+    assert!(Command::new("kill").arg("-TERM").arg(rec.id().to_string()).status().unwrap().success());
     let out = reader.join().unwrap();
     assert!(rec.wait().unwrap().success());
-    let vals: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object a line"))
-        .collect();
+    let vals: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).expect("one JSON object a line")).collect();
     let writes = vals
         .iter()
-        .filter(|v| {
-            v["pid"] == dd_pid
-                && v["kind"] == "syscall"
-                && v["name"] == "write"
-                && v["ret"] == 1
-                && v["args"][0] == 1
-        })
+        .filter(|v| v["pid"] == dd_pid && v["kind"] == "syscall" && v["name"] == "write" && v["ret"] == 1 && v["args"][0] == 1)
         .count();
     assert_eq!(writes, 500);
     let seqs: Vec<u64> = vals.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
@@ -219,10 +145,7 @@ fn fails_with(args: &[&str], needle: &str) {
     let o = kprobe().args(args).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{args:?} should fail");
-    assert!(
-        err.contains(needle),
-        "{args:?}: expected `{needle}` in: {err}"
-    );
+    assert!(err.contains(needle), "{args:?}: expected `{needle}` in: {err}");
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -232,54 +155,12 @@ fn bad_input_is_a_clear_error() {
     let values = d.join("values.yaml");
     std::fs::write(&values, "probe:\n  ebpf:\n    hooks:\n      tcp: maybe\n").unwrap();
     let v = values.to_str().unwrap();
-    fails_with(
-        &["recorder", "--hooks", "sched,disk", "--duration", "0"],
-        "unknown hook `disk`",
-    );
-    fails_with(
-        &["recorder", "--config", "/nonexistent/values.yaml"],
-        "/nonexistent/values.yaml",
-    );
+    fails_with(&["recorder", "--hooks", "sched,disk", "--duration", "0"], "unknown hook `disk`");
+    fails_with(&["recorder", "--config", "/nonexistent/values.yaml"], "/nonexistent/values.yaml");
     fails_with(&["recorder", "--config", v], "line 4");
-    fails_with(
-        &[
-            "recorder",
-            "--ring-kb",
-            "3",
-            "--duration",
-            "0",
-            "-o",
-            "/dev/null",
-        ],
-        "power of two",
-    );
-    fails_with(
-        &["recorder", "--pid", "999999999", "--duration", "0"],
-        "--pid 999999999: no such process",
-    );
-    fails_with(
-        &[
-            "recorder",
-            "--comm",
-            "a-name-longer-than-15",
-            "--duration",
-            "0",
-            "-o",
-            "/dev/null",
-        ],
-        "at most 15 bytes",
-    );
-    fails_with(
-        &[
-            "recorder",
-            "--cgroup",
-            "/no/such/cgroup",
-            "--duration",
-            "0",
-            "-o",
-            "/dev/null",
-        ],
-        "/no/such/cgroup",
-    );
+    fails_with(&["recorder", "--ring-kb", "3", "--duration", "0", "-o", "/dev/null"], "power of two");
+    fails_with(&["recorder", "--pid", "999999999", "--duration", "0"], "--pid 999999999: no such process");
+    fails_with(&["recorder", "--comm", "a-name-longer-than-15", "--duration", "0", "-o", "/dev/null"], "at most 15 bytes");
+    fails_with(&["recorder", "--cgroup", "/no/such/cgroup", "--duration", "0", "-o", "/dev/null"], "/no/such/cgroup");
     std::fs::remove_dir_all(&d).ok();
 }

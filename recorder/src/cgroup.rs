@@ -27,17 +27,10 @@ pub fn container_id(path: &str) -> String {
     let mut found = String::new();
     for comp in path.split('/') {
         let c = comp.strip_suffix(".scope").unwrap_or(comp);
-        let c = [
-            "cri-containerd-",
-            "crio-conmon-",
-            "crio-",
-            "docker-",
-            "containerd-",
-            "libpod-",
-        ]
-        .iter()
-        .find_map(|p| c.strip_prefix(p))
-        .unwrap_or(c);
+        let c = ["cri-containerd-", "crio-conmon-", "crio-", "docker-", "containerd-", "libpod-"]
+            .iter()
+            .find_map(|p| c.strip_prefix(p))
+            .unwrap_or(c);
         if c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit()) {
             found = c.to_owned();
         }
@@ -57,10 +50,7 @@ pub struct Resolver {
 impl Resolver {
     /// A resolver for this machine.
     pub fn new() -> Resolver {
-        Resolver {
-            root: v2_root().ok(),
-            ..Default::default()
-        }
+        Resolver { root: v2_root().ok(), ..Default::default() }
     }
 
     /// The path of cgroup `id` (relative to the v2 root, starting with `/`).
@@ -68,10 +58,7 @@ impl Resolver {
         if let Some(p) = self.known.get(&id) {
             return Some(p.clone());
         }
-        let stale = self
-            .last_scan
-            .map(|t| t.elapsed() > Duration::from_secs(1))
-            .unwrap_or(true);
+        let stale = self.last_scan.map(|t| t.elapsed() > Duration::from_secs(1)).unwrap_or(true);
         if stale {
             self.scan();
         }

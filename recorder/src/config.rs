@@ -20,24 +20,14 @@ pub struct Hooks {
 
 impl Default for Hooks {
     fn default() -> Self {
-        Hooks {
-            sched: true,
-            syscall: true,
-            tcp: true,
-            fault: true,
-        }
+        Hooks { sched: true, syscall: true, tcp: true, fault: true }
     }
 }
 
 impl Hooks {
     /// Parses `tcp,sched,syscall,fault` (any subset, any order).
     pub fn parse(list: &str) -> Result<Hooks> {
-        let mut h = Hooks {
-            sched: false,
-            syscall: false,
-            tcp: false,
-            fault: false,
-        };
+        let mut h = Hooks { sched: false, syscall: false, tcp: false, fault: false };
         for w in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
             match w {
                 "sched" => h.sched = true,
@@ -190,30 +180,21 @@ impl Config {
     /// Reads a Helm values file (as in the chart's `values.yaml`); keys the
     /// recorder does not use are ignored, keys it uses are type-checked.
     pub fn from_values_file(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading values file {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading values file {}", path.display()))?;
         Self::from_values_str(&text).with_context(|| format!("values file {}", path.display()))
     }
 
     /// As [`Config::from_values_file`], from text.
     pub fn from_values_str(text: &str) -> Result<Config> {
         let v: Values = serde_yaml_ng::from_str(text).map_err(|e| {
-            let at = e
-                .location()
-                .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
-                .unwrap_or_default();
+            let at = e.location().map(|l| format!(" at line {}, column {}", l.line(), l.column())).unwrap_or_default();
             anyhow::anyhow!("{e}{at}")
         })?;
         let mut c = Config::default();
         if let Some(p) = v.probe {
             if let Some(e) = p.ebpf {
                 if let Some(h) = e.hooks {
-                    c.hooks = Hooks {
-                        sched: h.sched,
-                        syscall: h.syscall,
-                        tcp: h.tcp,
-                        fault: h.fault,
-                    };
+                    c.hooks = Hooks { sched: h.sched, syscall: h.syscall, tcp: h.tcp, fault: h.fault };
                 }
                 if let Some(kb) = e.ring_buffer_size_kb {
                     c.ring_buffer_kb = kb;
@@ -257,9 +238,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_place() {
-        let e = Config::from_values_str("probe:\n  ebpf:\n    ringBufferSizeKb: lots\n")
-            .unwrap_err()
-            .to_string();
+        let e = Config::from_values_str("probe:\n  ebpf:\n    ringBufferSizeKb: lots\n").unwrap_err().to_string();
         assert!(e.contains("line 3"), "{e}");
         let e = Hooks::parse("sched,disk").unwrap_err().to_string();
         assert!(e.contains("disk"), "{e}");

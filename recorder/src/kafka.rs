@@ -124,10 +124,7 @@ fn producer_config(o: &KafkaOptions) -> ClientConfig {
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("message.timeout.ms", o.message_timeout_ms.to_string())
-        .set(
-            "queue.buffering.max.messages",
-            (o.max_in_flight * 2).to_string(),
-        )
+        .set("queue.buffering.max.messages", (o.max_in_flight * 2).to_string())
         .set("reconnect.backoff.max.ms", "1000");
     c
 }
@@ -138,29 +135,19 @@ pub fn create_topics(o: &KafkaOptions) -> Result<()> {
         .set("bootstrap.servers", &o.brokers)
         .create()
         .with_context(|| format!("kafka admin client for {}", o.brokers))?;
-    let names: Vec<String> = TOPICS
-        .iter()
-        .map(|t| format!("{}{t}", o.topic_prefix))
-        .collect();
+    let names: Vec<String> = TOPICS.iter().map(|t| format!("{}{t}", o.topic_prefix)).collect();
     let retention = o.retention_ms.to_string();
     let min_isr = o.replication_factor.clamp(1, 2).to_string();
     let new: Vec<NewTopic> = names
         .iter()
         .map(|n| {
-            NewTopic::new(
-                n,
-                o.partitions,
-                TopicReplication::Fixed(o.replication_factor),
-            )
-            .set("retention.ms", &retention)
-            .set("min.insync.replicas", &min_isr)
+            NewTopic::new(n, o.partitions, TopicReplication::Fixed(o.replication_factor))
+                .set("retention.ms", &retention)
+                .set("min.insync.replicas", &min_isr)
         })
         .collect();
-    let opts = AdminOptions::new()
-        .operation_timeout(Some(Duration::from_secs(10)))
-        .request_timeout(Some(Duration::from_secs(10)));
-    let res = futures_executor::block_on(admin.create_topics(&new, &opts))
-        .with_context(|| format!("creating topics on {}", o.brokers))?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))).request_timeout(Some(Duration::from_secs(10)));
+    let res = futures_executor::block_on(admin.create_topics(&new, &opts)).with_context(|| format!("creating topics on {}", o.brokers))?;
     for r in res {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -180,10 +167,7 @@ impl KafkaSink {
     /// in the spool). Topics are created when the broker answers.
     pub fn new(opts: KafkaOptions) -> Result<KafkaSink> {
         let spool = Spool::open(&opts.spool_dir)?;
-        let topics = TOPICS
-            .iter()
-            .map(|t| format!("{}{t}", opts.topic_prefix))
-            .collect();
+        let topics = TOPICS.iter().map(|t| format!("{}{t}", opts.topic_prefix)).collect();
         let mut s = KafkaSink {
             opts,
             producer: None,
@@ -228,11 +212,7 @@ impl KafkaSink {
             }
             self.topic_job = None;
         }
-        if self
-            .last_topic_job
-            .map(|t| t.elapsed() < Duration::from_secs(2))
-            .unwrap_or(false)
-        {
+        if self.last_topic_job.map(|t| t.elapsed() < Duration::from_secs(2)).unwrap_or(false) {
             return;
         }
         self.last_topic_job = Some(Instant::now());
@@ -246,9 +226,7 @@ impl KafkaSink {
 
     fn produce(&mut self, id: u64, m: &Message) -> bool {
         let p = self.producer.as_ref().unwrap();
-        let rec = BaseRecord::with_opaque_to(&self.topics[m.topic as usize], id as usize)
-            .key(&m.key)
-            .payload(&m.payload);
+        let rec = BaseRecord::with_opaque_to(&self.topics[m.topic as usize], id as usize).key(&m.key).payload(&m.payload);
         match p.send(rec) {
             Ok(()) => true,
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => false,
@@ -289,11 +267,7 @@ impl KafkaSink {
             if self.failed.len() < self.inflight.len() {
                 return Ok(());
             }
-            if self
-                .last_retry
-                .map(|t| t.elapsed() < Duration::from_millis(500))
-                .unwrap_or(false)
-            {
+            if self.last_retry.map(|t| t.elapsed() < Duration::from_millis(500)).unwrap_or(false) {
                 return Ok(());
             }
             self.last_retry = Some(Instant::now());
@@ -322,12 +296,7 @@ impl KafkaSink {
             }
             self.inflight.insert(id, m);
         }
-        let low = self
-            .inflight
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(self.spool.read_id());
+        let low = self.inflight.keys().next().copied().unwrap_or(self.spool.read_id());
         self.spool.ack_below(low)?;
         Ok(())
     }
@@ -348,13 +317,7 @@ impl Sink for KafkaSink {
 
     fn lag(&self) -> Lag {
         Lag {
-            events: self.spool.next_id()
-                - self
-                    .inflight
-                    .keys()
-                    .next()
-                    .copied()
-                    .unwrap_or(self.spool.read_id()),
+            events: self.spool.next_id() - self.inflight.keys().next().copied().unwrap_or(self.spool.read_id()),
             spool_bytes: self.spool.bytes(),
         }
     }
@@ -369,13 +332,7 @@ impl Sink for KafkaSink {
             }
             if start.elapsed() > self.opts.drain_timeout {
                 self.spool.flush(true)?;
-                let err = self
-                    .reports
-                    .lock()
-                    .unwrap()
-                    .last_error
-                    .clone()
-                    .unwrap_or_default();
+                let err = self.reports.lock().unwrap().last_error.clone().unwrap_or_default();
                 bail!(
                     "kafka {}: {} events not acknowledged after {:?} ({err}); they stay in the spool {} and are sent at the next start",
                     self.opts.brokers,

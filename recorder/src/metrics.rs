@@ -38,10 +38,7 @@ pub struct Metrics {
 }
 
 fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Default for Metrics {
@@ -60,46 +57,13 @@ impl Metrics {
         let sink_lag = Gauge::default();
         let spool_bytes = Gauge::default();
         let decode_errors = Counter::default();
-        registry.register(
-            "events",
-            "Events written to the ring buffer, per hook",
-            events.clone(),
-        );
-        registry.register(
-            "drops",
-            "Events dropped in the kernel (ring buffer full), per hook",
-            drops.clone(),
-        );
-        registry.register(
-            "ringbuf_fill_ratio",
-            "Share of the ring buffer in use when last read",
-            ring_fill.clone(),
-        );
-        registry.register(
-            "sink_lag_events",
-            "Events accepted by the sink but not yet delivered",
-            sink_lag.clone(),
-        );
-        registry.register(
-            "spool_bytes",
-            "Bytes waiting in the Kafka disk spool",
-            spool_bytes.clone(),
-        );
-        registry.register(
-            "decode_errors",
-            "Ring-buffer records the decoder rejected",
-            decode_errors.clone(),
-        );
-        Metrics {
-            registry,
-            events,
-            drops,
-            ring_fill,
-            sink_lag,
-            spool_bytes,
-            decode_errors,
-            last_cycle_s: AtomicU64::new(now_s()),
-        }
+        registry.register("events", "Events written to the ring buffer, per hook", events.clone());
+        registry.register("drops", "Events dropped in the kernel (ring buffer full), per hook", drops.clone());
+        registry.register("ringbuf_fill_ratio", "Share of the ring buffer in use when last read", ring_fill.clone());
+        registry.register("sink_lag_events", "Events accepted by the sink but not yet delivered", sink_lag.clone());
+        registry.register("spool_bytes", "Bytes waiting in the Kafka disk spool", spool_bytes.clone());
+        registry.register("decode_errors", "Ring-buffer records the decoder rejected", decode_errors.clone());
+        Metrics { registry, events, drops, ring_fill, sink_lag, spool_bytes, decode_errors, last_cycle_s: AtomicU64::new(now_s()) }
     }
 
     /// The reader loop is alive.
@@ -138,50 +102,21 @@ impl Drop for Server {
 
 /// Serves `/metrics` and `/healthz` on `addr` (port 0: any free port).
 pub fn serve(addr: &str, metrics: Arc<Metrics>) -> Result<Server> {
-    let server = Arc::new(
-        tiny_http::Server::http(addr)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("metrics endpoint on {addr}"))?,
-    );
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .context("metrics endpoint is not an IP socket")?;
+    let server =
+        Arc::new(tiny_http::Server::http(addr).map_err(|e| anyhow::anyhow!("{e}")).with_context(|| format!("metrics endpoint on {addr}"))?);
+    let bound = server.server_addr().to_ip().context("metrics endpoint is not an IP socket")?;
     let s = server.clone();
-    let thread = std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for req in s.incoming_requests() {
-                let (code, body, ctype) = match req.url() {
-                    "/metrics" => (
-                        200,
-                        metrics.render(),
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
-                    "/healthz" | "/health" if metrics.healthy() => {
-                        (200, "ok\n".to_owned(), "text/plain")
-                    }
-                    "/healthz" | "/health" => {
-                        (503, "reader loop stalled\n".to_owned(), "text/plain")
-                    }
-                    _ => (
-                        404,
-                        "not found: try /metrics or /healthz\n".to_owned(),
-                        "text/plain",
-                    ),
-                };
-                let h =
-                    tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes()).unwrap();
-                let _ = req.respond(
-                    tiny_http::Response::from_string(body)
-                        .with_status_code(code)
-                        .with_header(h),
-                );
-            }
-        })?;
-    Ok(Server {
-        server,
-        thread: Some(thread),
-        addr: bound,
-    })
+    let thread = std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        for req in s.incoming_requests() {
+            let (code, body, ctype) = match req.url() {
+                "/metrics" => (200, metrics.render(), "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                "/healthz" | "/health" if metrics.healthy() => (200, "ok\n".to_owned(), "text/plain"),
+                "/healthz" | "/health" => (503, "reader loop stalled\n".to_owned(), "text/plain"),
+                _ => (404, "not found: try /metrics or /healthz\n".to_owned(), "text/plain"),
+            };
+            let h = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes()).unwrap();
+            let _ = req.respond(tiny_http::Response::from_string(body).with_status_code(code).with_header(h));
+        }
+    })?;
+    Ok(Server { server, thread: Some(thread), addr: bound })
 }

@@ -29,13 +29,10 @@ impl Policy {
     pub fn new(rules: &[RedactRule]) -> Result<Policy> {
         let mut out = Vec::new();
         for (i, r) in rules.iter().enumerate() {
-            let pat =
-                match &r.path {
-                    Some(p) => Some(glob::Pattern::new(p).with_context(|| {
-                        format!("probe.capture.redact[{i}]: bad path glob `{p}`")
-                    })?),
-                    None => None,
-                };
+            let pat = match &r.path {
+                Some(p) => Some(glob::Pattern::new(p).with_context(|| format!("probe.capture.redact[{i}]: bad path glob `{p}`"))?),
+                None => None,
+            };
             let name = match (&r.path, r.fd) {
                 (Some(p), _) => format!("path:{p}"),
                 (None, Some(fd)) => format!("fd:{fd}"),
@@ -53,11 +50,7 @@ impl Policy {
 
     /// Redacts the captured buffers of `s` when a rule matches; returns the
     /// rule's name. `path_of` names the file behind an fd of the process.
-    pub fn apply(
-        &self,
-        s: &mut Syscall,
-        path_of: impl Fn(u64) -> Option<String>,
-    ) -> Option<String> {
+    pub fn apply(&self, s: &mut Syscall, path_of: impl Fn(u64) -> Option<String>) -> Option<String> {
         if self.rules.is_empty() || s.writes.is_empty() || !FD_OUTPUT.contains(&s.nr) {
             return None;
         }
@@ -101,10 +94,7 @@ mod tests {
             args: [fd, 0x1000, 64, 0, 0, 0],
             ret: bytes.len() as i64,
             duration_ns: 1,
-            writes: vec![MemWrite {
-                addr: 0x1000,
-                data: Data::Bytes(bytes.to_vec()),
-            }],
+            writes: vec![MemWrite { addr: 0x1000, data: Data::Bytes(bytes.to_vec()) }],
             fd_type: FdType::File,
             flags: 0,
         }
@@ -113,34 +103,16 @@ mod tests {
     #[test]
     fn fd_rules_drop_or_hash() {
         let p = Policy::new(&[
-            RedactRule {
-                path: None,
-                fd: Some(7),
-                action: RedactAction::Hash,
-            },
-            RedactRule {
-                path: None,
-                fd: Some(8),
-                action: RedactAction::Drop,
-            },
+            RedactRule { path: None, fd: Some(7), action: RedactAction::Hash },
+            RedactRule { path: None, fd: Some(8), action: RedactAction::Drop },
         ])
         .unwrap();
         let mut s = read_of(7, b"secret");
         assert_eq!(p.apply(&mut s, |_| None).as_deref(), Some("fd:7"));
-        assert_eq!(
-            s.writes[0].data,
-            Data::Redacted {
-                len: 6,
-                hash: Some(FileHash::of(b"secret")),
-                rule: "fd:7".into()
-            }
-        );
+        assert_eq!(s.writes[0].data, Data::Redacted { len: 6, hash: Some(FileHash::of(b"secret")), rule: "fd:7".into() });
         let mut s = read_of(8, b"secret");
         p.apply(&mut s, |_| None);
-        assert!(matches!(
-            &s.writes[0].data,
-            Data::Redacted { hash: None, .. }
-        ));
+        assert!(matches!(&s.writes[0].data, Data::Redacted { hash: None, .. }));
         let mut s = read_of(9, b"public");
         assert_eq!(p.apply(&mut s, |_| None), None);
         assert_eq!(s.writes[0].data, Data::Bytes(b"public".to_vec()));
@@ -154,29 +126,17 @@ mod tests {
         let file = std::fs::File::open(&f).unwrap();
         use std::os::fd::AsRawFd;
         let fd = file.as_raw_fd() as u64;
-        let p = Policy::new(&[RedactRule {
-            path: Some(format!("{}/*.pem", dir.path().display())),
-            fd: None,
-            action: RedactAction::Drop,
-        }])
-        .unwrap();
+        let p = Policy::new(&[RedactRule { path: Some(format!("{}/*.pem", dir.path().display())), fd: None, action: RedactAction::Drop }])
+            .unwrap();
         let mut s = read_of(fd, b"k");
         assert!(p
-            .apply(&mut s, |fd| std::fs::read_link(format!(
-                "/proc/self/fd/{fd}"
-            ))
-            .ok()
-            .map(|p| p.display().to_string()))
+            .apply(&mut s, |fd| std::fs::read_link(format!("/proc/self/fd/{fd}")).ok().map(|p| p.display().to_string()))
             .unwrap()
             .starts_with("path:"));
-        assert!(Policy::new(&[RedactRule {
-            path: Some("[".into()),
-            fd: None,
-            action: RedactAction::Drop
-        }])
-        .err()
-        .unwrap()
-        .to_string()
-        .contains("redact[0]"));
+        assert!(Policy::new(&[RedactRule { path: Some("[".into()), fd: None, action: RedactAction::Drop }])
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("redact[0]"));
     }
 }

@@ -38,10 +38,8 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, prog: &str, tracepoint: &str) -> Result<()
         .with_context(|| format!("BPF object has no program {prog}"))?
         .try_into()
         .with_context(|| format!("{prog} is not a tp_btf program"))?;
-    p.load(tracepoint, btf)
-        .with_context(|| format!("loading {prog} (tp_btf/{tracepoint}) into the kernel"))?;
-    p.attach()
-        .with_context(|| format!("attaching {prog} to tracepoint {tracepoint}"))?;
+    p.load(tracepoint, btf).with_context(|| format!("loading {prog} (tp_btf/{tracepoint}) into the kernel"))?;
+    p.attach().with_context(|| format!("attaching {prog} to tracepoint {tracepoint}"))?;
     Ok(())
 }
 
@@ -54,12 +52,7 @@ pub fn cgroup_id_level(path: &str) -> Result<(u64, u32)> {
     } else {
         std::path::Path::new(&root).join(path.trim_start_matches('/'))
     };
-    let md = std::fs::metadata(&full).with_context(|| {
-        format!(
-            "--cgroup {path}: {} is not a cgroup v2 directory",
-            full.display()
-        )
-    })?;
+    let md = std::fs::metadata(&full).with_context(|| format!("--cgroup {path}: {} is not a cgroup v2 directory", full.display()))?;
     if !md.is_dir() {
         bail!("--cgroup {path}: {} is not a directory", full.display());
     }
@@ -73,10 +66,7 @@ impl Probe {
     pub fn load(cfg: &Config) -> Result<Probe> {
         let ring_bytes = cfg.ring_buffer_kb as usize * 1024;
         if ring_bytes < 4096 || !ring_bytes.is_power_of_two() {
-            bail!(
-                "ring buffer size {} KiB: must be a power of two of at least 4 KiB (probe.ebpf.ringBufferSizeKb)",
-                cfg.ring_buffer_kb
-            );
+            bail!("ring buffer size {} KiB: must be a power of two of at least 4 KiB (probe.ebpf.ringBufferSizeKb)", cfg.ring_buffer_kb);
         }
         let btf = Btf::from_sys_fs().context("reading the kernel's BTF (/sys/kernel/btf/vmlinux): the recorder needs a kernel with BTF")?;
         let self_tgid = std::process::id();
@@ -104,9 +94,7 @@ impl Probe {
         let emit_syscalls: u32 = cfg.hooks.syscall as u32;
         let replay: u32 = cfg.replay_grade as u32;
         if cfg.replay_grade && filter == 0 {
-            bail!(
-                "replay-grade capture needs the processes to capture: a pid, comm or cgroup filter"
-            );
+            bail!("replay-grade capture needs the processes to capture: a pid, comm or cgroup filter");
         }
         let wakeup_bytes: u64 = (ring_bytes as u64 * cfg.wakeup_fill_percent as u64 / 100).max(1);
         let mut loader = EbpfLoader::new();
@@ -133,21 +121,13 @@ impl Probe {
             _ => Vec::new(),
         };
         if !selected.is_empty() {
-            let mut targets: BpfHashMap<_, u32, u8> =
-                BpfHashMap::try_from(ebpf.map_mut("targets").context("map targets")?)?;
+            let mut targets: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(ebpf.map_mut("targets").context("map targets")?)?;
             for p in selected {
-                targets
-                    .insert(p, 1, 0)
-                    .with_context(|| format!("selecting pid {p}"))?;
+                targets.insert(p, 1, 0).with_context(|| format!("selecting pid {p}"))?;
             }
         }
 
-        let Hooks {
-            sched,
-            syscall,
-            tcp,
-            fault,
-        } = cfg.hooks;
+        let Hooks { sched, syscall, tcp, fault } = cfg.hooks;
         if filter & FILTER_SET != 0 || cfg.replay_grade {
             attach(&mut ebpf, &btf, "on_process_fork", "sched_process_fork")?;
             attach(&mut ebpf, &btf, "on_process_exec", "sched_process_exec")?;
@@ -167,24 +147,14 @@ impl Probe {
             attach(&mut ebpf, &btf, "on_sock_send_length", "sock_send_length")?;
             attach(&mut ebpf, &btf, "on_sock_recv_length", "sock_recv_length")?;
             attach(&mut ebpf, &btf, "on_tcp_retransmit", "tcp_retransmit_skb")?;
-            attach(
-                &mut ebpf,
-                &btf,
-                "on_inet_sock_set_state",
-                "inet_sock_set_state",
-            )?;
+            attach(&mut ebpf, &btf, "on_inet_sock_set_state", "inet_sock_set_state")?;
         }
         if fault {
             attach(&mut ebpf, &btf, "on_page_fault_user", "page_fault_user")?;
         }
         let ring = RingBuf::try_from(ebpf.take_map("events").context("map events")?)?;
         let stats = PerCpuArray::try_from(ebpf.take_map("stats").context("map stats")?)?;
-        Ok(Probe {
-            ebpf: Some(ebpf),
-            ring,
-            stats,
-            ring_bytes,
-        })
+        Ok(Probe { ebpf: Some(ebpf), ring, stats, ring_bytes })
     }
 
     /// Detaches and unloads the programs; the ring buffer and counters stay
@@ -195,11 +165,7 @@ impl Probe {
 
     /// Waits until the ring buffer signals data or `timeout` passes.
     pub fn wait(&self, timeout: Duration) {
-        let mut pfd = libc::pollfd {
-            fd: self.ring.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
     }

@@ -2,8 +2,7 @@
 //! (`bpf/recorder.h`), decoded into `.kpl` events.
 
 use kpl::event::{
-    Exec, Exit, FdType, FileRef, Fork, ForkKind, PageFault, SchedDelay, SchedMigrate, SchedSwitch,
-    SchedWakeup, Syscall, Tcp, Tuple,
+    Exec, Exit, FdType, FileRef, Fork, ForkKind, PageFault, SchedDelay, SchedMigrate, SchedSwitch, SchedWakeup, Syscall, Tcp, Tuple,
 };
 use kpl::{Event, EventBody};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -109,12 +108,7 @@ impl R<'_> {
                 None => IpAddr::V6(v6),
             }
         } else {
-            IpAddr::V4(Ipv4Addr::new(
-                self.0[o],
-                self.0[o + 1],
-                self.0[o + 2],
-                self.0[o + 3],
-            ))
+            IpAddr::V4(Ipv4Addr::new(self.0[o], self.0[o + 1], self.0[o + 2], self.0[o + 3]))
         }
     }
 }
@@ -127,16 +121,7 @@ pub fn state_letter(state: u32, preempt: bool) -> u8 {
     if state & 0x400 != 0 && state & 2 != 0 {
         return b'I';
     }
-    for (bit, c) in [
-        (1, b'S'),
-        (2, b'D'),
-        (4, b'T'),
-        (8, b't'),
-        (0x10, b'X'),
-        (0x20, b'Z'),
-        (0x40, b'P'),
-        (0x80, b'x'),
-    ] {
+    for (bit, c) in [(1, b'S'), (2, b'D'), (4, b'T'), (8, b't'), (0x10, b'X'), (0x20, b'Z'), (0x40, b'P'), (0x80, b'x')] {
         if state & bit != 0 {
             return c;
         }
@@ -164,18 +149,9 @@ pub fn decode_record(buf: &[u8], clock_offset: i128) -> Result<Record, BadRecord
         let r = R(buf);
         let len = (r.u32(40) as usize).min(DATA_CHUNK);
         if buf.len() < 48 + len {
-            return Err(BadRecord {
-                len: buf.len(),
-                kind: R_DATA,
-                reason: "data chunk shorter than its length",
-            });
+            return Err(BadRecord { len: buf.len(), kind: R_DATA, reason: "data chunk shorter than its length" });
         }
-        return Ok(Record::Data(Chunk {
-            tid: r.u32(20),
-            addr: r.u64(32),
-            index: r.u32(44),
-            bytes: buf[48..48 + len].to_vec(),
-        }));
+        return Ok(Record::Data(Chunk { tid: r.u32(20), addr: r.u64(32), index: r.u32(44), bytes: buf[48..48 + len].to_vec() }));
     }
     let (ev, hook) = decode(buf, clock_offset)?;
     let out = if ev.kind() == kpl::Kind::Syscall && buf.len() >= 128 {
@@ -198,11 +174,7 @@ pub fn decode_record(buf: &[u8], clock_offset: i128) -> Result<Record, BadRecord
 /// Decodes one event record (not a data chunk). Returns the event and the
 /// hook it belongs to.
 pub fn decode(buf: &[u8], clock_offset: i128) -> Result<(Event, usize), BadRecord> {
-    let bad = |kind, reason| BadRecord {
-        len: buf.len(),
-        kind,
-        reason,
-    };
+    let bad = |kind, reason| BadRecord { len: buf.len(), kind, reason };
     if buf.len() < 32 {
         return Err(bad(0, "shorter than its header"));
     }
@@ -259,13 +231,7 @@ pub fn decode(buf: &[u8], clock_offset: i128) -> Result<(Event, usize), BadRecor
             }),
             0,
         ),
-        R_MIGRATE => (
-            EventBody::SchedMigrate(SchedMigrate {
-                from_cpu: r.u32(32) as u16,
-                to_cpu: r.u32(36) as u16,
-            }),
-            0,
-        ),
+        R_MIGRATE => (EventBody::SchedMigrate(SchedMigrate { from_cpu: r.u32(32) as u16, to_cpu: r.u32(36) as u16 }), 0),
         R_SYSCALL => {
             let mut args = [0u64; 6];
             for (i, a) in args.iter_mut().enumerate() {
@@ -287,12 +253,7 @@ pub fn decode(buf: &[u8], clock_offset: i128) -> Result<(Event, usize), BadRecor
         R_TCP_SEND | R_TCP_RECV | R_TCP_RETRANS | R_TCP_STATE => {
             let family = r.u16(68);
             let t = Tcp {
-                tuple: Tuple {
-                    saddr: r.ip(32, family),
-                    sport: r.u16(64),
-                    daddr: r.ip(48, family),
-                    dport: r.u16(66),
-                },
+                tuple: Tuple { saddr: r.ip(32, family), sport: r.u16(64), daddr: r.ip(48, family), dport: r.u16(66) },
                 bytes: r.u64(72),
                 latency_ns: r.u64(80),
                 srtt_us: r.u32(88),
@@ -325,11 +286,7 @@ pub fn decode(buf: &[u8], clock_offset: i128) -> Result<(Event, usize), BadRecor
             let (cp, ct) = (r.u32(32), r.u32(36));
             (
                 EventBody::Fork(Fork {
-                    kind: if cp == pid {
-                        ForkKind::Thread
-                    } else {
-                        ForkKind::Fork
-                    },
+                    kind: if cp == pid { ForkKind::Thread } else { ForkKind::Fork },
                     child_pid: cp,
                     child_tid: ct,
                     flags: 0,
@@ -352,12 +309,7 @@ pub fn decode(buf: &[u8], clock_offset: i128) -> Result<(Event, usize), BadRecor
         }
         R_EXEC => (
             EventBody::Exec(Exec {
-                exe: FileRef {
-                    path: r.str(48, 256),
-                    hash: None,
-                    size: 0,
-                    build_id: Vec::new(),
-                },
+                exe: FileRef { path: r.str(48, 256), hash: None, size: 0, build_id: Vec::new() },
                 argv: Vec::new(),
                 env: Vec::new(),
                 cwd: String::new(),
@@ -381,10 +333,7 @@ mod tests {
         assert!(decode(&[0u8; 8], 0).is_err());
         let mut b = [0u8; 64];
         b[24] = 99;
-        assert!(decode(&b, 0)
-            .unwrap_err()
-            .to_string()
-            .contains("unknown record kind"));
+        assert!(decode(&b, 0).unwrap_err().to_string().contains("unknown record kind"));
         b[24] = R_SYSCALL as u8;
         assert!(decode(&b, 0).unwrap_err().to_string().contains("too short"));
     }

@@ -68,35 +68,22 @@ impl KplSink {
     /// Creates `path` with recorder metadata.
     pub fn create(path: &Path, command: Vec<String>) -> Result<KplSink> {
         let meta = Metadata::for_this_host("ebpf", command);
-        let w =
-            Writer::create(path, &meta).with_context(|| format!("creating {}", path.display()))?;
-        Ok(KplSink {
-            path: path.to_owned(),
-            w: Some(w),
-            events: 0,
-        })
+        let w = Writer::create(path, &meta).with_context(|| format!("creating {}", path.display()))?;
+        Ok(KplSink { path: path.to_owned(), w: Some(w), events: 0 })
     }
 }
 
 impl Sink for KplSink {
     fn send(&mut self, ev: &Event, _meta: &EventMeta) -> Result<()> {
         let w = self.w.as_mut().context("kpl sink already finished")?;
-        w.append(ev.clone())
-            .with_context(|| format!("writing {}", self.path.display()))?;
+        w.append(ev.clone()).with_context(|| format!("writing {}", self.path.display()))?;
         self.events += 1;
         Ok(())
     }
     fn finish(&mut self) -> Result<String> {
         if let Some(w) = self.w.take() {
-            let (_, st) = w
-                .finish()
-                .with_context(|| format!("finishing {}", self.path.display()))?;
-            return Ok(format!(
-                "{}: {} events, {} bytes",
-                self.path.display(),
-                st.events,
-                st.bytes
-            ));
+            let (_, st) = w.finish().with_context(|| format!("finishing {}", self.path.display()))?;
+            return Ok(format!("{}: {} events, {} bytes", self.path.display(), st.events, st.bytes));
         }
         Ok(String::new())
     }
@@ -111,10 +98,7 @@ pub struct JsonLinesSink<W: Write> {
 impl<W: Write> JsonLinesSink<W> {
     /// A sink writing to `out`.
     pub fn new(out: W) -> Self {
-        JsonLinesSink {
-            out: std::io::BufWriter::with_capacity(1 << 16, out),
-            events: 0,
-        }
+        JsonLinesSink { out: std::io::BufWriter::with_capacity(1 << 16, out), events: 0 }
     }
 }
 
@@ -140,9 +124,7 @@ impl<W: Write> Sink for JsonLinesSink<W> {
 /// that lost them.
 pub fn topic_of(ev: &Event) -> &'static str {
     match ev.kind() {
-        Kind::SchedSwitch | Kind::SchedWakeup | Kind::SchedDelay | Kind::SchedMigrate => {
-            "kernel.sched"
-        }
+        Kind::SchedSwitch | Kind::SchedWakeup | Kind::SchedDelay | Kind::SchedMigrate => "kernel.sched",
         Kind::TcpSend | Kind::TcpRecv | Kind::TcpRetransmit | Kind::TcpState => "kernel.tcp",
         Kind::PageFault => "kernel.fault",
         Kind::Lost => match &ev.body {
@@ -156,9 +138,4 @@ pub fn topic_of(ev: &Event) -> &'static str {
 }
 
 /// The four topics the recorder produces to.
-pub const TOPICS: [&str; 4] = [
-    "kernel.tcp",
-    "kernel.sched",
-    "kernel.syscall",
-    "kernel.fault",
-];
+pub const TOPICS: [&str; 4] = ["kernel.tcp", "kernel.sched", "kernel.syscall", "kernel.fault"];

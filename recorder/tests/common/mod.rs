@@ -35,11 +35,7 @@ pub struct Running {
 
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the recorder's kernel tests need root (eBPF); run them as root (scripts/test.sh)"
-    );
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the recorder's kernel tests need root (eBPF); run them as root (scripts/test.sh)");
 }
 
 pub fn start(cfg: Config) -> Running {
@@ -53,17 +49,10 @@ pub fn start(cfg: Config) -> Running {
         let mut sink = sink;
         rec.run(&mut sink, &|| s2.load(Ordering::Relaxed))
     });
-    Running {
-        stop,
-        thread,
-        events,
-    }
+    Running { stop, thread, events }
 }
 
-pub fn start_with_sink(
-    cfg: Config,
-    mut sink: Box<dyn Sink + Send>,
-) -> (Arc<AtomicBool>, JoinHandle<Result<Summary>>) {
+pub fn start_with_sink(cfg: Config, mut sink: Box<dyn Sink + Send>) -> (Arc<AtomicBool>, JoinHandle<Result<Summary>>) {
     require_root();
     let mut rec = Recorder::start(cfg).expect("starting the recorder");
     let stop = Arc::new(AtomicBool::new(false));
@@ -75,11 +64,7 @@ pub fn start_with_sink(
 impl Running {
     pub fn finish(self) -> (Summary, Vec<Event>) {
         self.stop.store(true, Ordering::Relaxed);
-        let s = self
-            .thread
-            .join()
-            .expect("recorder thread panicked")
-            .expect("recorder run failed");
+        let s = self.thread.join().expect("recorder thread panicked").expect("recorder run failed");
         let evs = std::mem::take(&mut *self.events.lock().unwrap());
         (s, evs)
     }
@@ -87,10 +72,7 @@ impl Running {
 
 /// A fresh directory for one test.
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("kprobe-rec-test-")
-        .tempdir()
-        .unwrap()
+    tempfile::Builder::new().prefix("kprobe-rec-test-").tempdir().unwrap()
 }
 
 /// Compiles C source into `dir/name` (the program's comm is `name`).
@@ -98,12 +80,7 @@ pub fn compile_c(dir: &Path, name: &str, src: &str) -> PathBuf {
     let c = dir.join(format!("{name}.c"));
     std::fs::write(&c, src).unwrap();
     let out = dir.join(name);
-    let st = Command::new("gcc")
-        .args(["-O1", "-o"])
-        .arg(&out)
-        .arg(&c)
-        .status()
-        .expect("running gcc (scripts/setup.sh installs it)");
+    let st = Command::new("gcc").args(["-O1", "-o"]).arg(&out).arg(&c).status().expect("running gcc (scripts/setup.sh installs it)");
     assert!(st.success(), "gcc failed on {}", c.display());
     out
 }
