@@ -8,8 +8,7 @@ use crate::sys;
 pub fn describe(ev: &Event) -> String {
     match &ev.body {
         EventBody::Syscall(s) => {
-            let args = s.args.iter().map(|a| if *a < 4096 { a.to_string() } else { format!("{a:#x}") }).collect::<Vec<_>>().join(", ");
-            let mut out = format!("{}({args}) = {}", s.name(), sys::format_ret(s.ret));
+            let mut out = format!("{}({}) = {}", s.name(), sys::format_args(s.nr, &s.args), sys::format_ret(s.ret));
             if s.duration_ns >= 1000 {
                 out.push_str(&format!(" <{:.6}s>", s.duration_ns as f64 / 1e9));
             }
