@@ -475,15 +475,16 @@ fn record_command_captures_from_exec_on() {
     std::fs::write(&f, b"hello from the kernel\n").unwrap();
     let mut sink = MemSink::default();
     let (status, summary) = recorder::record_command(
-        &["cat".to_string(), f.display().to_string()],
+        // (dd, not cat: cat copies with copy_file_range when stdout is a file)
+        &["dd".to_string(), format!("if={}", f.display()), "of=/dev/null".to_string(), "status=none".to_string()],
         Config { hooks: hooks("syscall"), replay_grade: true, ..Config::default() },
         &mut sink,
     )
-    .expect("recording cat");
+    .expect("recording dd");
     assert!(status.success());
     assert_eq!(summary.dropped(), 0);
     let evs = sink.0.lock().unwrap();
-    let exec = evs.iter().position(|e| matches!(&e.body, EventBody::Exec(x) if x.exe.path.ends_with("/cat"))).expect("the exec of cat");
+    let exec = evs.iter().position(|e| matches!(&e.body, EventBody::Exec(x) if x.exe.path.ends_with("/dd"))).expect("the exec of dd");
     let pid = evs[exec].pid;
     // nothing of the command before its exec is needed: the first syscall
     // after it is the exec's own return or the loader's first call
@@ -493,7 +494,10 @@ fn record_command_captures_from_exec_on() {
             EventBody::Syscall(s) if e.pid == pid && s.nr == 0 && s.ret == 22 => Some(s.clone()),
             _ => None,
         })
-        .expect("cat's read of the file");
+        .unwrap_or_else(|| {
+            let seen: Vec<String> = evs.iter().filter(|e| e.pid == pid).map(|e| format!("{:?}", e.body).chars().take(160).collect()).collect();
+            panic!("dd's read of the file is missing; events of pid {pid}:\n{}", seen.join("\n"))
+        });
     assert_eq!(read.writes[0].data, kpl::Data::Bytes(b"hello from the kernel\n".to_vec()));
     assert!(evs.iter().any(|e| e.pid == pid && matches!(&e.body, EventBody::Exit(x) if x.group && x.code == 0)));
     let err = recorder::record_command(&["/no/such/program".into()], Config::default(), &mut MemSink::default());
