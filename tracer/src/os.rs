@@ -102,6 +102,7 @@ pub fn setsiginfo(pid: Pid, raw: &[u8]) -> nix::Result<()> {
 
 /// What PTRACE_GET_SYSCALL_INFO says about a stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
 pub enum SyscallInfo {
     /// Not a syscall stop.
     None,
@@ -148,8 +149,8 @@ pub fn get_debugreg(pid: Pid, n: usize) -> nix::Result<u64> {
 
 /// Writes debug register `n` (0..=7).
 pub fn set_debugreg(pid: Pid, n: usize, value: u64) -> nix::Result<()> {
-    // SAFETY: POKEUSER on the debug-register area; the kernel validates the value.
-    unsafe { ptrace::write_user(pid, (DEBUGREG_OFFSET + 8 * n) as ptrace::AddressType, value as libc::c_long) }
+    // POKEUSER on the debug-register area; the kernel validates the value.
+    ptrace::write_user(pid, (DEBUGREG_OFFSET + 8 * n) as ptrace::AddressType, value as libc::c_long)
 }
 
 /// Waits for a state change of `pid` (or any child with `None`), all

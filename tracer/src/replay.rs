@@ -95,6 +95,42 @@ enum Stop {
     Started,
     /// Gone.
     Gone(i32),
+    /// Stopped by the debugger at a breakpoint (in the middle of its slice).
+    Breakpoint,
+    /// Stopped by the debugger after a single step (in the middle of its slice).
+    Stepped,
+    /// Held at a syscall exit for the debugger; resumes its slice when continued.
+    Held,
+}
+
+/// Why a debug-mode replay stopped before its end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Interrupt {
+    /// A software breakpoint was hit by task `tid` (recorded tid).
+    Breakpoint(u32),
+    /// A single step of `tid` completed.
+    Step(u32),
+    /// `tid` is at the entry (`entry == true`) or exit of syscall `nr`.
+    Syscall { tid: u32, nr: u32, entry: bool },
+}
+
+/// How far [`Replayer::advance`] went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Halt {
+    /// Every event was processed.
+    End,
+    /// Stopped before event `seq`, as asked.
+    Reached(u64),
+    /// Stopped for the debugger.
+    Interrupt(Interrupt),
+}
+
+/// What a running task is heading for.
+enum Goal {
+    /// Its next natural stop.
+    Natural,
+    /// A recorded landing point (for its next event, `seq`).
+    Landing { l: Landing, seq: u64, tramp: Option<crate::landing::Trampoline> },
 }
 
 struct Task {
@@ -113,6 +149,8 @@ struct Task {
     exec_in_flight: bool,
     /// The child of its pending vfork.
     vfork_child: Option<u32>,
+    /// Where it is running to.
+    goal: Goal,
 }
 
 struct Proc {
@@ -147,6 +185,18 @@ pub struct Replayer {
     mappings: Vec<Mapping>,
     syscalls: u64,
     cpuid: crate::inject::CpuidMode,
+    /// Software breakpoints: address → (process, original byte) where inserted.
+    breakpoints: std::collections::BTreeMap<u64, Vec<(u32, u8)>>,
+    /// A debugger single step of this task is in progress.
+    stepping: Option<u32>,
+    /// Hold this task when it would next resume after a syscall, reporting this.
+    hold: Option<(u32, Interrupt)>,
+    /// An interrupt to report before doing anything else.
+    pending: Option<Interrupt>,
+    /// Syscalls to stop at (`Some(empty)`: all).
+    catch: Option<Vec<u32>>,
+    /// The event whose syscall entry was already reported.
+    caught_at: Option<u64>,
     out: std::io::Stdout,
     err: std::io::Stderr,
 }
@@ -202,6 +252,12 @@ impl Replayer {
             mappings: Vec::new(),
             syscalls: 0,
             cpuid: crate::inject::CpuidMode::Always,
+            breakpoints: Default::default(),
+            stepping: None,
+            hold: None,
+            pending: None,
+            catch: None,
+            caught_at: None,
             out: std::io::stdout(),
             err: std::io::stderr(),
         };
@@ -251,6 +307,7 @@ impl Replayer {
                 exec_files: Vec::new(),
                 exec_in_flight: false,
                 vfork_child: None,
+                goal: Goal::Natural,
             },
         );
         let mem = Mem::open(pid).map_err(|e| Error::Os(format!("memory of {pid}: {e}")))?;
@@ -272,21 +329,38 @@ impl Replayer {
     }
 
     fn run_inner(&mut self) -> Result<ReplayOutcome, Error> {
-        while self.seq < self.end {
-            if self.opts.until_event == Some(self.seq) {
-                let ev = self.r.get(self.seq)?;
-                // Let every task reach the stop its next event starts from.
-                let tids: Vec<u32> = self.tasks.iter().filter(|(_, t)| t.stop == Stop::Running).map(|(t, _)| *t).collect();
-                for t in tids {
-                    self.wait_stop(t)?;
-                }
+        match self.advance(self.opts.until_event)? {
+            Halt::Reached(seq) => {
+                let ev = self.r.get(seq)?;
+                self.settle_all()?;
                 let (ip, symbol) = self.where_is(ev.tid);
-                return Ok(ReplayOutcome {
+                Ok(ReplayOutcome {
                     exit_code: self.recorded_exit(),
                     events: self.seq,
                     syscalls: self.syscalls,
-                    stopped: Some(StopReport { seq: self.seq, tid: ev.tid, event: kpl::text::describe(&ev), ip, symbol }),
-                });
+                    stopped: Some(StopReport { seq, tid: ev.tid, event: kpl::text::describe(&ev), ip, symbol }),
+                })
+            }
+            Halt::End => Ok(ReplayOutcome { exit_code: self.recorded_exit(), events: self.seq, syscalls: self.syscalls, stopped: None }),
+            Halt::Interrupt(i) => Err(Error::Replay { seq: self.seq, tid: 0, why: format!("unexpected debugger stop {i:?}") }),
+        }
+    }
+
+    /// Processes events until the end, until event `stop_before` is next,
+    /// or until a debugger stop (breakpoint, step, caught syscall).
+    pub fn advance(&mut self, stop_before: Option<u64>) -> Result<Halt, Error> {
+        loop {
+            if let Some(i) = self.pending.take() {
+                return Ok(Halt::Interrupt(i));
+            }
+            if let Some(i) = self.settle()? {
+                return Ok(Halt::Interrupt(i));
+            }
+            if self.seq >= self.end {
+                return Ok(Halt::End);
+            }
+            if stop_before == Some(self.seq) {
+                return Ok(Halt::Reached(self.seq));
             }
             let ev = match self.r.get(self.seq) {
                 Ok(e) => e,
@@ -296,17 +370,35 @@ impl Replayer {
                 }
                 Err(e) => return Err(e.into()),
             };
+            if let EventBody::Syscall(sc) = &ev.body {
+                if self.caught_at != Some(self.seq) && self.catches(sc.nr) {
+                    if let Stop::Entry { nr, .. } = self.ensure_stop(ev.tid)? {
+                        self.caught_at = Some(self.seq);
+                        return Ok(Halt::Interrupt(Interrupt::Syscall { tid: ev.tid, nr, entry: true }));
+                    }
+                }
+                if self.catches(sc.nr) && self.hold.is_none() {
+                    self.hold = Some((ev.tid, Interrupt::Syscall { tid: ev.tid, nr: sc.nr, entry: false }));
+                }
+            }
             tracing::debug!(seq = self.seq, tid = ev.tid, "{}", kpl::text::describe(&ev));
             self.step(&ev)?;
             self.seq += 1;
         }
-        // Let remaining tasks finish (their exits were all in the log).
-        for t in self.tasks.values() {
-            if !matches!(t.stop, Stop::Gone(_)) {
-                os::kill(t.real);
-            }
+    }
+
+    fn catches(&self, nr: u32) -> bool {
+        self.catch.as_ref().is_some_and(|c| c.is_empty() || c.contains(&nr))
+    }
+
+    /// Lets every task running user code reach its stop.
+    fn settle_all(&mut self) -> Result<(), Error> {
+        self.settle()?;
+        let tids: Vec<u32> = self.tasks.iter().filter(|(_, t)| t.stop == Stop::Running).map(|(t, _)| *t).collect();
+        for t in tids {
+            self.wait_stop(t)?;
         }
-        Ok(ReplayOutcome { exit_code: self.recorded_exit(), events: self.seq, syscalls: self.syscalls, stopped: None })
+        Ok(())
     }
 
     fn recorded_exit(&self) -> i32 {
@@ -632,7 +724,6 @@ impl Replayer {
             self.start_exec(tid, sc.nr, exe)?;
         }
         self.tasks.get_mut(&tid).unwrap().exec_in_flight = false;
-        let real = self.real(tid)?;
         // Other threads of the process die first; then the exec event, then the exit.
         let mut st = self.ensure_stop(tid)?;
         if st == Stop::Event(libc::PTRACE_EVENT_EXEC) {
@@ -768,9 +859,16 @@ impl Replayer {
                 exec_files: Vec::new(),
                 exec_in_flight: false,
                 vfork_child: None,
+                goal: Goal::Natural,
             },
         );
         if f.kind != ForkKind::Thread {
+            // The child's memory is a copy: it has the parent's breakpoints.
+            for v in self.breakpoints.values_mut() {
+                if let Some(b) = v.iter().find(|(p, _)| *p == parent_tgid).map(|(_, b)| *b) {
+                    v.push((tgid, b));
+                }
+            }
             let mem = Mem::open(child).map_err(|e| Error::Os(format!("memory of {child}: {e}")))?;
             let v = self.proc_of(tid)?.vdso.clone();
             let cpuid_faulting = self.proc_of(tid)?.cpuid_faulting;
@@ -924,28 +1022,40 @@ impl Replayer {
     /// it stopped.
     fn continue_task(&mut self, tid: u32, sig: i32) -> Result<(), Error> {
         debug_assert_eq!(sig, 0, "signals go through Task::deliver");
-        // One task runs user code at a time.
+        // One task runs user code at a time: the loop settles the previous one first.
         if let Some(r) = self.running {
             if r != tid && self.tasks.get(&r).is_some_and(|t| t.stop == Stop::Running) {
-                self.wait_stop(r)?;
+                return Err(Error::Replay { seq: self.seq, tid, why: format!("task {r} still running when task {tid} resumes") });
             }
         }
+        // The debugger asked to stop here (a step over a syscall, a caught syscall's exit).
+        if self.hold.as_ref().is_some_and(|(t, _)| *t == tid) {
+            let (_, why) = self.hold.take().unwrap();
+            self.set_stop(tid, Stop::Held);
+            self.running = Some(tid);
+            self.pending = Some(why);
+            return Ok(());
+        }
+        self.resume_slice(tid)
+    }
+
+    /// Lets a task run its slice: to its next natural stop, or to the
+    /// landing point of its next event (a preemption or an asynchronous
+    /// signal in user code), or not at all when its next event is a
+    /// signal delivered at this very syscall's exit.
+    fn resume_slice(&mut self, tid: u32) -> Result<(), Error> {
         let next = self.next_event_of(tid)?;
         let delivering = self.task(tid)?.deliver.is_some();
         if let Some(n) = &next {
             match &n.body {
                 EventBody::Signal(s) if s.landing.in_syscall && !s.synchronous && !delivering => return Ok(()),
-                EventBody::Preempt(p) => return self.run_to_landing(tid, &p.landing, n.seq),
-                EventBody::Signal(s) if !s.synchronous && !s.landing.in_syscall => return self.run_to_landing(tid, &s.landing, n.seq),
+                EventBody::Preempt(p) => return self.start_landing(tid, p.landing.clone(), n.seq),
+                EventBody::Signal(s) if !s.synchronous && !s.landing.in_syscall => return self.start_landing(tid, s.landing.clone(), n.seq),
                 _ => {}
             }
         }
         let sig = self.arm_signal(tid)?;
-        let real = self.real(tid)?;
-        os::cont(real, sig).map_err(os_err(format!("resuming task {tid}")))?;
-        self.set_stop(tid, Stop::Running);
-        self.running = Some(tid);
-        Ok(())
+        self.resume_user(tid, sig)
     }
 
     fn next_event_of(&self, tid: u32) -> Result<Option<Event>, Error> {
@@ -965,9 +1075,10 @@ impl Replayer {
         Ok(None)
     }
 
-    /// Runs `tid` to a recorded landing point: a hardware breakpoint at its
-    /// instruction pointer, until the register fingerprint matches.
-    fn run_to_landing(&mut self, tid: u32, l: &Landing, seq: u64) -> Result<(), Error> {
+    /// Starts `tid` towards a recorded landing point: a trampoline that
+    /// compares registers in the tracee (see [`crate::landing`]), or a
+    /// hardware breakpoint when the instruction is too short to patch.
+    fn start_landing(&mut self, tid: u32, l: Landing, seq: u64) -> Result<(), Error> {
         let real = self.real(tid)?;
         let here = os::getregs(real).map_err(os_err("getregs"))?;
         if self.task(tid)?.deliver.is_none() && here.rip == l.ip && fingerprint(&here) == l.fingerprint {
@@ -978,81 +1089,153 @@ impl Replayer {
             let p = self.proc_of(tid)?;
             (p.vdso.syscall_insn != 0, crate::landing::decode_at(&p.mem, l.ip))
         };
-        if mem_ok && !l.regs.is_empty() && insn.as_ref().is_some_and(crate::landing::patchable) {
-            return self.run_to_landing_patched(tid, l, seq);
-        }
-        os::set_debugreg(real, 0, l.ip).map_err(os_err("setting a hardware breakpoint"))?;
-        os::set_debugreg(real, 7, 1).map_err(os_err("enabling a hardware breakpoint"))?;
-        let mut sig = self.arm_signal(tid)?;
-        let mut passes = 0u64;
-        let res = loop {
-            os::cont(real, std::mem::take(&mut sig)).map_err(os_err("resuming to a landing point"))?;
-            self.set_stop(tid, Stop::Running);
-            self.running = Some(tid);
-            let st = self.wait_stop(tid)?;
-            let regs = os::getregs(real).map_err(os_err("getregs"))?;
-            if st == Stop::Signal(libc::SIGTRAP) && regs.rip == l.ip {
-                if fingerprint(&regs) == l.fingerprint {
-                    break Ok(());
-                }
-                passes += 1;
-                if passes > 500_000_000 {
-                    break Err(Error::Replay {
-                        seq,
-                        tid,
-                        why: format!("passed the landing point {:#x} {passes} times without matching its registers", l.ip),
-                    });
-                }
-                // The kernel sets the resume flag on an execute breakpoint: continuing
-                // runs the instruction without trapping again.
-                continue;
-            }
-            break Err(self.diverge_at(seq, tid, &format!("to reach its landing point {:#x}", l.ip), &st));
+        let tramp = if mem_ok && !l.regs.is_empty() && insn.as_ref().is_some_and(crate::landing::patchable) {
+            let insn_addr = self.proc_of(tid)?.vdso.syscall_insn;
+            let p = self.proc_of(tid)?;
+            Some(crate::landing::install(real, &p.mem, insn_addr, l.ip, &l.regs).map_err(|e| Error::Replay { seq, tid, why: e })?)
+        } else {
+            os::set_debugreg(real, 0, l.ip).map_err(os_err("setting a hardware breakpoint"))?;
+            os::set_debugreg(real, 7, 1).map_err(os_err("enabling a hardware breakpoint"))?;
+            None
         };
-        let _ = os::set_debugreg(real, 7, 0);
-        tracing::debug!(tid, ip = l.ip, passes, "landed");
-        res?;
-        self.set_stop(tid, Stop::Landing);
-        self.running = None;
+        self.tasks.get_mut(&tid).unwrap().goal = Goal::Landing { l, seq, tramp };
+        let sig = self.arm_signal(tid)?;
+        self.resume_user(tid, sig)
+    }
+
+    /// Resumes a task in user code, stepping over a debugger breakpoint it
+    /// is stopped on; single-steps when the debugger asked for a step.
+    fn resume_user(&mut self, tid: u32, sig: i32) -> Result<(), Error> {
+        let real = self.real(tid)?;
+        let tgid = self.task(tid)?.tgid;
+        let rip = os::getregs(real).map_err(os_err("getregs"))?.rip;
+        let orig = self.breakpoints.get(&rip).and_then(|v| v.iter().find(|(p, _)| *p == tgid)).map(|(_, b)| *b);
+        if let Some(orig) = orig {
+            // Step over the breakpoint with the original instruction in place.
+            self.proc_of(tid)?.mem.write(rip, &[orig]).map_err(|e| Error::Os(format!("lifting a breakpoint: {e}")))?;
+            os::step(real, sig).map_err(os_err("stepping over a breakpoint"))?;
+            self.set_stop(tid, Stop::Running);
+            let st = self.wait_stop(tid)?;
+            self.proc_of(tid)?.mem.write(rip, &[0xcc]).map_err(|e| Error::Os(format!("restoring a breakpoint: {e}")))?;
+            if st != Stop::Signal(libc::SIGTRAP) {
+                // It stopped for another reason (a syscall, a fault): that is its stop.
+                self.stepping = self.stepping.filter(|t| *t != tid);
+                self.running = Some(tid);
+                return Ok(());
+            }
+            if self.stepping == Some(tid) {
+                self.stepping = None;
+                self.set_stop(tid, Stop::Stepped);
+                self.running = Some(tid);
+                self.pending = Some(Interrupt::Step(tid));
+                return Ok(());
+            }
+            os::cont(real, 0).map_err(os_err(format!("resuming task {tid}")))?;
+        } else if self.stepping == Some(tid) {
+            os::step(real, sig).map_err(os_err(format!("stepping task {tid}")))?;
+        } else {
+            os::cont(real, sig).map_err(os_err(format!("resuming task {tid}")))?;
+        }
+        self.set_stop(tid, Stop::Running);
+        self.running = Some(tid);
         Ok(())
     }
 
-    /// Runs to a landing through a trampoline that compares registers in the tracee.
-    fn run_to_landing_patched(&mut self, tid: u32, l: &Landing, seq: u64) -> Result<(), Error> {
-        let real = self.real(tid)?;
-        let insn_addr = self.proc_of(tid)?.vdso.syscall_insn;
-        let t = {
-            let p = self.proc_of(tid)?;
-            crate::landing::install(real, &p.mem, insn_addr, l.ip, &l.regs).map_err(|e| Error::Replay { seq, tid, why: e })?
-        };
-        let mut sig = self.arm_signal(tid)?;
-        let mut candidates = 0u64;
-        let res = loop {
-            os::cont(real, std::mem::take(&mut sig)).map_err(os_err("resuming to a landing point"))?;
-            self.set_stop(tid, Stop::Running);
-            self.running = Some(tid);
-            let st = self.wait_stop(tid)?;
-            let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
-            if st == Stop::Signal(libc::SIGTRAP) && regs.rip == t.hit {
-                regs.rip = l.ip;
-                if fingerprint(&regs) == l.fingerprint {
-                    os::setregs(real, &regs).map_err(os_err("setregs"))?;
-                    break Ok(());
+    /// Waits for the task running user code to stop. Landing points are
+    /// completed here; debugger breakpoints and steps come back as
+    /// interrupts (the task stays the running one, resumed by the next call).
+    fn settle(&mut self) -> Result<Option<Interrupt>, Error> {
+        let Some(r) = self.running else { return Ok(None) };
+        loop {
+            match self.task(r)?.stop.clone() {
+                Stop::Running => {}
+                Stop::Held => {
+                    self.resume_slice(r)?;
+                    continue;
                 }
-                candidates += 1;
-                continue;
+                Stop::Breakpoint | Stop::Stepped => {
+                    let sig = self.arm_signal(r)?;
+                    self.resume_user(r, sig)?;
+                    if let Some(i) = self.pending.take() {
+                        return Ok(Some(i));
+                    }
+                    continue;
+                }
+                _ => {
+                    if matches!(self.task(r)?.goal, Goal::Natural) {
+                        self.running = None;
+                        return Ok(None);
+                    }
+                }
             }
-            break Err(self.diverge_at(seq, tid, &format!("to reach its landing point {:#x}", l.ip), &st));
-        };
-        let removed = {
-            let p = self.proc_of(tid)?;
-            crate::landing::remove(real, &p.mem, insn_addr, &t)
-        };
-        tracing::debug!(tid, ip = l.ip, candidates, "landed (trampoline)");
-        res?;
-        removed.map_err(|e| Error::Replay { seq, tid, why: e })?;
-        self.set_stop(tid, Stop::Landing);
-        self.running = None;
+            let st = if self.task(r)?.stop == Stop::Running { self.wait_stop(r)? } else { self.task(r)?.stop.clone() };
+            let real = self.real(r)?;
+            if st == Stop::Signal(libc::SIGTRAP) {
+                let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
+                // Our landing point?
+                let landing = match &self.task(r)?.goal {
+                    Goal::Landing { l, tramp: Some(t), .. } if regs.rip == t.hit => Some((l.clone(), true)),
+                    Goal::Landing { l, tramp: None, .. } if regs.rip == l.ip => Some((l.clone(), false)),
+                    _ => None,
+                };
+                if let Some((l, patched)) = landing {
+                    regs.rip = l.ip;
+                    if fingerprint(&regs) == l.fingerprint {
+                        if patched {
+                            os::setregs(real, &regs).map_err(os_err("setregs"))?;
+                        }
+                        self.end_landing(r)?;
+                        self.set_stop(r, Stop::Landing);
+                        self.running = None;
+                        return Ok(None);
+                    }
+                    // Not yet: go on (the kernel set the resume flag on a hardware breakpoint).
+                    os::cont(real, 0).map_err(os_err("resuming to a landing point"))?;
+                    self.set_stop(r, Stop::Running);
+                    continue;
+                }
+                if self.stepping == Some(r) {
+                    self.stepping = None;
+                    self.set_stop(r, Stop::Stepped);
+                    self.running = Some(r);
+                    return Ok(Some(Interrupt::Step(r)));
+                }
+                let tgid = self.task(r)?.tgid;
+                if self.breakpoints.get(&(regs.rip - 1)).is_some_and(|v| v.iter().any(|(p, _)| *p == tgid)) {
+                    regs.rip -= 1;
+                    os::setregs(real, &regs).map_err(os_err("setregs"))?;
+                    self.set_stop(r, Stop::Breakpoint);
+                    self.running = Some(r);
+                    return Ok(Some(Interrupt::Breakpoint(r)));
+                }
+            }
+            // A natural stop. Heading for a landing point, this is a divergence.
+            if let Goal::Landing { l, seq, .. } = &self.task(r)?.goal {
+                let (ip, seq) = (l.ip, *seq);
+                self.end_landing(r)?;
+                return Err(self.diverge_at(seq, r, &format!("to reach its landing point {ip:#x}"), &st));
+            }
+            self.running = None;
+            return Ok(None);
+        }
+    }
+
+    /// Removes what was set up to reach a landing point.
+    fn end_landing(&mut self, tid: u32) -> Result<(), Error> {
+        let goal = std::mem::replace(&mut self.tasks.get_mut(&tid).unwrap().goal, Goal::Natural);
+        let real = self.real(tid)?;
+        if let Goal::Landing { tramp, seq, .. } = goal {
+            match tramp {
+                Some(t) => {
+                    let insn = self.proc_of(tid)?.vdso.syscall_insn;
+                    let p = self.proc_of(tid)?;
+                    crate::landing::remove(real, &p.mem, insn, &t).map_err(|e| Error::Replay { seq, tid, why: e })?;
+                }
+                None => {
+                    let _ = os::set_debugreg(real, 7, 0);
+                }
+            }
+        }
         Ok(())
     }
 
