@@ -408,7 +408,7 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 }
 
 /* Replay-grade: the user buffer a syscall's result was written to. */
-static __always_inline __u64 out_buffer(struct sys_entry *e, long ret, __u64 *addr)
+static __always_inline __u64 out_buffer(struct sys_entry *e, long ret, __u64 sp, __u64 *addr)
 {
 	__u64 *a = e->args;
 	__u64 len = 0;
@@ -503,6 +503,24 @@ static __always_inline __u64 out_buffer(struct sys_entry *e, long ret, __u64 *ad
 		*addr = a[2];
 		len = 32;
 		break;
+	case 59:  /* execve */
+	case 322: /* execveat */
+		if (ret == 0) {
+			/* The new image's initial stack, from its stack pointer to the
+			 * top of the stack mapping: argv, env, auxv, AT_RANDOM bytes and
+			 * the exec file name, which the kernel put above env_end. */
+			struct task_struct *t = bpf_get_current_task_btf();
+			struct mm_struct *mm = t->mm;
+			if (!mm)
+				break;
+			__u64 top = (mm->env_end + 4095) & ~4095ULL;
+			char probe;
+			if (!bpf_probe_read_user(&probe, 1, (void *)top))
+				top += 4096; /* the exec file name spilled into the next page */
+			*addr = sp;
+			len = top > sp ? top - sp : 0;
+		}
+		break;
 	}
 	if (!*addr)
 		return 0;
@@ -527,7 +545,7 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 	r->duration_ns = now - e->ts;
 	r->nr = e->nr;
 	r->fd_type = e->fd_type;
-	__u64 addr = 0, len = cfg_replay ? out_buffer(e, ret, &addr) : 0;
+	__u64 addr = 0, len = cfg_replay ? out_buffer(e, ret, regs->sp, &addr) : 0;
 	__u32 chunks = (len + DATA_CHUNK - 1) / DATA_CHUNK;
 	r->flags = chunks > DATA_MAX_CHUNKS ? OUT_TRUNCATED : 0;
 	if (chunks > DATA_MAX_CHUNKS)

@@ -34,7 +34,7 @@ pub use config::{Config, Filter, Hooks};
 pub use probe::HookCounts;
 
 use anyhow::Result;
-use kpl::event::{CgroupInfo, Data, Lost, MemWrite, Note, Syscall};
+use kpl::event::{CgroupInfo, Data, FileRef, FileSnapshot, Lost, MemWrite, Note, Syscall};
 use kpl::{Event, EventBody};
 use sink::{EventMeta, Sink};
 use std::collections::HashMap;
@@ -134,6 +134,9 @@ pub fn record_command(argv: &[String], mut cfg: Config, sink: &mut dyn Sink) -> 
         // SAFETY: in the child; held until the parent has attached the programs.
         unsafe {
             libc::close(wfd);
+            // no address-space randomisation, as under `kprobe record`: the
+            // replay restores the stack and mappings at their recorded addresses
+            libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong);
             let mut b = 0u8;
             while libc::read(rfd, &mut b as *mut u8 as *mut libc::c_void, 1) < 0 {}
             libc::execv(cpath.as_ptr(), ptrs.as_ptr());
@@ -196,6 +199,28 @@ pub fn record_command(argv: &[String], mut cfg: Config, sink: &mut dyn Sink) -> 
         }
         Ok((status, summary?))
     })
+}
+
+/// The ELF interpreter (PT_INTERP) and GNU build-id of an executable.
+fn elf_facts(bytes: &[u8]) -> (Option<String>, Vec<u8>) {
+    use object::read::elf::{FileHeader, ProgramHeader};
+    use object::{Object, ObjectKind};
+    let build_id = object::File::parse(bytes)
+        .ok()
+        .filter(|f| f.kind() != ObjectKind::Unknown)
+        .and_then(|f| f.build_id().ok().flatten().map(|b| b.to_vec()))
+        .unwrap_or_default();
+    let interp = (|| {
+        let h = object::elf::FileHeader64::<object::Endianness>::parse(bytes).ok()?;
+        let e = h.endian().ok()?;
+        for ph in h.program_headers(e, bytes).ok()? {
+            if let Ok(Some(i)) = ph.interpreter(e, bytes) {
+                return Some(String::from_utf8_lossy(i).trim_end_matches('\0').to_owned());
+            }
+        }
+        None
+    })();
+    (interp, build_id)
 }
 
 /// A running recorder: programs attached, ring buffer open.
@@ -316,8 +341,52 @@ impl Recorder {
                 x.env = h.env;
                 x.cwd = h.cwd;
             }
+            if self.cfg.replay_grade {
+                // the executable and its interpreter in the file store, as the ptrace recorder keeps them
+                let mut path = x.exe.path.clone();
+                if !path.starts_with('/') {
+                    path = format!("{}/{}", x.cwd.trim_end_matches('/'), path);
+                }
+                let like = ev.clone();
+                if let Some((f, mut interp)) = self.snapshot(sink, &like, &path, "exec")? {
+                    if let EventBody::Exec(x) = &mut ev.body {
+                        x.exe = f;
+                    }
+                    let mut depth = 0;
+                    while let Some(i) = interp.take() {
+                        depth += 1;
+                        if depth > 4 {
+                            break;
+                        }
+                        interp = self.snapshot(sink, &like, &i, "interp")?.and_then(|(_, n)| n);
+                    }
+                }
+            }
         }
         self.push(sink, ev)
+    }
+
+    /// Stores the file at `path` (as process `pid` sees it) in the sink's
+    /// file store and emits a `file` event for it; returns its reference.
+    fn snapshot(&mut self, sink: &mut dyn Sink, like: &Event, path: &str, reason: &str) -> Result<Option<(FileRef, Option<String>)>> {
+        let real = format!("/proc/{}/root{}", like.pid, path);
+        let bytes = match std::fs::read(&real).or_else(|_| std::fs::read(path)) {
+            Ok(b) => b,
+            Err(_) => return Ok(None),
+        };
+        let Some(hash) = sink.store_file(&bytes)? else { return Ok(None) };
+        let (interp, build_id) = elf_facts(&bytes);
+        let file = FileRef { path: path.to_owned(), hash: Some(hash), size: bytes.len() as u64, build_id };
+        let mut ev = Event::new(
+            like.ts_ns,
+            like.pid,
+            like.tid,
+            like.cpu,
+            EventBody::FileSnapshot(FileSnapshot { file: file.clone(), reason: reason.into() }),
+        );
+        ev.cgroup = like.cgroup;
+        self.push(sink, ev)?;
+        Ok(Some((file, interp)))
     }
 
     fn push(&mut self, sink: &mut dyn Sink, mut ev: Event) -> Result<()> {
@@ -382,6 +451,7 @@ impl Recorder {
                     self.received[hook] += 1;
                     match out {
                         Some(out) if out.chunks > 0 || out.path => {
+                            tracing::debug!("output buffer of {:?}: {out:?}", ev.body.kind());
                             if let Some(p) = self.pending.remove(&ev.tid) {
                                 self.finish_pending(sink, p, true)?;
                             }
@@ -405,6 +475,19 @@ impl Recorder {
                                 if s.nr == 3 && self.cfg.replay_grade {
                                     self.fds.remove(&(ev.pid, s.args[0]));
                                 }
+                                // a file mapped from a descriptor: keep its content (as the ptrace recorder does)
+                                const MAP_ANONYMOUS: u64 = 0x20;
+                                if s.nr == 9
+                                    && self.cfg.replay_grade
+                                    && s.ret >= 0
+                                    && (s.args[4] as i32) >= 0
+                                    && s.args[3] & MAP_ANONYMOUS == 0
+                                {
+                                    if let Some(path) = self.fds.get(&(ev.pid, s.args[4] as i32 as u64)).cloned() {
+                                        let like = ev.clone();
+                                        self.snapshot(sink, &like, &path, "mmap")?;
+                                    }
+                                }
                             }
                             if let EventBody::Exit(x) = &ev.body {
                                 if x.group {
@@ -417,6 +500,7 @@ impl Recorder {
                     }
                 }
                 raw::Record::Data(c) => {
+                    tracing::debug!("chunk tid {} index {} addr {:#x} {} bytes", c.tid, c.index, c.addr, c.bytes.len());
                     self.received[1] += 1;
                     let Some(p) = self.pending.get_mut(&c.tid) else {
                         continue; // its syscall record was dropped (counted)

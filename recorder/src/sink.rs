@@ -33,6 +33,11 @@ pub trait Sink {
     fn tick(&mut self) -> Result<()> {
         Ok(())
     }
+    /// Keeps a file's content in the log's file store (for replay on
+    /// another machine); `None` when the sink has no file store.
+    fn store_file(&mut self, _content: &[u8]) -> Result<Option<kpl::FileHash>> {
+        Ok(None)
+    }
     /// How far behind the sink is.
     fn lag(&self) -> Lag {
         Lag::default()
@@ -79,6 +84,10 @@ impl Sink for KplSink {
         w.append(ev.clone()).with_context(|| format!("writing {}", self.path.display()))?;
         self.events += 1;
         Ok(())
+    }
+    fn store_file(&mut self, content: &[u8]) -> Result<Option<kpl::FileHash>> {
+        let w = self.w.as_mut().context("kpl sink already finished")?;
+        Ok(Some(w.store_file(content).with_context(|| format!("writing {}", self.path.display()))?))
     }
     fn finish(&mut self) -> Result<String> {
         if let Some(w) = self.w.take() {

@@ -495,7 +495,8 @@ fn record_command_captures_from_exec_on() {
             _ => None,
         })
         .unwrap_or_else(|| {
-            let seen: Vec<String> = evs.iter().filter(|e| e.pid == pid).map(|e| format!("{:?}", e.body).chars().take(160).collect()).collect();
+            let seen: Vec<String> =
+                evs.iter().filter(|e| e.pid == pid).map(|e| format!("{:?}", e.body).chars().take(160).collect()).collect();
             panic!("dd's read of the file is missing; events of pid {pid}:\n{}", seen.join("\n"))
         });
     assert_eq!(read.writes[0].data, kpl::Data::Bytes(b"hello from the kernel\n".to_vec()));
