@@ -29,6 +29,8 @@ enum Command {
     Bench(cmd::bench::BenchCmd),
     /// The eBPF recorder: scheduler, syscall, TCP and page-fault events to a `.kpl` file, Kafka or JSON lines.
     Recorder(cmd::recorder::RecorderArgs),
+    /// Why was a transaction slow or failed: the causal chain down to the kernel event.
+    Why(cmd::why::WhyArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Command::Replay(a) => cmd::record::replay(a),
         Command::Bench(c) => cmd::bench::run(c),
         Command::Recorder(a) => cmd::recorder::run(a),
+        Command::Why(a) => cmd::why::run(a),
     };
     match r {
         Ok(code) => code,

@@ -5,3 +5,4 @@ pub mod bench_tracer;
 pub mod log;
 pub mod record;
 pub mod recorder;
+pub mod why;

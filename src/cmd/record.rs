@@ -43,6 +43,13 @@ pub struct ReplayArgs {
     /// Do not show the program's output.
     #[arg(long)]
     quiet: bool,
+    /// Stop where the root cause of transaction TXN struck (the log needs a
+    /// cause index: `kprobe why --save-index`), and print the causal chain.
+    #[arg(long, value_name = "TXN", conflicts_with = "until_event")]
+    break_at_cause: Option<String>,
+    /// Attach this debugger at the stop (`gdb` or `lldb`).
+    #[arg(long, value_parser = ["gdb", "lldb"], requires = "break_at_cause")]
+    debugger: Option<String>,
 }
 
 fn default_output(cmd: &str) -> PathBuf {
@@ -66,7 +73,11 @@ pub fn record(a: RecordArgs) -> Result<ExitCode> {
 
 /// Runs `kprobe replay`: exits with the recorded exit code.
 pub fn replay(a: ReplayArgs) -> Result<ExitCode> {
-    let out = tracer::replay::replay(tracer::replay::ReplayOptions { log: a.file, quiet: a.quiet, until_event: a.until_event })?;
+    let mut until_event = a.until_event;
+    if let Some(txn) = &a.break_at_cause {
+        until_event = Some(super::why::break_at_cause(&a.file, txn, a.debugger.as_deref())?);
+    }
+    let out = tracer::replay::replay(tracer::replay::ReplayOptions { log: a.file, quiet: a.quiet, until_event })?;
     if let Some(s) = &out.stopped {
         eprintln!("kprobe: stopped before event {} (task {}): {}", s.seq, s.tid, s.event);
         eprintln!(
