@@ -697,9 +697,9 @@ static __always_inline bool sk_owner_of(const struct sock *sk, struct sk_owner *
 		return false;
 	if ((cfg_filter & FILTER_SET) && bpf_map_lookup_elem(&targets, &out->pid))
 		return true;
+	/* An owner is only ever stored for a selected task (tcp_io). */
 	if (cfg_filter & FILTER_CGROUP)
-		return o == NULL && process_ctx &&
-		       bpf_get_current_ancestor_cgroup_id(cfg_cgroup_level) == cfg_cgroup_id;
+		return o != NULL || (process_ctx && bpf_get_current_ancestor_cgroup_id(cfg_cgroup_level) == cfg_cgroup_id);
 	return false;
 }
 
