@@ -6,8 +6,8 @@ source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 bash scripts/setup.sh
 cargo build --release --workspace --all-targets
-# Servers the recorder's tests use (Kafka); stopped on exit if started here.
-if ! bash scripts/services.sh status | grep -q "kafka: up"; then
+# Servers the tests use (Kafka, the Bolt graph server); stopped on exit if started here.
+if ! bash scripts/services.sh status | grep -q "kafka: up" || ! bash scripts/services.sh status | grep -q "bolt: up"; then
     bash scripts/services.sh start
     trap 'bash scripts/services.sh stop' EXIT
 fi

@@ -356,6 +356,10 @@ impl<'s> Analysis<'s> {
                 continue;
             }
             let (cp, ct) = self.who_ran(e.cpu, e.start(), e.end(), tid).unwrap_or((d.culprit_pid, d.culprit_tid));
+            if ct == 0 {
+                // The CPU was idle: wake-up latency, not another task's doing.
+                continue;
+            }
             let x = by.entry(cp).or_insert((0, Vec::new(), ct, e.cpu));
             x.0 += c;
             x.1.push(i);
@@ -413,52 +417,71 @@ impl<'s> Analysis<'s> {
         let evs = self.s.conn_events(c, a.saturating_sub(self.cfg.window_ns), b);
         let retx: Vec<u32> =
             evs.iter().copied().filter(|i| matches!(self.s.ev(*i).body, EventBody::TcpRetransmit(_)) && !self.used.contains(i)).collect();
-        let Some(&first) = retx.first() else { return };
-        let fe = self.s.ev(first);
-        let ft = fe.tcp().expect("tcp").tuple.clone();
-        // The original transmission: the last send in the same direction before the first retransmit.
-        let orig = evs
-            .iter()
-            .copied()
-            .filter(|&i| {
-                let e = self.s.ev(i);
-                matches!(&e.body, EventBody::TcpSend(t) if t.tuple == ft) && e.ts <= fe.ts
-            })
-            .map(|i| self.s.ev(i).ts)
-            .max()
-            .unwrap_or(a);
-        let last = self.s.ev(*retx.last().unwrap());
-        let c_ns = overlap(a, b, orig, last.ts);
+        if retx.is_empty() {
+            return;
+        }
+        // Per direction: from the original transmission (the last send in that
+        // direction before its first retransmit) to its last retransmit.
+        struct Dir {
+            tuple: kpl::event::Tuple,
+            orig: u64,
+            last: u64,
+            n: usize,
+            pid: u32,
+            tid: u32,
+            srtt: u32,
+        }
+        let mut dirs: Vec<Dir> = Vec::new();
+        for &i in &retx {
+            let e = self.s.ev(i);
+            let t = e.tcp().expect("tcp");
+            if let Some(d) = dirs.iter_mut().find(|d| d.tuple == t.tuple) {
+                d.last = e.ts;
+                d.n += 1;
+                d.srtt = t.srtt_us;
+                continue;
+            }
+            let orig = evs
+                .iter()
+                .map(|&j| self.s.ev(j))
+                .filter(|x| matches!(&x.body, EventBody::TcpSend(s) if s.tuple == t.tuple) && x.ts <= e.ts)
+                .map(|x| x.ts)
+                .max()
+                .unwrap_or(a);
+            dirs.push(Dir { tuple: t.tuple.clone(), orig, last: e.ts, n: 1, pid: e.pid, tid: e.tid, srtt: t.srtt_us });
+        }
+        let lo = dirs.iter().map(|d| d.orig).min().unwrap_or(a);
+        let hi = dirs.iter().map(|d| d.last).max().unwrap_or(a);
+        let c_ns = overlap(a, b, lo, hi);
         if c_ns < self.thr() {
             return;
         }
         for &i in &retx {
             self.used.insert(i);
         }
-        let t = last.tcp().expect("tcp");
+        let d = dirs.iter().max_by_key(|d| (overlap(a, b, d.orig, d.last), d.n)).expect("one direction");
+        let others: usize = dirs.iter().filter(|x| x.tuple != d.tuple).map(|x| x.n).sum();
+        let (src, dst) = (format!("{}:{}", d.tuple.saddr, d.tuple.sport), format!("{}:{}", d.tuple.daddr, d.tuple.dport));
         let label = format!(
-            "TCP retransmission{} on {}:{} -> {}:{}: segment resent {} after it was first sent{} (packet loss)",
-            if retx.len() == 1 { String::new() } else { format!("s ×{}", retx.len()) },
-            ft.saddr,
-            ft.sport,
-            ft.daddr,
-            ft.dport,
-            dur(last.ts.saturating_sub(orig)),
-            if t.srtt_us > 0 { format!(", srtt {} µs", t.srtt_us) } else { String::new() }
+            "TCP retransmission{} {src} -> {dst}: segment resent {} after it was first sent{}{} (packet loss)",
+            if d.n == 1 { String::new() } else { format!("s ×{}", d.n) },
+            dur(d.last.saturating_sub(d.orig)),
+            if d.srtt > 0 { format!(", srtt {} µs", d.srtt) } else { String::new() },
+            if others > 0 { format!("; {others} more in the other direction") } else { String::new() }
         );
-        let n = self.add(NodeKind::TcpRetransmit, label, orig.max(a), last.ts.min(b), fe.pid, fe.tid);
-        let who = self.s.comm(fe.tid);
+        let n = self.add(NodeKind::TcpRetransmit, label, lo.max(a), hi.min(b), d.pid, d.tid);
+        let who = self.s.comm(d.tid);
         let node = &mut self.g.nodes[n];
         node.contribution_ns = c_ns;
         node.culprit = Some(Culprit {
-            pid: fe.pid,
-            tid: fe.tid,
+            pid: d.pid,
+            tid: d.tid,
             comm: who,
-            what: format!("lost packets on {}:{} -> {}:{}, retransmitted {} time(s)", ft.saddr, ft.sport, ft.daddr, ft.dport, retx.len()),
+            what: format!("its packets {src} -> {dst} were lost and retransmitted {} time(s)", d.n),
         });
         node.evidence = retx.iter().map(|&i| self.s.ev(i).at).collect();
         let affected = self.g.nodes[parent].tid;
-        self.strike(n, if affected != 0 { affected } else { fe.tid }, last.ts);
+        self.strike(n, if affected != 0 { affected } else { d.tid }, hi);
         self.link(parent, n);
     }
 
@@ -489,9 +512,11 @@ impl<'s> Analysis<'s> {
         if stall < self.thr() {
             return;
         }
-        // The culprit: the other process whose page faults grew most in the window.
+        // The culprit: the other process whose page faults (memory growth)
+        // were most numerous in the ten windows before: reclaim follows growth
+        // with a delay.
         let mut by: HashMap<u32, (u64, u32)> = HashMap::new();
-        for i in self.s.all_faults(a.saturating_sub(self.cfg.window_ns), b) {
+        for i in self.s.all_faults(a.saturating_sub(10 * self.cfg.window_ns), b) {
             let e = self.s.ev(i);
             if e.pid != self.s.pid_of(tid).unwrap_or(tid) {
                 let x = by.entry(e.pid).or_insert((0, e.tid));
@@ -506,7 +531,8 @@ impl<'s> Analysis<'s> {
             stalled.len(),
             faults.len(),
             match &top {
-                Some((p, (n, t))) => format!(": memory pressure from {} (pid {p}, {n} page faults in the window)", self.s.comm(*t)),
+                Some((p, (n, t))) =>
+                    format!(": memory pressure from {} (pid {p}, {n} page faults in the 10 windows before)", self.s.comm(*t)),
                 None => String::new(),
             }
         );
@@ -522,11 +548,11 @@ impl<'s> Analysis<'s> {
             pid: p,
             tid: t,
             comm: self.s.comm(t),
-            what: format!("{cnt} page faults in the window (memory growth forcing reclaim)"),
+            what: format!("{cnt} page faults in the 10 windows before (memory growth forcing reclaim)"),
         });
         node.evidence = stalled.iter().take(64).map(|&i| self.s.ev(i).at).collect();
         if let Some(ip) = loc {
-            node.location = Some(format!("ip {ip:#x}"));
+            node.location = Some(crate::symbols::locate(self.s, first.pid, ip).unwrap_or_else(|| format!("ip {ip:#x}")));
         }
         self.strike(n, tid, first.ts);
         self.link(parent, n);
