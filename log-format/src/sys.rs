@@ -201,9 +201,38 @@ fn open_flags(v: u64) -> String {
 }
 
 const SIGNALS: [&str; 32] = [
-    "0", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE", "SIGKILL", "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM",
-    "SIGTERM", "SIGSTKFLT", "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF",
-    "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
+    "0",
+    "SIGHUP",
+    "SIGINT",
+    "SIGQUIT",
+    "SIGILL",
+    "SIGTRAP",
+    "SIGABRT",
+    "SIGBUS",
+    "SIGFPE",
+    "SIGKILL",
+    "SIGUSR1",
+    "SIGSEGV",
+    "SIGUSR2",
+    "SIGPIPE",
+    "SIGALRM",
+    "SIGTERM",
+    "SIGSTKFLT",
+    "SIGCHLD",
+    "SIGCONT",
+    "SIGSTOP",
+    "SIGTSTP",
+    "SIGTTIN",
+    "SIGTTOU",
+    "SIGURG",
+    "SIGXCPU",
+    "SIGXFSZ",
+    "SIGVTALRM",
+    "SIGPROF",
+    "SIGWINCH",
+    "SIGIO",
+    "SIGPWR",
+    "SIGSYS",
 ];
 
 fn arg(kind: u8, v: u64) -> String {
@@ -233,22 +262,59 @@ fn arg(kind: u8, v: u64) -> String {
             };
             let rest = flags(
                 v & !0xf,
-                &[(0x10, "MAP_FIXED"), (0x20, "MAP_ANONYMOUS"), (0x100, "MAP_GROWSDOWN"), (0x800, "MAP_DENYWRITE"), (0x2000, "MAP_LOCKED"), (0x4000, "MAP_NORESERVE"), (0x8000, "MAP_POPULATE"), (0x20000, "MAP_STACK"), (0x100000, "MAP_FIXED_NOREPLACE")],
+                &[
+                    (0x10, "MAP_FIXED"),
+                    (0x20, "MAP_ANONYMOUS"),
+                    (0x100, "MAP_GROWSDOWN"),
+                    (0x800, "MAP_DENYWRITE"),
+                    (0x2000, "MAP_LOCKED"),
+                    (0x4000, "MAP_NORESERVE"),
+                    (0x8000, "MAP_POPULATE"),
+                    (0x20000, "MAP_STACK"),
+                    (0x100000, "MAP_FIXED_NOREPLACE"),
+                ],
                 "",
             );
             [kind, &rest].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join("|")
         }
         b'S' => SIGNALS.get(v as usize).map(|s| (*s).to_owned()).unwrap_or_else(|| format!("SIGRT{}", v as i64 - 32)),
-        b'W' => ["SEEK_SET", "SEEK_CUR", "SEEK_END", "SEEK_DATA", "SEEK_HOLE"].get(v as usize).map(|s| (*s).to_owned()).unwrap_or_else(|| v.to_string()),
-        b'C' => ["CLOCK_REALTIME", "CLOCK_MONOTONIC", "CLOCK_PROCESS_CPUTIME_ID", "CLOCK_THREAD_CPUTIME_ID", "CLOCK_MONOTONIC_RAW", "CLOCK_REALTIME_COARSE", "CLOCK_MONOTONIC_COARSE", "CLOCK_BOOTTIME"]
+        b'W' => ["SEEK_SET", "SEEK_CUR", "SEEK_END", "SEEK_DATA", "SEEK_HOLE"]
             .get(v as usize)
             .map(|s| (*s).to_owned())
             .unwrap_or_else(|| v.to_string()),
+        b'C' => [
+            "CLOCK_REALTIME",
+            "CLOCK_MONOTONIC",
+            "CLOCK_PROCESS_CPUTIME_ID",
+            "CLOCK_THREAD_CPUTIME_ID",
+            "CLOCK_MONOTONIC_RAW",
+            "CLOCK_REALTIME_COARSE",
+            "CLOCK_MONOTONIC_COARSE",
+            "CLOCK_BOOTTIME",
+        ]
+        .get(v as usize)
+        .map(|s| (*s).to_owned())
+        .unwrap_or_else(|| v.to_string()),
         b'F' => {
-            let op = ["FUTEX_WAIT", "FUTEX_WAKE", "FUTEX_FD", "FUTEX_REQUEUE", "FUTEX_CMP_REQUEUE", "FUTEX_WAKE_OP", "FUTEX_LOCK_PI", "FUTEX_UNLOCK_PI", "FUTEX_TRYLOCK_PI", "FUTEX_WAIT_BITSET", "FUTEX_WAKE_BITSET", "FUTEX_WAIT_REQUEUE_PI", "FUTEX_CMP_REQUEUE_PI", "FUTEX_LOCK_PI2"]
-                .get((v & 0x7f) as usize)
-                .map(|s| (*s).to_owned())
-                .unwrap_or_else(|| format!("{:#x}", v & 0x7f));
+            let op = [
+                "FUTEX_WAIT",
+                "FUTEX_WAKE",
+                "FUTEX_FD",
+                "FUTEX_REQUEUE",
+                "FUTEX_CMP_REQUEUE",
+                "FUTEX_WAKE_OP",
+                "FUTEX_LOCK_PI",
+                "FUTEX_UNLOCK_PI",
+                "FUTEX_TRYLOCK_PI",
+                "FUTEX_WAIT_BITSET",
+                "FUTEX_WAKE_BITSET",
+                "FUTEX_WAIT_REQUEUE_PI",
+                "FUTEX_CMP_REQUEUE_PI",
+                "FUTEX_LOCK_PI2",
+            ]
+            .get((v & 0x7f) as usize)
+            .map(|s| (*s).to_owned())
+            .unwrap_or_else(|| format!("{:#x}", v & 0x7f));
             let mut s = op;
             if v & 128 != 0 {
                 s.push_str("_PRIVATE");
@@ -285,6 +351,12 @@ fn arg(kind: u8, v: u64) -> String {
             }
         }
     }
+}
+
+/// How many arguments syscall `nr` takes, when known (the remaining
+/// registers are left over from earlier code and mean nothing).
+pub fn arity(nr: u32) -> Option<usize> {
+    Sysno::new(nr as usize).and_then(arg_kinds).map(str::len)
 }
 
 /// The arguments of a syscall as strace shows them (symbolic flags,

@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+pub mod debug;
 pub mod elf;
 pub mod files;
 pub mod inject;

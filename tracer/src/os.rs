@@ -71,6 +71,14 @@ pub fn getregs(pid: Pid) -> nix::Result<Regs> {
     ptrace::getregs(pid)
 }
 
+/// Floating-point and SSE registers of a stopped tracee.
+pub fn getfpregs(pid: Pid) -> nix::Result<libc::user_fpregs_struct> {
+    // SAFETY: zeroed plain-data struct filled by PTRACE_GETFPREGS.
+    let mut f: libc::user_fpregs_struct = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::ptrace(libc::PTRACE_GETFPREGS, pid.as_raw(), 0, &mut f as *mut libc::user_fpregs_struct) };
+    Errno::result(r).map(|_| f)
+}
+
 /// Sets the registers of a stopped tracee.
 pub fn setregs(pid: Pid, regs: &Regs) -> nix::Result<()> {
     ptrace::setregs(pid, *regs)
@@ -156,7 +164,8 @@ pub fn set_debugreg(pid: Pid, n: usize, value: u64) -> nix::Result<()> {
 /// Waits for a state change of `pid` (or any child with `None`), all
 /// clone kinds included. With `nohang`, `Ok(None)` when nothing is ready.
 pub fn wait(pid: Option<Pid>, nohang: bool) -> nix::Result<Option<WaitStatus>> {
-    let mut f = WaitPidFlag::__WALL;
+    // __WNOTHREAD: only this thread's tracees (several tracers may share a process, as tests do).
+    let mut f = WaitPidFlag::__WALL | WaitPidFlag::__WNOTHREAD;
     if nohang {
         f |= WaitPidFlag::WNOHANG;
     }

@@ -111,7 +111,14 @@ pub enum Interrupt {
     /// A single step of `tid` completed.
     Step(u32),
     /// `tid` is at the entry (`entry == true`) or exit of syscall `nr`.
+    #[allow(missing_docs)]
     Syscall { tid: u32, nr: u32, entry: bool },
+    /// `tid` was held where an event let it run, as asked.
+    Held(u32),
+    /// On its way to a point, `tid` passed that point's instruction with
+    /// other registers (where a debugger breakpoint sits).
+    #[allow(missing_docs)]
+    Passed { tid: u32, landing: Landing },
 }
 
 /// How far [`Replayer::advance`] went.
@@ -130,7 +137,24 @@ enum Goal {
     /// Its next natural stop.
     Natural,
     /// A recorded landing point (for its next event, `seq`).
-    Landing { l: Landing, seq: u64, tramp: Option<crate::landing::Trampoline> },
+    Landing {
+        l: Landing,
+        seq: u64,
+        via: Via,
+        /// Debugger breakpoints lifted out of the way: (address, byte under them).
+        lifted: Vec<u64>,
+        /// Passes through the point that do not match are reported
+        /// ([`Interrupt::Passed`]): a debugger breakpoint sits there.
+        report_passes: bool,
+    },
+}
+
+/// How a landing point is watched for.
+enum Via {
+    /// A jump to a register-comparing trampoline.
+    Trampoline(crate::landing::Trampoline),
+    /// An int3 over this original byte (instructions too short to patch).
+    Int3(u8),
 }
 
 struct Task {
@@ -151,6 +175,8 @@ struct Task {
     vfork_child: Option<u32>,
     /// Where it is running to.
     goal: Goal,
+    /// The event that last let it run (its current slice began after it).
+    resumed_at: u64,
 }
 
 struct Proc {
@@ -197,6 +223,8 @@ pub struct Replayer {
     catch: Option<Vec<u32>>,
     /// The event whose syscall entry was already reported.
     caught_at: Option<u64>,
+    /// Hold this task when event `.0` would let it run.
+    hold_at: Option<(u64, u32)>,
     out: std::io::Stdout,
     err: std::io::Stderr,
 }
@@ -258,6 +286,7 @@ impl Replayer {
             pending: None,
             catch: None,
             caught_at: None,
+            hold_at: None,
             out: std::io::stdout(),
             err: std::io::stderr(),
         };
@@ -266,10 +295,14 @@ impl Replayer {
         for s in &snapshots {
             me.materialize(s)?;
         }
-        // Every executable and interpreter the recording exec'd goes into the replay root now.
+        // Every executable, interpreter and mapped library goes into the replay
+        // root now (the debugger reads symbols from there too).
         for ev in me.r.events() {
             if let EventBody::FileSnapshot(s) = ev?.body {
-                if s.reason != "mmap" {
+                if s.reason == "mmap" {
+                    // Only for the debugger's symbols: best effort.
+                    let _ = me.materialize(&s);
+                } else {
                     me.materialize(&s)?;
                 }
             }
@@ -308,6 +341,7 @@ impl Replayer {
                 exec_in_flight: false,
                 vfork_child: None,
                 goal: Goal::Natural,
+                resumed_at: 0,
             },
         );
         let mem = Mem::open(pid).map_err(|e| Error::Os(format!("memory of {pid}: {e}")))?;
@@ -353,14 +387,15 @@ impl Replayer {
             if let Some(i) = self.pending.take() {
                 return Ok(Halt::Interrupt(i));
             }
+            // Before settling: the caller may want to watch the running slice end.
+            if stop_before == Some(self.seq) {
+                return Ok(Halt::Reached(self.seq));
+            }
             if let Some(i) = self.settle()? {
                 return Ok(Halt::Interrupt(i));
             }
             if self.seq >= self.end {
                 return Ok(Halt::End);
-            }
-            if stop_before == Some(self.seq) {
-                return Ok(Halt::Reached(self.seq));
             }
             let ev = match self.r.get(self.seq) {
                 Ok(e) => e,
@@ -382,7 +417,7 @@ impl Replayer {
                 }
             }
             tracing::debug!(seq = self.seq, tid = ev.tid, "{}", kpl::text::describe(&ev));
-            self.step(&ev)?;
+            self.process(&ev)?;
             self.seq += 1;
         }
     }
@@ -420,7 +455,7 @@ impl Replayer {
 
     // ---- events ----
 
-    fn step(&mut self, ev: &Event) -> Result<(), Error> {
+    fn process(&mut self, ev: &Event) -> Result<(), Error> {
         match &ev.body {
             EventBody::FileSnapshot(s) => {
                 if let Some(t) = self.tasks.get_mut(&ev.tid) {
@@ -512,7 +547,9 @@ impl Replayer {
             return Err(self.diverge(ev, &format!("to enter {}", kpl::text::describe(ev)), &st));
         };
         let first_exec = self.seq < 64 && nr == sys::nr(Sysno::execve) && !self.procs.values().any(|p| p.vdso.syscall_insn != 0);
-        if nr != sc.nr || (args != sc.args && !first_exec) {
+        // Only the registers the call takes: the others hold leftovers of earlier code.
+        let n = kpl::sys::arity(nr).unwrap_or(6);
+        if nr != sc.nr || (args[..n] != sc.args[..n] && !first_exec) {
             let actual = format!("called {}({})", sys::name(nr), args.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(", "));
             return Err(self.divergence(
                 ev,
@@ -860,6 +897,7 @@ impl Replayer {
                 exec_in_flight: false,
                 vfork_child: None,
                 goal: Goal::Natural,
+                resumed_at: 0,
             },
         );
         if f.kind != ForkKind::Thread {
@@ -1028,6 +1066,13 @@ impl Replayer {
                 return Err(Error::Replay { seq: self.seq, tid, why: format!("task {r} still running when task {tid} resumes") });
             }
         }
+        if let Some(t) = self.tasks.get_mut(&tid) {
+            t.resumed_at = self.seq;
+        }
+        if self.hold_at == Some((self.seq, tid)) {
+            self.hold_at = None;
+            self.hold = Some((tid, Interrupt::Held(tid)));
+        }
         // The debugger asked to stop here (a step over a syscall, a caught syscall's exit).
         if self.hold.as_ref().is_some_and(|(t, _)| *t == tid) {
             let (_, why) = self.hold.take().unwrap();
@@ -1050,7 +1095,9 @@ impl Replayer {
             match &n.body {
                 EventBody::Signal(s) if s.landing.in_syscall && !s.synchronous && !delivering => return Ok(()),
                 EventBody::Preempt(p) => return self.start_landing(tid, p.landing.clone(), n.seq),
-                EventBody::Signal(s) if !s.synchronous && !s.landing.in_syscall => return self.start_landing(tid, s.landing.clone(), n.seq),
+                EventBody::Signal(s) if !s.synchronous && !s.landing.in_syscall => {
+                    return self.start_landing(tid, s.landing.clone(), n.seq)
+                }
                 _ => {}
             }
         }
@@ -1085,20 +1132,34 @@ impl Replayer {
             self.set_stop(tid, Stop::Landing);
             return Ok(());
         }
-        let (mem_ok, insn) = {
+        // Debugger breakpoints on the instruction are lifted while we aim at it.
+        let tgid = self.task(tid)?.tgid;
+        let lifted: Vec<u64> =
+            self.breakpoints.range(l.ip..l.ip + 16).filter(|(_, v)| v.iter().any(|(p, _)| *p == tgid)).map(|(a, _)| *a).collect();
+        let report_passes = lifted.contains(&l.ip);
+        for a in &lifted {
+            let orig = self.breakpoints[a].iter().find(|(p, _)| *p == tgid).map(|(_, b)| *b).unwrap();
+            self.proc_of(tid)?.mem.write(*a, &[orig]).map_err(|e| Error::Os(format!("lifting a breakpoint: {e}")))?;
+        }
+        let (insn_addr, insn) = {
             let p = self.proc_of(tid)?;
-            (p.vdso.syscall_insn != 0, crate::landing::decode_at(&p.mem, l.ip))
+            (p.vdso.syscall_insn, crate::landing::decode_at(&p.mem, l.ip))
         };
-        let tramp = if mem_ok && !l.regs.is_empty() && insn.as_ref().is_some_and(crate::landing::patchable) {
-            let insn_addr = self.proc_of(tid)?.vdso.syscall_insn;
+        let via = if insn_addr != 0 && !l.regs.is_empty() && insn.as_ref().is_some_and(crate::landing::patchable) {
             let p = self.proc_of(tid)?;
-            Some(crate::landing::install(real, &p.mem, insn_addr, l.ip, &l.regs).map_err(|e| Error::Replay { seq, tid, why: e })?)
+            Via::Trampoline(crate::landing::install(real, &p.mem, insn_addr, l.ip, &l.regs).map_err(|e| Error::Replay {
+                seq,
+                tid,
+                why: e,
+            })?)
         } else {
-            os::set_debugreg(real, 0, l.ip).map_err(os_err("setting a hardware breakpoint"))?;
-            os::set_debugreg(real, 7, 1).map_err(os_err("enabling a hardware breakpoint"))?;
-            None
+            // Too short to patch: an int3 there, stepped over on each pass that does not match.
+            let m = &self.proc_of(tid)?.mem;
+            let orig = m.read(l.ip, 1).map_err(|e| Error::Replay { seq, tid, why: format!("reading the landing point: {e}") })?[0];
+            m.write(l.ip, &[0xcc]).map_err(|e| Error::Replay { seq, tid, why: format!("planting a landing breakpoint: {e}") })?;
+            Via::Int3(orig)
         };
-        self.tasks.get_mut(&tid).unwrap().goal = Goal::Landing { l, seq, tramp };
+        self.tasks.get_mut(&tid).unwrap().goal = Goal::Landing { l, seq, via, lifted, report_passes };
         let sig = self.arm_signal(tid)?;
         self.resume_user(tid, sig)
     }
@@ -1173,23 +1234,51 @@ impl Replayer {
             if st == Stop::Signal(libc::SIGTRAP) {
                 let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
                 // Our landing point?
-                let landing = match &self.task(r)?.goal {
-                    Goal::Landing { l, tramp: Some(t), .. } if regs.rip == t.hit => Some((l.clone(), true)),
-                    Goal::Landing { l, tramp: None, .. } if regs.rip == l.ip => Some((l.clone(), false)),
+                let hit = match &self.task(r)?.goal {
+                    Goal::Landing { l, via: Via::Trampoline(t), report_passes, .. } if regs.rip == t.hit => {
+                        Some((l.clone(), false, *report_passes))
+                    }
+                    Goal::Landing { l, via: Via::Int3(_), report_passes, .. } if regs.rip == l.ip + 1 => {
+                        Some((l.clone(), true, *report_passes))
+                    }
                     _ => None,
                 };
-                if let Some((l, patched)) = landing {
+                if let Some((l, int3, report)) = hit {
                     regs.rip = l.ip;
                     if fingerprint(&regs) == l.fingerprint {
-                        if patched {
-                            os::setregs(real, &regs).map_err(os_err("setregs"))?;
-                        }
+                        os::setregs(real, &regs).map_err(os_err("setregs"))?;
                         self.end_landing(r)?;
                         self.set_stop(r, Stop::Landing);
                         self.running = None;
                         return Ok(None);
                     }
-                    // Not yet: go on (the kernel set the resume flag on a hardware breakpoint).
+                    let passed = crate::landing_of(&regs, None);
+                    if int3 {
+                        // Execute the real instruction once, then plant the int3 again.
+                        let orig = match &self.task(r)?.goal {
+                            Goal::Landing { via: Via::Int3(b), .. } => *b,
+                            _ => unreachable!(),
+                        };
+                        os::setregs(real, &regs).map_err(os_err("setregs"))?;
+                        self.proc_of(r)?.mem.write(l.ip, &[orig]).map_err(|e| Error::Os(format!("landing: {e}")))?;
+                        os::step(real, 0).map_err(os_err("single-step"))?;
+                        self.set_stop(r, Stop::Running);
+                        let st2 = self.wait_stop(r)?;
+                        self.proc_of(r)?.mem.write(l.ip, &[0xcc]).map_err(|e| Error::Os(format!("landing: {e}")))?;
+                        if st2 != Stop::Signal(libc::SIGTRAP) {
+                            let seq = match &self.task(r)?.goal {
+                                Goal::Landing { seq, .. } => *seq,
+                                _ => self.seq,
+                            };
+                            self.end_landing(r)?;
+                            return Err(self.diverge_at(seq, r, &format!("to reach its landing point {:#x}", l.ip), &st2));
+                        }
+                    }
+                    if report {
+                        self.set_stop(r, Stop::Stepped);
+                        self.running = Some(r);
+                        return Ok(Some(Interrupt::Passed { tid: r, landing: passed }));
+                    }
                     os::cont(real, 0).map_err(os_err("resuming to a landing point"))?;
                     self.set_stop(r, Stop::Running);
                     continue;
@@ -1224,16 +1313,19 @@ impl Replayer {
     fn end_landing(&mut self, tid: u32) -> Result<(), Error> {
         let goal = std::mem::replace(&mut self.tasks.get_mut(&tid).unwrap().goal, Goal::Natural);
         let real = self.real(tid)?;
-        if let Goal::Landing { tramp, seq, .. } = goal {
-            match tramp {
-                Some(t) => {
+        if let Goal::Landing { l, seq, via, lifted, .. } = goal {
+            match via {
+                Via::Trampoline(t) => {
                     let insn = self.proc_of(tid)?.vdso.syscall_insn;
                     let p = self.proc_of(tid)?;
                     crate::landing::remove(real, &p.mem, insn, &t).map_err(|e| Error::Replay { seq, tid, why: e })?;
                 }
-                None => {
-                    let _ = os::set_debugreg(real, 7, 0);
+                Via::Int3(orig) => {
+                    self.proc_of(tid)?.mem.write(l.ip, &[orig]).map_err(|e| Error::Os(format!("landing: {e}")))?;
                 }
+            }
+            for a in lifted {
+                let _ = self.proc_of(tid)?.mem.write(a, &[0xcc]);
             }
         }
         Ok(())
@@ -1310,6 +1402,225 @@ impl Replayer {
             }
             return Ok(stop);
         }
+    }
+
+    // ---- debugger primitives ----
+
+    /// Recorded thread ids of the live tasks, in order.
+    pub fn tids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.tasks.iter().filter(|(_, t)| !matches!(t.stop, Stop::Gone(_) | Stop::New)).map(|(t, _)| *t).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The task the debugger sees as current: the one running user code, or the one of the next event.
+    pub fn current_tid(&self) -> Option<u32> {
+        self.running
+            .or_else(|| self.r.get(self.seq).ok().map(|e| e.tid))
+            .filter(|t| self.tasks.contains_key(t))
+            .or_else(|| self.tids().first().copied())
+    }
+
+    /// Registers of a task (it must be stopped, as every task is between debugger commands).
+    pub fn regs(&self, tid: u32) -> Result<Regs, Error> {
+        os::getregs(self.real(tid)?).map_err(os_err(format!("registers of task {tid}")))
+    }
+
+    /// Sets the registers of a task.
+    pub fn set_regs(&mut self, tid: u32, r: &Regs) -> Result<(), Error> {
+        os::setregs(self.real(tid)?, r).map_err(os_err(format!("registers of task {tid}")))
+    }
+
+    /// Floating-point and SSE registers of a task.
+    pub fn fpregs(&self, tid: u32) -> Result<libc::user_fpregs_struct, Error> {
+        os::getfpregs(self.real(tid)?).map_err(os_err(format!("FP registers of task {tid}")))
+    }
+
+    /// Reads a task's memory as the program sees it (debugger breakpoints hidden).
+    pub fn read_mem(&self, tid: u32, addr: u64, len: usize) -> Result<Vec<u8>, Error> {
+        let p = self.proc_of(tid)?;
+        let mut b = p.mem.read_partial(addr, len);
+        let tgid = self.task(tid)?.tgid;
+        for (a, v) in self.breakpoints.range(addr..addr.saturating_add(b.len() as u64)) {
+            if let Some((_, orig)) = v.iter().find(|(p, _)| *p == tgid) {
+                b[(a - addr) as usize] = *orig;
+            }
+        }
+        Ok(b)
+    }
+
+    /// Writes a task's memory (keeps debugger breakpoints in place).
+    pub fn write_mem(&mut self, tid: u32, addr: u64, data: &[u8]) -> Result<(), Error> {
+        let tgid = self.task(tid)?.tgid;
+        let mut d = data.to_vec();
+        for (a, v) in self.breakpoints.range_mut(addr..addr.saturating_add(data.len() as u64)) {
+            if let Some(e) = v.iter_mut().find(|(p, _)| *p == tgid) {
+                e.1 = d[(a - addr) as usize];
+                d[(a - addr) as usize] = 0xcc;
+            }
+        }
+        self.proc_of(tid)?.mem.write(addr, &d).map_err(|e| Error::Os(format!("writing memory of task {tid}: {e}")))
+    }
+
+    /// Inserts a software breakpoint in every live process that maps `addr`.
+    pub fn insert_breakpoint(&mut self, addr: u64) -> bool {
+        let mut placed = Vec::new();
+        for (tgid, p) in &self.procs {
+            if self.breakpoints.get(&addr).is_some_and(|v| v.iter().any(|(t, _)| t == tgid)) {
+                placed.push(*tgid);
+                continue;
+            }
+            if let Ok(b) = p.mem.read(addr, 1) {
+                if p.mem.write(addr, &[0xcc]).is_ok() {
+                    self.breakpoints.entry(addr).or_default().push((*tgid, b[0]));
+                    placed.push(*tgid);
+                }
+            }
+        }
+        !placed.is_empty()
+    }
+
+    /// Removes a software breakpoint.
+    pub fn remove_breakpoint(&mut self, addr: u64) -> bool {
+        let Some(v) = self.breakpoints.remove(&addr) else { return false };
+        for (tgid, orig) in v {
+            if let Some(p) = self.procs.get(&tgid) {
+                let _ = p.mem.write(addr, &[orig]);
+            }
+        }
+        true
+    }
+
+    /// Stops at these syscalls' entries and exits (`Some(vec![])`: all; `None`: off).
+    pub fn set_catch(&mut self, c: Option<Vec<u32>>) {
+        self.catch = c;
+    }
+
+    /// Continues until a breakpoint, a caught syscall, or the end.
+    pub fn cont(&mut self) -> Result<Halt, Error> {
+        self.advance(None)
+    }
+
+    /// Executes one instruction of `tid` (a syscall instruction counts as
+    /// one: the events up to its completion are processed).
+    pub fn step(&mut self, tid: u32) -> Result<Halt, Error> {
+        self.stepping = Some(tid);
+        self.hold = Some((tid, Interrupt::Step(tid)));
+        let h = self.advance(None);
+        self.stepping = None;
+        if self.hold.as_ref().is_some_and(|(t, _)| *t == tid) {
+            self.hold = None;
+        }
+        h
+    }
+
+    /// Processes events until `tid` is about to run after event `seq`, and holds it there.
+    pub fn run_to_resume(&mut self, seq: u64, tid: u32) -> Result<Halt, Error> {
+        self.hold_at = Some((seq, tid));
+        let h = self.advance(None);
+        self.hold_at = None;
+        h
+    }
+
+    /// Aims a held (or debugger-stopped) task at a point inside its slice
+    /// (first pass with these registers); [`Replayer::until_landed`] runs it there.
+    pub fn aim(&mut self, tid: u32, l: &Landing) -> Result<(), Error> {
+        self.hold = None;
+        self.start_landing(tid, l.clone(), self.seq)
+    }
+
+    /// Runs an aimed task until it reaches its point (`Ok(None)`, a
+    /// debugger stop there) or passes a debugger breakpoint on the way
+    /// (`Ok(Some(Passed|Breakpoint))`; call again to go on).
+    pub fn until_landed(&mut self, tid: u32) -> Result<Option<Interrupt>, Error> {
+        loop {
+            if self.task(tid)?.stop == Stop::Landing {
+                self.set_stop(tid, Stop::Stepped);
+                self.running = Some(tid);
+                return Ok(None);
+            }
+            self.running = Some(tid);
+            if let Some(i) = self.settle()? {
+                return Ok(Some(i));
+            }
+            let st = self.task(tid)?.stop.clone();
+            if st != Stop::Landing {
+                return Err(Error::Replay { seq: self.seq, tid, why: format!("stopped ({st:?}) on the way to a point in its slice") });
+            }
+        }
+    }
+
+    /// The task running (or stopped by the debugger inside) its slice.
+    pub fn running_tid(&self) -> Option<u32> {
+        self.running
+    }
+
+    /// Lets the running task reach its stop (a debugger stop comes back as an interrupt).
+    pub fn settle_now(&mut self) -> Result<Option<Interrupt>, Error> {
+        self.settle()
+    }
+
+    /// Lets `tid` reach the stop its next event starts from.
+    pub fn settle_for(&mut self, tid: u32) -> Result<(), Error> {
+        self.settle()?;
+        self.ensure_stop(tid)?;
+        Ok(())
+    }
+
+    /// Asks [`Replayer::advance`] to hold `tid` when event `seq` would let it run.
+    pub fn hold_for(&mut self, seq: u64, tid: u32) {
+        self.hold_at = Some((seq, tid));
+    }
+
+    /// Where task `tid` is: the event its current slice began after, and its registers.
+    pub fn point(&self, tid: u32) -> Result<(u64, Regs), Error> {
+        Ok((self.task(tid)?.resumed_at, self.regs(tid)?))
+    }
+
+    /// The event the current slice of `tid` began after (also while it runs).
+    pub fn resumed_at(&self, tid: u32) -> Option<u64> {
+        self.tasks.get(&tid).map(|t| t.resumed_at)
+    }
+
+    /// True when `tid` is stopped inside its slice (breakpoint, step) rather than between events.
+    pub fn in_slice(&self, tid: u32) -> bool {
+        self.tasks.get(&tid).is_some_and(|t| matches!(t.stop, Stop::Breakpoint | Stop::Stepped | Stop::Landing))
+    }
+
+    /// Index of the next event to process.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The log.
+    pub fn reader(&self) -> &Reader {
+        &self.r
+    }
+
+    /// The private root directory the program runs in (its executables and libraries: a sysroot for the debugger).
+    pub fn sysroot(&self) -> &Path {
+        self.root_dir.path()
+    }
+
+    /// The executable of a task's process, as a file in the replay root.
+    pub fn exe_file(&self, tid: u32) -> Option<PathBuf> {
+        let real = self.real(tid).ok()?;
+        std::fs::read_link(format!("/proc/{real}/exe")).ok()
+    }
+
+    /// The auxiliary vector of a task's process.
+    pub fn auxv(&self, tid: u32) -> Vec<u8> {
+        self.real(tid).ok().and_then(|r| std::fs::read(format!("/proc/{r}/auxv")).ok()).unwrap_or_default()
+    }
+
+    /// The recorded exit code of the root process.
+    pub fn exit_code(&self) -> i32 {
+        self.recorded_exit()
+    }
+
+    /// Kills every task of the replay.
+    pub fn shutdown(&mut self) {
+        self.kill_all();
     }
 
     // ---- reports ----
