@@ -23,7 +23,7 @@ enum Command {
     /// Record a command under ptrace into a `.kpl` log.
     Record(cmd::record::RecordArgs),
     /// Replay a recording deterministically.
-    Replay(cmd::record::ReplayArgs),
+    Replay(cmd::replay::ReplayArgs),
     /// Benchmarks whose figures go into BENCHMARKS.md.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCmd),
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Command::Log(c) => cmd::log::run(c),
         Command::Record(a) => cmd::record::record(a),
-        Command::Replay(a) => cmd::record::replay(a),
+        Command::Replay(a) => cmd::replay::replay(a),
         Command::Bench(c) => cmd::bench::run(c),
         Command::Recorder(a) => cmd::recorder::run(a),
         Command::Why(a) => cmd::why::run(a),

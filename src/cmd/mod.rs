@@ -5,4 +5,5 @@ pub mod bench_tracer;
 pub mod log;
 pub mod record;
 pub mod recorder;
+pub mod replay;
 pub mod why;
