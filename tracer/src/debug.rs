@@ -86,6 +86,9 @@ pub struct Session {
     start: Point,
     tainted: bool,
     ended: Option<i32>,
+    /// The furthest event processed so far (program output is shown once).
+    high_water: u64,
+    main_tgid: u32,
     /// Replays done since the session began (for reports and benchmarks).
     pub restarts: u64,
 }
@@ -101,12 +104,22 @@ impl Session {
     /// Starts a session: the program stopped right after its first exec
     /// (at the dynamic loader's first instruction).
     pub fn new(log: PathBuf) -> Result<Session, Error> {
-        let opts = ReplayOptions { log, quiet: true, until_event: None };
+        Session::with_output(log, false)
+    }
+
+    /// Like [`Session::new`]; with `show_output`, the program's recorded
+    /// stdout/stderr is shown as the replay first passes it (not again
+    /// when going back and forth).
+    pub fn with_output(log: PathBuf, show_output: bool) -> Result<Session, Error> {
+        let opts = ReplayOptions { log, quiet: !show_output, until_event: None };
         let mut r = Replayer::new(opts.clone())?;
         let (seq, tid) = first_exec(&r)?;
         let start = Point { tid, resumed_at: seq, at: None, entry_of: None };
         held(r.run_to_resume(seq, tid)?)?;
+        let main_tgid = r.tgid(tid).unwrap_or(tid);
         Ok(Session {
+            high_water: 0,
+            main_tgid,
             opts,
             r,
             breakpoints: BTreeSet::new(),
@@ -124,9 +137,21 @@ impl Session {
         &self.r
     }
 
-    /// Live threads (recorded tids).
+    /// Live threads (recorded tids) of the debugged process (the one whose
+    /// exec began the session; other processes of the tree are replayed
+    /// alongside but not shown).
     pub fn threads(&self) -> Vec<u32> {
-        self.r.tids()
+        self.r.tids().into_iter().filter(|t| self.r.tgid(*t) == Some(self.main_tgid)).collect()
+    }
+
+    /// The recorded pid of the debugged process.
+    pub fn pid(&self) -> u32 {
+        self.main_tgid
+    }
+
+    /// True when `tid` is a thread of the debugged process.
+    pub fn is_main(&self, tid: u32) -> bool {
+        self.r.tgid(tid) == Some(self.main_tgid)
     }
 
     /// The thread the last stop concerns.
@@ -271,7 +296,7 @@ impl Session {
         let values = self.watched(tid0);
         loop {
             let owner = self.r.running_tid();
-            let owner_start = owner.map(|t| self.r.point(t).map(|(s, _)| s)).transpose()?;
+            let owner_start = owner.and_then(|t| self.r.resumed_at(t));
             let settled = self.r.settle_now()?;
             let tid = self.r.current_tid().unwrap_or(tid0);
             if let Some(w) = self.changed(tid, &values) {
@@ -369,8 +394,10 @@ impl Session {
     // ---- positions ----
 
     fn restart(&mut self) -> Result<(), Error> {
+        self.high_water = self.high_water.max(self.r.seq());
         self.r.shutdown();
         self.r = Replayer::new(self.opts.clone())?;
+        self.r.show_output_from(self.high_water);
         self.r.set_catch(None);
         self.ended = None;
         self.restarts += 1;

@@ -200,6 +200,8 @@ struct Mapping {
 pub struct Replayer {
     r: Reader,
     opts: ReplayOptions,
+    /// Program output is shown only for events from this one on (a debugger replaying again).
+    show_from: u64,
     seq: u64,
     end: u64,
     tasks: HashMap<u32, Task>,
@@ -276,6 +278,7 @@ impl Replayer {
             root_dir,
             root_tid,
             root_status: None,
+            show_from: 0,
             running: None,
             mappings: Vec::new(),
             syscalls: 0,
@@ -669,7 +672,7 @@ impl Replayer {
     }
 
     fn show_output(&mut self, sc: &Syscall) -> Result<(), Error> {
-        if self.opts.quiet || sc.flags & (Syscall::FLAG_STDOUT | Syscall::FLAG_STDERR) == 0 {
+        if self.opts.quiet || self.seq < self.show_from || sc.flags & (Syscall::FLAG_STDOUT | Syscall::FLAG_STDERR) == 0 {
             return Ok(());
         }
         for w in &sc.writes {
@@ -1616,6 +1619,17 @@ impl Replayer {
     /// The recorded exit code of the root process.
     pub fn exit_code(&self) -> i32 {
         self.recorded_exit()
+    }
+
+    /// The recorded process (thread group) of a task.
+    pub fn tgid(&self, tid: u32) -> Option<u32> {
+        self.tasks.get(&tid).map(|t| t.tgid)
+    }
+
+    /// Shows program output only for events from `seq` on (output before
+    /// was already shown by an earlier pass of a debugging session).
+    pub fn show_output_from(&mut self, seq: u64) {
+        self.show_from = seq;
     }
 
     /// Kills every task of the replay.

@@ -1,0 +1,210 @@
+//! A GDB remote serial protocol server on a kprobe replay, built on the
+//! [`gdbstub`] crate: gdb and lldb attach to a deterministic replay of a
+//! recorded process and run it forwards and backwards.
+//!
+//! One module per protocol extension, as in gdbstub:
+//! [`arch`] (target description), `base` (threads, registers, memory),
+//! `resume` (continue, step, range step, reverse-continue, reverse-step),
+//! `breakpoints` (software breakpoints, write watchpoints), `catch`
+//! (catching syscalls), `files` (exec file, auxv, shared libraries),
+//! `monitor` (`when`, `goto`, `events`, `cause`).
+//!
+//! Positions, reverse execution and watchpoints come from
+//! [`tracer::debug::Session`]; see there for how a position inside user
+//! code is named and reached again without a performance counter.
+//!
+//! ```no_run
+//! let session = tracer::debug::Session::new("incident.kpl".into())?;
+//! let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+//! println!("listening on {}", listener.local_addr()?);
+//! let (conn, _) = listener.accept()?;
+//! gdbserver::serve(session, conn, gdbserver::Options::default())?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod arch;
+mod base;
+mod breakpoints;
+mod catch;
+mod files;
+mod monitor;
+mod resume;
+
+use gdbstub::common::Signal;
+use gdbstub::stub::run_blocking::{BlockingEventLoop, Event, WaitForStopReasonError};
+use gdbstub::stub::{DisconnectReason, GdbStub, MultiThreadStopReason};
+use gdbstub::target::ext::base::BaseOps;
+use gdbstub::target::Target;
+use std::net::TcpStream;
+use tracer::debug::Session;
+
+/// What `monitor cause` shows, and where the cause struck.
+#[derive(Clone, Debug, Default)]
+pub struct Cause {
+    /// The causal chain, as `kprobe why` prints it.
+    pub text: String,
+    /// The event where the root cause struck (`monitor cause` goes there).
+    pub seq: Option<u64>,
+}
+
+/// Server options.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The causal chain for `monitor cause` (from the log's cause index).
+    pub cause: Option<Cause>,
+}
+
+/// Errors of the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The replay failed (divergence, bad log, ptrace).
+    #[error(transparent)]
+    Replay(#[from] tracer::Error),
+    /// The connection to the debugger failed.
+    #[error("connection to the debugger: {0}")]
+    Connection(String),
+    /// A protocol error.
+    #[error("GDB protocol: {0}")]
+    Protocol(String),
+}
+
+/// How a debugging session ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The debugger detached or disconnected.
+    Disconnected,
+    /// The debugger killed the replay.
+    Killed,
+    /// The replay reached the end (recorded exit code).
+    Exited(u8),
+}
+
+/// What to do on the next resume (set by the resume packets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Action {
+    Cont,
+    Step(u32),
+    Range { tid: u32, start: u64, end: u64 },
+    ReverseCont,
+    ReverseStep(u32),
+}
+
+/// The gdbstub target: a debugging session over a replay.
+pub struct ReplayTarget {
+    pub(crate) s: Session,
+    pub(crate) action: Action,
+    pub(crate) cause: Option<Cause>,
+    pub(crate) exited: Option<i32>,
+}
+
+impl ReplayTarget {
+    /// A target on a session.
+    pub fn new(s: Session, opts: Options) -> ReplayTarget {
+        ReplayTarget { s, action: Action::Cont, cause: opts.cause, exited: None }
+    }
+
+    /// The session.
+    pub fn session(&mut self) -> &mut Session {
+        &mut self.s
+    }
+}
+
+pub(crate) fn tid_of(t: gdbstub::common::Tid) -> u32 {
+    t.get() as u32
+}
+
+pub(crate) fn gdb_tid(t: u32) -> gdbstub::common::Tid {
+    gdbstub::common::Tid::new(t.max(1) as usize).unwrap()
+}
+
+impl Target for ReplayTarget {
+    type Arch = arch::X86_64Linux;
+    type Error = Error;
+
+    fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
+        BaseOps::MultiThread(self)
+    }
+
+    fn guard_rail_implicit_sw_breakpoints(&self) -> bool {
+        true
+    }
+
+    fn support_breakpoints(&mut self) -> Option<gdbstub::target::ext::breakpoints::BreakpointsOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_monitor_cmd(&mut self) -> Option<gdbstub::target::ext::monitor_cmd::MonitorCmdOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_catch_syscalls(&mut self) -> Option<gdbstub::target::ext::catch_syscalls::CatchSyscallsOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_exec_file(&mut self) -> Option<gdbstub::target::ext::exec_file::ExecFileOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_auxv(&mut self) -> Option<gdbstub::target::ext::auxv::AuxvOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_libraries_svr4(&mut self) -> Option<gdbstub::target::ext::libraries::LibrariesSvr4Ops<'_, Self>> {
+        Some(self)
+    }
+}
+
+struct Loop;
+
+impl BlockingEventLoop for Loop {
+    type Target = ReplayTarget;
+    type Connection = TcpStream;
+    type StopReason = MultiThreadStopReason<u64>;
+
+    fn wait_for_stop_reason(
+        target: &mut ReplayTarget,
+        _conn: &mut TcpStream,
+    ) -> Result<Event<Self::StopReason>, WaitForStopReasonError<Error, std::io::Error>> {
+        // The replay runs to its next stop synchronously: there is no
+        // wall-clock behaviour to preserve, and a stop is always near.
+        let stop = target.run().map_err(WaitForStopReasonError::Target)?;
+        Ok(Event::TargetStopped(stop))
+    }
+
+    fn on_interrupt(_target: &mut ReplayTarget) -> Result<Option<Self::StopReason>, Error> {
+        Ok(Some(MultiThreadStopReason::Signal(Signal::SIGINT)))
+    }
+}
+
+/// Serves one debugger connection until it detaches, kills the replay, or
+/// the replay ends.
+pub fn serve(session: Session, conn: TcpStream, opts: Options) -> Result<Outcome, Error> {
+    let _ = conn.set_nodelay(true);
+    let mut target = ReplayTarget::new(session, opts);
+    serve_target(&mut target, conn)
+}
+
+/// Like [`serve`], on a target the caller keeps (to inspect it afterwards).
+pub fn serve_target(target: &mut ReplayTarget, conn: TcpStream) -> Result<Outcome, Error> {
+    let stub = GdbStub::new(conn);
+    match stub.run_blocking::<Loop>(target) {
+        Ok(DisconnectReason::Disconnect) => Ok(Outcome::Disconnected),
+        Ok(DisconnectReason::Kill) => Ok(Outcome::Killed),
+        Ok(DisconnectReason::TargetExited(c)) => Ok(Outcome::Exited(c)),
+        Ok(DisconnectReason::TargetTerminated(_)) => Ok(Outcome::Killed),
+        Err(e) => {
+            if e.is_target_error() {
+                match e.into_target_error() {
+                    Some(err) => Err(err),
+                    None => Err(Error::Protocol("target error".into())),
+                }
+            } else if e.is_connection_error() {
+                Err(Error::Connection(format!("{e:?}")))
+            } else {
+                Err(Error::Protocol(format!("{e:?}")))
+            }
+        }
+    }
+}
