@@ -155,8 +155,13 @@ fn xml_escape(s: &str) -> String {
 
 impl ExecFile for ReplayTarget {
     fn get_exec_file(&self, _pid: Option<Pid>, offset: u64, length: usize, buf: &mut [u8]) -> TargetResult<usize, Self> {
+        // As recorded (the debugger finds it under its sysroot: the replay
+        // root, or `target:` through Host I/O).
         let p = self.exec_path().ok_or(TargetError::NonFatal)?;
-        Ok(copy_range(p.as_os_str().as_encoded_bytes(), offset, length, buf))
+        let root = self.s.replayer().sysroot().display().to_string();
+        let shown = p.display().to_string();
+        let shown = shown.strip_prefix(&root).unwrap_or(&shown).to_owned();
+        Ok(copy_range(shown.as_bytes(), offset, length, buf))
     }
 }
 

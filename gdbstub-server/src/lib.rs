@@ -7,7 +7,9 @@
 //! `resume` (continue, step, range step, reverse-continue, reverse-step),
 //! `breakpoints` (software breakpoints, write watchpoints), `catch`
 //! (catching syscalls), `files` (exec file, auxv, shared libraries),
-//! `monitor` (`when`, `goto`, `events`, `cause`).
+//! `hostio` (the program's files as recorded, for `target:` sysroots),
+//! `extended` (`run` restarts the replay), `monitor` (`when`, `goto`,
+//! `events`, `cause`).
 //!
 //! Positions, reverse execution and watchpoints come from
 //! [`tracer::debug::Session`]; see there for how a position inside user
@@ -28,7 +30,9 @@ pub mod arch;
 mod base;
 mod breakpoints;
 mod catch;
+mod extended;
 mod files;
+mod hostio;
 mod monitor;
 mod resume;
 
@@ -97,12 +101,14 @@ pub struct ReplayTarget {
     pub(crate) action: Action,
     pub(crate) cause: Option<Cause>,
     pub(crate) exited: Option<i32>,
+    /// Files open through Host I/O (their bytes, read at open).
+    pub(crate) files: std::collections::HashMap<u32, Vec<u8>>,
 }
 
 impl ReplayTarget {
     /// A target on a session.
     pub fn new(s: Session, opts: Options) -> ReplayTarget {
-        ReplayTarget { s, action: Action::Cont, cause: opts.cause, exited: None }
+        ReplayTarget { s, action: Action::Cont, cause: opts.cause, exited: None, files: Default::default() }
     }
 
     /// The session.
@@ -148,6 +154,14 @@ impl Target for ReplayTarget {
     }
 
     fn support_auxv(&mut self) -> Option<gdbstub::target::ext::auxv::AuxvOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_host_io(&mut self) -> Option<gdbstub::target::ext::host_io::HostIoOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_extended_mode(&mut self) -> Option<gdbstub::target::ext::extended_mode::ExtendedModeOps<'_, Self>> {
         Some(self)
     }
 

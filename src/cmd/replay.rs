@@ -131,12 +131,8 @@ fn debug(a: ReplayArgs) -> Result<ExitCode> {
     let outcome = match a.debugger.as_deref() {
         None => {
             eprintln!("kprobe: replay of {} waiting for a debugger on {}", a.file.display(), ready.addr);
-            eprintln!(
-                "kprobe:   gdb -ex 'set sysroot {}' -ex 'target remote {}' {}",
-                ready.sysroot.display(),
-                ready.addr,
-                ready.exe.display()
-            );
+            // gdb's default sysroot (`target:`) reads the recorded files through the server.
+            eprintln!("kprobe:   gdb -ex 'target remote {}'", ready.addr);
             eprintln!("kprobe:   lldb -o 'target create {}' -o 'gdb-remote {}'", ready.exe.display(), ready.addr);
             server.join().map_err(|_| anyhow::anyhow!("the server thread panicked"))??
         }

@@ -396,8 +396,10 @@ impl Session {
     fn restart(&mut self) -> Result<(), Error> {
         self.high_water = self.high_water.max(self.r.seq());
         self.r.shutdown();
-        self.r = Replayer::new(self.opts.clone())?;
+        self.r = Replayer::with_root(self.opts.clone(), Some(self.r.root_handle()))?;
         self.r.show_output_from(self.high_water);
+        // Whatever the debugger wrote is gone with the old replay.
+        self.tainted = false;
         self.r.set_catch(None);
         self.ended = None;
         self.restarts += 1;
@@ -448,7 +450,9 @@ impl Session {
             .filter(|e| resumes(e))
             .last();
         match (&ev.body, prev) {
-            (EventBody::Syscall(_), _) => {
+            // Where the thread meets the event: at the syscall's entry, at
+            // the trapping instruction, at the point a signal or preemption lands.
+            (EventBody::Syscall(_) | EventBody::Rdtsc(_) | EventBody::Cpuid(_) | EventBody::Preempt(_) | EventBody::Signal(_), _) => {
                 self.goto(&Point { tid: ev.tid, resumed_at: 0, at: None, entry_of: Some(seq) })?;
             }
             (_, Some(p)) => self.goto(&Point { tid: ev.tid, resumed_at: p.seq, at: None, entry_of: None })?,

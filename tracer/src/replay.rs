@@ -206,7 +206,7 @@ pub struct Replayer {
     end: u64,
     tasks: HashMap<u32, Task>,
     procs: HashMap<u32, Proc>,
-    root_dir: tempfile::TempDir,
+    root_dir: std::sync::Arc<tempfile::TempDir>,
     root_tid: u32,
     root_status: Option<i32>,
     running: Option<u32>,
@@ -227,6 +227,8 @@ pub struct Replayer {
     caught_at: Option<u64>,
     /// Hold this task when event `.0` would let it run.
     hold_at: Option<(u64, u32)>,
+    /// An eBPF log: what its recorder could not see is served by [`crate::virt`].
+    virt: Option<crate::virt::Virt>,
     out: std::io::Stdout,
     err: std::io::Stderr,
 }
@@ -238,6 +240,12 @@ fn os_err(what: impl std::fmt::Display) -> impl Fn(nix::Error) -> Error {
 impl Replayer {
     /// Opens the log and starts the program, stopped before its first exec.
     pub fn new(opts: ReplayOptions) -> Result<Replayer, Error> {
+        Replayer::with_root(opts, None)
+    }
+
+    /// Like [`Replayer::new`], running in the private root of an earlier
+    /// replay of the same log (a debugger keeps one sysroot across restarts).
+    pub fn with_root(opts: ReplayOptions, root: Option<std::sync::Arc<tempfile::TempDir>>) -> Result<Replayer, Error> {
         let r = Reader::open(&opts.log)?;
         if r.meta().backend != "ptrace" && r.meta().backend != "ebpf" {
             return Err(Error::Usage(format!(
@@ -266,8 +274,12 @@ impl Replayer {
         }
         let (root_tid, exec) =
             first_exec.ok_or_else(|| Error::Usage(format!("{}: the log holds no exec event to start from", opts.log.display())))?;
-        let root_dir =
-            tempfile::Builder::new().prefix("kprobe-replay-").tempdir().map_err(|e| Error::Os(format!("temporary directory: {e}")))?;
+        let root_dir = match root {
+            Some(r) => r,
+            None => std::sync::Arc::new(
+                tempfile::Builder::new().prefix("kprobe-replay-").tempdir().map_err(|e| Error::Os(format!("temporary directory: {e}")))?,
+            ),
+        };
         let mut me = Replayer {
             r,
             opts,
@@ -290,11 +302,16 @@ impl Replayer {
             catch: None,
             caught_at: None,
             hold_at: None,
+            virt: None,
             out: std::io::stdout(),
             err: std::io::stderr(),
         };
         me.cpuid =
             crate::inject::CpuidMode::from_name(me.r.meta().extra.iter().find(|(k, _)| k == "cpuid_faulting").map(|(_, v)| v.as_str()));
+        me.virt = crate::virt::Virt::for_log(me.r.meta());
+        if me.virt.is_some() {
+            me.cpuid = crate::inject::CpuidMode::Off; // eBPF logs: cpuid runs natively
+        }
         for s in &snapshots {
             me.materialize(s)?;
         }
@@ -324,7 +341,8 @@ impl Replayer {
             cwd: Some(c(&exec.cwd)?),
             chroot: Some(c(&me.root_dir.path().display().to_string())?),
             stack_limit: stack,
-            seccomp: os::seccomp_filter(&sys::seccomp_allowed()),
+            // An eBPF log holds every syscall: every one stops, and is matched.
+            seccomp: os::seccomp_filter(&if me.virt.is_some() { Vec::new() } else { sys::seccomp_allowed() }),
             null_stdio: true,
         };
         // One task runs at a time: one CPU makes every stop a local switch.
@@ -421,6 +439,9 @@ impl Replayer {
             }
             tracing::debug!(seq = self.seq, tid = ev.tid, "{}", kpl::text::describe(&ev));
             self.process(&ev)?;
+            if let Some(v) = &mut self.virt {
+                v.observe(&ev);
+            }
             self.seq += 1;
         }
     }
@@ -459,6 +480,14 @@ impl Replayer {
     // ---- events ----
 
     fn process(&mut self, ev: &Event) -> Result<(), Error> {
+        if self.virt.is_some() && matches!(ev.body, EventBody::Syscall(_) | EventBody::Fork(_) | EventBody::Exit(_)) {
+            // eBPF logs have no Resume events: a new task runs when its first event comes.
+            if self.tasks.get(&ev.tid).is_some_and(|t| matches!(t.stop, Stop::New | Stop::Started))
+                && self.ensure_stop(ev.tid)? == Stop::Started
+            {
+                self.continue_task(ev.tid, 0)?;
+            }
+        }
         match &ev.body {
             EventBody::FileSnapshot(s) => {
                 if let Some(t) = self.tasks.get_mut(&ev.tid) {
@@ -1399,6 +1428,19 @@ impl Replayer {
                 }
                 _ => continue,
             };
+            if let (Some(v), Some(p)) = (self.virt.as_mut(), self.tasks.get(&tid).and_then(|t| self.procs.get(&t.tgid))) {
+                // eBPF log: a vDSO time read or rdtsc the log cannot have (crate::virt).
+                let (sig, entry) = match &stop {
+                    Stop::Signal(s) => (Some(*s), None),
+                    Stop::Entry { nr, args } => (None, Some((*nr, *args))),
+                    _ => (None, None),
+                };
+                if v.absorb(&self.r, self.seq, tid, real, &p.mem, &p.vdso, sig, entry, self.stepping == Some(tid))
+                    .map_err(|why| Error::Replay { seq: self.seq, tid, why })?
+                {
+                    continue;
+                }
+            }
             self.set_stop(tid, stop.clone());
             if self.running == Some(tid) && stop != Stop::Running {
                 self.running = None;
@@ -1605,6 +1647,11 @@ impl Replayer {
         self.root_dir.path()
     }
 
+    /// The private root, to share with a later replay ([`Replayer::with_root`]).
+    pub fn root_handle(&self) -> std::sync::Arc<tempfile::TempDir> {
+        self.root_dir.clone()
+    }
+
     /// The executable of a task's process, as a file in the replay root.
     pub fn exe_file(&self, tid: u32) -> Option<PathBuf> {
         let real = self.real(tid).ok()?;
@@ -1619,6 +1666,11 @@ impl Replayer {
     /// The recorded exit code of the root process.
     pub fn exit_code(&self) -> i32 {
         self.recorded_exit()
+    }
+
+    /// The pid of the process that replays task `tid` on this machine.
+    pub fn real_pid(&self, tid: u32) -> Option<i32> {
+        self.real(tid).ok().map(|p| p.as_raw())
     }
 
     /// The recorded process (thread group) of a task.

@@ -1,0 +1,301 @@
+//! The GDB remote-protocol server end to end: real gdb (batch mode) and
+//! real lldb drive `kprobe replay --debugger` / `--gdb` on recorded
+//! fixtures: breakpoints in the program and in a shared library, locals,
+//! backtraces, stepping over a syscall served from the log, watchpoints
+//! forwards and backwards, reverse execution to the beginning, `monitor`
+//! commands, threads, catching syscalls, the exit code. Runs as root.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn kprobe() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kprobe"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kprobe-gdb-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs a command to its end with a generous timeout.
+fn run(mut c: Command, dir: &Path) -> Output {
+    c.current_dir(dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("timed out: {c:?}\nstdout: {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Records `debugme ARGS` under ptrace.
+fn record_debugme(dir: &Path, args: &[&str]) -> PathBuf {
+    let log = dir.join("debugme.kpl");
+    let mut c = kprobe();
+    c.arg("record").arg("-o").arg(&log).arg("--").arg(fixtures::c("debugme")).args(args);
+    let out = run(c, dir);
+    assert_eq!(out.status.code(), Some(3), "debugme exits 3: {}", String::from_utf8_lossy(&out.stderr));
+    log
+}
+
+/// Runs a debugger script against a replay; returns everything printed.
+fn debug(dir: &Path, log: &Path, debugger: &str, script: &str) -> String {
+    let file = dir.join(format!("script.{debugger}"));
+    std::fs::write(&file, script).unwrap();
+    let mut c = kprobe();
+    c.arg("replay").arg(log).arg("--debugger").arg(debugger).arg("--");
+    match debugger {
+        "gdb" => c.arg("-batch").arg("-x").arg(&file),
+        _ => c.arg("--batch").arg("-s").arg(&file),
+    };
+    // One file for stdout and stderr: the debugger's, the server's and the
+    // program's output in the order they were written.
+    let path = dir.join(format!("out.{debugger}"));
+    let f = std::fs::File::create(&path).unwrap();
+    c.current_dir(dir).stdin(Stdio::null()).stdout(f.try_clone().unwrap()).stderr(f);
+    let mut child = c.spawn().expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("timed out: {c:?}\n{}", std::fs::read_to_string(&path).unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("kprobe: error"), "the server failed:\n{text}");
+    text
+}
+
+/// Asserts that `needles` appear in `hay` in this order.
+fn in_order(hay: &str, needles: &[&str]) {
+    let mut at = 0;
+    for n in needles {
+        match hay[at..].find(n) {
+            Some(i) => at += i + n.len(),
+            None => panic!("expected {n:?} (after the earlier expectations) in:\n{hay}"),
+        }
+    }
+}
+
+#[test]
+fn gdb_breakpoints_locals_backtrace_step_over_syscall_threads_exit() {
+    let dir = tmp("forward");
+    let log = record_debugme(&dir, &["3"]);
+    let out = debug(
+        &dir,
+        &log,
+        "gdb",
+        "break bump\ncontinue\nbacktrace\nprint k\nup\ninfo locals\n\
+         break getppid\ncontinue\nfinish\nnext\nnext\nnext\nprint i\n\
+         delete\nbreak bump if k >= 100\ncontinue\ninfo threads\nthread 1\nbacktrace 1\nthread 2\nprint k\n\
+         delete\ncontinue\n",
+    );
+    in_order(
+        &out,
+        &[
+            // A function of the program, its arguments, the caller.
+            "Breakpoint 1, bump (k=k@entry=0) at c/debugme.c:14",
+            "#1 ",
+            "in main (",
+            "$1 = 0",
+            "i = 0",
+            // A function of a shared library (libc), resolved through the recorded link map.
+            "Breakpoint 2",
+            "getppid",
+            // Stepping over write(): served from the log, its output shown from the log.
+            "write(1, buf, strlen(buf));",
+            "round 0 counter 0",
+            "$2 = 1",
+            // The worker thread, and switching threads.
+            "hit Breakpoint 3, bump (k=k@entry=100)",
+            "  1    Thread ",
+            "* 2    Thread ",
+            "Switching to thread 1",
+            "Switching to thread 2",
+            "$3 = 100",
+            // To the end: the recorded exit code.
+            "final counter 306",
+            "exited with code 03",
+        ],
+    );
+    // The world is untouched: nothing was written outside the replay.
+    assert!(!dir.join("core").exists());
+}
+
+#[test]
+fn gdb_watch_then_reverse_continue_and_reverse_steps() {
+    let dir = tmp("backward");
+    let log = record_debugme(&dir, &["3"]);
+    let out = debug(
+        &dir,
+        &log,
+        "gdb",
+        "break bump\ncontinue\ncontinue\ncontinue\nprint counter\ndelete\n\
+         watch counter\ncontinue\nprint counter\n\
+         reverse-continue\nprint counter\nreverse-continue\nprint counter\n\
+         delete\nbreak bump\ncontinue\nreverse-finish\nreverse-stepi\nstepi\n\
+         delete\nbreak main\nreverse-continue\nreverse-continue\nreverse-stepi\n\
+         delete\ncatch syscall getppid\ncontinue\ninfo registers orig_rax\ncontinue\n\
+         set var counter = 77\nprint counter\n",
+    );
+    in_order(
+        &out,
+        &[
+            "Breakpoint 1, bump (k=k@entry=2)",
+            "$1 = 1",
+            // Forward: bump(2) writes 1 + 2.
+            "Hardware watchpoint 2: counter",
+            "Old value = 1",
+            "New value = 3",
+            "$2 = 3",
+            // Backward: to where it last changed (before the write in bump(2)), then the one before (bump(1)).
+            "Old value = 3",
+            "New value = 1",
+            "in bump (k=k@entry=2) at c/debugme.c:14",
+            "$3 = 1",
+            "Old value = 1",
+            "New value = 0",
+            "in bump (k=k@entry=1) at c/debugme.c:14",
+            "$4 = 0",
+            // reverse-finish: back to the call in main.
+            "Breakpoint 3, bump (k=k@entry=2)",
+            "main (",
+            "int c = bump(i);",
+            // Back to the start of main, then the beginning of the replay, reported as such.
+            "Breakpoint 4, main (",
+            "No more reverse-execution history.",
+            "No more reverse-execution history.",
+            // Catching a syscall: entry and return, the call served from the log.
+            "call to syscall getppid",
+            "orig_rax       0x6e",
+            "returned from syscall getppid",
+            "memory written from the debugger",
+            "$5 = 77",
+        ],
+    );
+}
+
+#[test]
+fn gdb_monitor_when_goto_events() {
+    let dir = tmp("monitor");
+    let log = record_debugme(&dir, &["3"]);
+    let out = debug(
+        &dir,
+        &log,
+        "gdb",
+        "monitor when\nmonitor goto 40\nmaint flush register-cache\nmonitor when\nmonitor events 2\nmonitor cause\nmonitor help\nbreak bump\ncontinue\nprint k\n",
+    );
+    in_order(
+        &out,
+        &[
+            "event 4 of",
+            "event 40 of",
+            "event 40 of",
+            "=>       40",
+            "no cause for this replay",
+            "goto EVENT",
+            // Forward from event 40 still works.
+            "Breakpoint 1, bump (k=k@entry=0)",
+            "$1 = 0",
+        ],
+    );
+}
+
+#[test]
+fn lldb_breakpoints_locals_threads_watch_exit() {
+    let dir = tmp("lldb");
+    let log = record_debugme(&dir, &["3"]);
+    let out = debug(
+        &dir,
+        &log,
+        "lldb",
+        "breakpoint set -n bump\ncontinue\nbt\nframe variable\ncontinue\np counter\n\
+         process plugin packet monitor when\nthread list\n\
+         breakpoint delete --force\nbreakpoint set -n bump -c 'k >= 100'\ncontinue\nthread list\nthread select 1\nthread select 2\nframe variable k\n\
+         breakpoint delete --force\ncontinue\n",
+    );
+    in_order(
+        &out,
+        &[
+            "stop reason = breakpoint 1.1",
+            "bump(k=0) at debugme.c:14",
+            "frame #1",
+            "main",
+            "(int) k = 0",
+            "bump(k=1)",
+            "(int) 0",
+            "event ",
+            "thread #1",
+            "bump(k=100)",
+            "thread #2",
+            "(int) k = 100",
+            "exited with status = 3",
+        ],
+    );
+}
+
+#[test]
+fn gdb_server_prints_its_address_and_serves_recorded_files() {
+    let dir = tmp("server");
+    let log = record_debugme(&dir, &["3"]);
+    let mut server = kprobe()
+        .arg("replay")
+        .arg(&log)
+        .arg("--gdb")
+        .arg("--quiet")
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // "waiting for a debugger on 127.0.0.1:PORT"
+    let mut err = BufReader::new(server.stderr.take().unwrap());
+    let mut addr = None;
+    let mut line = String::new();
+    while err.read_line(&mut line).unwrap() > 0 {
+        if let Some(a) = line.trim().strip_prefix("kprobe: replay of ").and_then(|l| l.split(" on ").nth(1)) {
+            addr = Some(a.to_owned());
+            break;
+        }
+        line.clear();
+    }
+    let addr = addr.expect("the server prints its address");
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    // gdb's default sysroot (target:) reads the executable and libraries through the server.
+    let mut c = Command::new("gdb");
+    c.args([
+        "-q",
+        "-batch",
+        "-ex",
+        &format!("target remote {addr}"),
+        "-ex",
+        "break bump",
+        "-ex",
+        "continue",
+        "-ex",
+        "info sharedlibrary",
+        "-ex",
+        "kill",
+    ]);
+    let out = run(c, &dir);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    in_order(&text, &["from remote target", "Breakpoint 1, bump (k=k@entry=0)", "target:/", "libc.so.6"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while server.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the server ends when gdb kills the replay");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
