@@ -299,3 +299,111 @@ fn gdb_server_prints_its_address_and_serves_recorded_files() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A minimal GDB remote-protocol client (acks on), for what batch-mode
+/// gdb cannot do: interrupting a running continue.
+struct Rsp {
+    s: std::net::TcpStream,
+}
+
+impl Rsp {
+    fn send(&mut self, body: &str) {
+        use std::io::Write;
+        let sum = body.bytes().fold(0u8, |a, b| a.wrapping_add(b));
+        write!(self.s, "${body}#{sum:02x}").unwrap();
+    }
+
+    /// The next packet's body (acknowledged).
+    fn recv(&mut self) -> String {
+        use std::io::{Read, Write};
+        let mut byte = [0u8; 1];
+        let mut body = Vec::new();
+        loop {
+            self.s.read_exact(&mut byte).unwrap();
+            if byte[0] == b'$' {
+                break;
+            }
+        }
+        loop {
+            self.s.read_exact(&mut byte).unwrap();
+            if byte[0] == b'#' {
+                break;
+            }
+            body.push(byte[0]);
+        }
+        let mut sum = [0u8; 2];
+        self.s.read_exact(&mut sum).unwrap();
+        self.s.write_all(b"+").unwrap();
+        // Run-length encoding: `X*n` repeats X (n - 29) more times.
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < body.len() {
+            if body[i] == b'*' && i + 1 < body.len() {
+                let last = *out.last().unwrap();
+                out.extend(std::iter::repeat_n(last, (body[i + 1] - 29) as usize));
+                i += 2;
+            } else {
+                out.push(body[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+#[test]
+fn ctrl_c_stops_a_running_continue() {
+    let dir = tmp("interrupt");
+    // Enough syscalls that continuing to the end takes a while.
+    let log = dir.join("hotloop.kpl");
+    let mut c = kprobe();
+    c.arg("record").arg("-o").arg(&log).arg("--").arg(fixtures::c("hotloop")).args(["10", "300000"]);
+    assert!(run(c, &dir).status.success());
+    let mut server = kprobe()
+        .arg("replay")
+        .arg(&log)
+        .arg("--gdb")
+        .arg("--quiet")
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(server.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "the server ended early");
+        if let Some(a) = line.trim().strip_prefix("kprobe: replay of ").and_then(|l| l.split(" on ").nth(1)) {
+            break a.to_owned();
+        }
+    };
+    let mut rsp = Rsp { s: std::net::TcpStream::connect(&addr).unwrap() };
+    rsp.send("?");
+    assert!(rsp.recv().starts_with('T'));
+    rsp.send("vCont;c");
+    std::thread::sleep(Duration::from_millis(300));
+    use std::io::Write;
+    rsp.s.write_all(&[0x03]).unwrap();
+    let stop = rsp.recv();
+    assert!(stop.starts_with("T02"), "stopped with SIGINT: {stop}");
+    // Stopped part-way: the replay is neither at its start nor at its end.
+    let hex: String = "when".bytes().map(|b| format!("{b:02x}")).collect();
+    rsp.send(&format!("qRcmd,{hex}"));
+    let mut text = String::new();
+    loop {
+        let p = rsp.recv();
+        if p == "OK" {
+            break;
+        }
+        match p.strip_prefix('O') {
+            Some(h) => text.extend((0..h.len() / 2).map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap() as char)),
+            None => break,
+        }
+    }
+    let n: u64 = text.split_whitespace().nth(1).and_then(|w| w.parse().ok()).expect(&text);
+    let total: u64 = text.split_whitespace().nth(3).and_then(|w| w.parse().ok()).expect(&text);
+    assert!(n > 100 && n < total, "{text}");
+    rsp.send("k");
+    let _ = server.wait();
+}

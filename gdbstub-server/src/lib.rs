@@ -30,6 +30,7 @@ pub mod arch;
 mod base;
 mod breakpoints;
 mod catch;
+pub mod conn;
 mod extended;
 mod files;
 mod hostio;
@@ -174,16 +175,28 @@ struct Loop;
 
 impl BlockingEventLoop for Loop {
     type Target = ReplayTarget;
-    type Connection = TcpStream;
+    type Connection = conn::BufConn;
     type StopReason = MultiThreadStopReason<u64>;
 
     fn wait_for_stop_reason(
         target: &mut ReplayTarget,
-        _conn: &mut TcpStream,
+        conn: &mut conn::BufConn,
     ) -> Result<Event<Self::StopReason>, WaitForStopReasonError<Error, std::io::Error>> {
-        // The replay runs to its next stop synchronously: there is no
-        // wall-clock behaviour to preserve, and a stop is always near.
-        let stop = target.run().map_err(WaitForStopReasonError::Target)?;
+        // The replay runs to its next stop on this thread (ptrace ties it
+        // here); a watcher thread turns the debugger's Ctrl-C into a stop
+        // between two events of a forward continue.
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = conn.watch_interrupt(target.s.interrupt_flag(), done.clone());
+        let stop = target.run();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(w) = watcher {
+            let _ = w.join();
+        }
+        let stop = stop.map_err(WaitForStopReasonError::Target)?;
+        // The interrupt byte was only peeked at: it is answered by this stop.
+        if matches!(stop, MultiThreadStopReason::SignalWithThread { signal: Signal::SIGINT, .. }) {
+            conn.take_interrupt();
+        }
         Ok(Event::TargetStopped(stop))
     }
 
@@ -202,7 +215,7 @@ pub fn serve(session: Session, conn: TcpStream, opts: Options) -> Result<Outcome
 
 /// Like [`serve`], on a target the caller keeps (to inspect it afterwards).
 pub fn serve_target(target: &mut ReplayTarget, conn: TcpStream) -> Result<Outcome, Error> {
-    let stub = GdbStub::new(conn);
+    let stub = GdbStub::new(conn::BufConn::new(conn));
     match stub.run_blocking::<Loop>(target) {
         Ok(DisconnectReason::Disconnect) => Ok(Outcome::Disconnected),
         Ok(DisconnectReason::Kill) => Ok(Outcome::Killed),

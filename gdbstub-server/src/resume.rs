@@ -30,6 +30,7 @@ impl ReplayTarget {
             self.exited = None;
         }
         tracing::debug!(?action, "resume");
+        let t0 = std::time::Instant::now();
         let st = match action {
             Action::Cont => loop {
                 let st = self.s.cont()?;
@@ -59,7 +60,7 @@ impl ReplayTarget {
             },
             Action::ReverseStep(t) => self.s.reverse_step(self.main_or(t))?,
         };
-        tracing::debug!(?st, "stopped");
+        tracing::debug!(?st, us = t0.elapsed().as_micros() as u64, "stopped");
         Ok(self.reason(st))
     }
 
@@ -91,6 +92,7 @@ impl ReplayTarget {
                 number: nr as u64,
                 position: if entry { CatchSyscallPosition::Entry } else { CatchSyscallPosition::Return },
             },
+            Stopped::Interrupted(t) => MultiThreadStopReason::SignalWithThread { tid: gdb_tid(t), signal: Signal::SIGINT },
             Stopped::Beginning(t) => MultiThreadStopReason::ReplayLog { tid: Some(gdb_tid(t)), pos: ReplayLogPosition::Begin },
             Stopped::Exited(c) => {
                 self.exited = Some(c);

@@ -17,6 +17,8 @@ pub enum BenchCmd {
     Recorder(crate::cmd::recorder::BenchArgs),
     /// ptrace recording: slowdown next to native and strace -f, replay speed, bytes/syscall.
     Record(crate::cmd::bench_tracer::BenchRecordArgs),
+    /// The gdb server on a replay next to gdbserver on the live program: stepi, breakpoint hits, reverse-continue.
+    Gdb(crate::cmd::bench_gdb::BenchGdbArgs),
     /// Write/read throughput, bytes/event next to JSON+zstd, seek latency.
     Log {
         /// Events in the synthetic log.
@@ -42,6 +44,7 @@ pub fn run(cmd: BenchCmd) -> Result<ExitCode> {
     match cmd {
         BenchCmd::Recorder(a) => crate::cmd::recorder::bench(a),
         BenchCmd::Record(a) => crate::cmd::bench_tracer::run(a),
+        BenchCmd::Gdb(a) => crate::cmd::bench_gdb::run(a),
         BenchCmd::Log { events, output, baseline_events, seeks, seed } => {
             bench_log(events, output, baseline_events.min(events), seeks, seed)
         }

@@ -1,6 +1,7 @@
 //! Subcommands.
 
 pub mod bench;
+pub mod bench_gdb;
 pub mod bench_tracer;
 pub mod log;
 pub mod record;

@@ -61,6 +61,8 @@ pub enum Stopped {
     /// At a caught syscall's entry or exit.
     #[allow(missing_docs)]
     Syscall { tid: u32, nr: u32, entry: bool },
+    /// Stopped on the debugger's request (Ctrl-C), between two events.
+    Interrupted(u32),
     /// Went back to the beginning of the recording.
     Beginning(u32),
     /// The program ended (its recorded exit code).
@@ -89,6 +91,7 @@ pub struct Session {
     /// The furthest event processed so far (program output is shown once).
     high_water: u64,
     main_tgid: u32,
+    interrupt: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Replays done since the session began (for reports and benchmarks).
     pub restarts: u64,
 }
@@ -117,7 +120,9 @@ impl Session {
         let start = Point { tid, resumed_at: seq, at: None, entry_of: None };
         held(r.run_to_resume(seq, tid)?)?;
         let main_tgid = r.tgid(tid).unwrap_or(tid);
+        let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         Ok(Session {
+            interrupt,
             high_water: 0,
             main_tgid,
             opts,
@@ -130,6 +135,12 @@ impl Session {
             ended: None,
             restarts: 0,
         })
+    }
+
+    /// A flag that stops a forward `cont` between two events when set
+    /// (from another thread: a debugger's Ctrl-C). Going backwards ignores it.
+    pub fn interrupt_flag(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.interrupt.clone()
     }
 
     /// The underlying replay.
@@ -237,6 +248,14 @@ impl Session {
 
     /// Continues forward.
     pub fn cont(&mut self) -> Result<Stopped, Error> {
+        self.r.set_interrupt(Some(self.interrupt.clone()));
+        let st = self.cont_inner();
+        self.r.set_interrupt(None);
+        self.interrupt.store(false, std::sync::atomic::Ordering::Relaxed);
+        st
+    }
+
+    fn cont_inner(&mut self) -> Result<Stopped, Error> {
         if let Some(c) = self.ended {
             return Ok(Stopped::Exited(c));
         }
@@ -275,6 +294,7 @@ impl Session {
             | Halt::Interrupt(Interrupt::Held(t))
             | Halt::Interrupt(Interrupt::Passed { tid: t, .. }) => Stopped::Step(t),
             Halt::Interrupt(Interrupt::Syscall { tid, nr, entry }) => Stopped::Syscall { tid, nr, entry },
+            Halt::Interrupt(Interrupt::Interrupted(t)) => Stopped::Interrupted(t),
         }
     }
 

@@ -119,6 +119,9 @@ pub enum Interrupt {
     /// other registers (where a debugger breakpoint sits).
     #[allow(missing_docs)]
     Passed { tid: u32, landing: Landing },
+    /// The debugger asked to stop (Ctrl-C); every task is stopped between
+    /// events and `tid` is the one of the next event.
+    Interrupted(u32),
 }
 
 /// How far [`Replayer::advance`] went.
@@ -202,6 +205,8 @@ pub struct Replayer {
     opts: ReplayOptions,
     /// Program output is shown only for events from this one on (a debugger replaying again).
     show_from: u64,
+    /// Set by a debugger to stop [`Replayer::advance`] between two events.
+    interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     seq: u64,
     end: u64,
     tasks: HashMap<u32, Task>,
@@ -291,6 +296,7 @@ impl Replayer {
             root_tid,
             root_status: None,
             show_from: 0,
+            interrupt: None,
             running: None,
             mappings: Vec::new(),
             syscalls: 0,
@@ -417,6 +423,11 @@ impl Replayer {
             }
             if self.seq >= self.end {
                 return Ok(Halt::End);
+            }
+            if self.interrupt.as_ref().is_some_and(|f| f.swap(false, std::sync::atomic::Ordering::Relaxed)) {
+                if let Some(t) = self.current_tid() {
+                    return Ok(Halt::Interrupt(Interrupt::Interrupted(t)));
+                }
             }
             let ev = match self.r.get(self.seq) {
                 Ok(e) => e,
@@ -598,6 +609,9 @@ impl Replayer {
         match class {
             Class::Emulate | Class::Refuse | Class::Unsupported(_) => {
                 self.skip_syscall(tid, real, sc)?;
+                if let Some(v) = &self.virt {
+                    v.after_served(ev, sc, &self.proc_of(tid)?.mem).map_err(|why| Error::Replay { seq: self.seq, tid, why })?;
+                }
                 self.show_output(sc)?;
             }
             Class::MmapFile if sc.ret < 0 => self.skip_syscall(tid, real, sc)?,
@@ -1676,6 +1690,11 @@ impl Replayer {
     /// The recorded process (thread group) of a task.
     pub fn tgid(&self, tid: u32) -> Option<u32> {
         self.tasks.get(&tid).map(|t| t.tgid)
+    }
+
+    /// A flag a debugger sets to stop the replay between two events.
+    pub fn set_interrupt(&mut self, flag: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>) {
+        self.interrupt = flag;
     }
 
     /// Shows program output only for events from `seq` on (output before
