@@ -26,6 +26,12 @@ const volatile char cfg_comm[16] = {};
 const volatile __u32 cfg_comm_set = 0;
 const volatile __u32 cfg_emit_syscalls = 1; /* 0: sys_enter/exit only time the tcp hook */
 const volatile __u32 cfg_replay = 0;        /* replay-grade: every syscall, with output buffers */
+/* The recorder's own stdout and stderr (inode, kernel dev_t): what a recorded
+ * program writes there is what the user saw, kept for the replay to show. */
+const volatile __u64 cfg_stdout_ino = 0;
+const volatile __u32 cfg_stdout_dev = 0;
+const volatile __u64 cfg_stderr_ino = 0;
+const volatile __u32 cfg_stderr_dev = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -67,6 +73,8 @@ struct sys_entry {
 	__u64 args[6];
 	__u32 nr;
 	__u32 fd_type;
+	__u32 shown; /* OUT_STDOUT or OUT_STDERR: a write to the recorder's own stdout/stderr */
+	__u32 pad;
 };
 
 /* The syscall in progress, per task (task-local storage: no hashing, no lock). */
@@ -340,19 +348,26 @@ static __always_inline bool rw_family(long nr)
 	return false;
 }
 
-static __always_inline __u32 fd_type_of(long fd)
+/* The open file behind descriptor fd of the current task (NULL: none). */
+static __always_inline struct file *fd_file(long fd)
 {
 	/* tp_btf: trusted BTF pointers are read directly (no helper calls) */
 	struct task_struct *t = bpf_get_current_task_btf();
 	struct files_struct *files = t->files;
 	if (!files)
-		return 0;
+		return NULL;
 	struct fdtable *fdt = files->fdt;
 	if (!fdt || fd < 0 || fd >= fdt->max_fds)
-		return 0;
+		return NULL;
 	struct file **fds = fdt->fd;
 	struct file *f = NULL;
 	bpf_core_read(&f, sizeof(f), &fds[fd]);
+	return f;
+}
+
+static __always_inline __u32 fd_type_of(long fd)
+{
+	struct file *f = fd_file(fd);
 	if (!f)
 		return 0;
 	__u16 mode = BPF_CORE_READ(f, f_inode, i_mode);
@@ -384,6 +399,21 @@ static __always_inline __u32 fd_type_of(long fd)
 	return 7;
 }
 
+/* OUT_STDOUT/OUT_STDERR when descriptor fd is the recorder's own stdout/stderr. */
+static __always_inline __u32 shown_fd(long fd)
+{
+	struct file *f = fd_file(fd);
+	if (!f)
+		return 0;
+	__u64 ino = BPF_CORE_READ(f, f_inode, i_ino);
+	__u32 dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
+	if (cfg_stdout_ino && ino == cfg_stdout_ino && dev == cfg_stdout_dev)
+		return OUT_STDOUT;
+	if (cfg_stderr_ino && ino == cfg_stderr_ino && dev == cfg_stderr_dev)
+		return OUT_STDERR;
+	return 0;
+}
+
 SEC("tp_btf/sys_enter")
 int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 {
@@ -404,6 +434,9 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 	e->args[4] = regs->r8;
 	e->args[5] = regs->r9;
 	e->fd_type = cfg_emit_syscalls ? fd_type_of(e->args[0]) : 0;
+	e->shown = 0;
+	if (cfg_replay && (id == 1 || id == 18 || id == 20) && (e->args[0] == 1 || e->args[0] == 2))
+		e->shown = shown_fd(e->args[0]);
 	return 0;
 }
 
@@ -416,6 +449,13 @@ static __always_inline __u64 out_buffer(struct sys_entry *e, long ret, __u64 sp,
 	if (ret < 0)
 		return 0;
 	switch (e->nr) {
+	case 1:  /* write */
+	case 18: /* pwrite64: the bytes shown on the recorder's stdout/stderr */
+		if (e->shown) {
+			*addr = a[1];
+			len = ret;
+		}
+		break;
 	case 0:   /* read */
 	case 17:  /* pread64 */
 	case 45:  /* recvfrom */
@@ -556,6 +596,7 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 		path = e->nr == 2 ? e->args[0] : e->args[1];
 	if (path)
 		r->flags |= OUT_PATH;
+	r->flags |= e->shown;
 	r->out_addr = addr;
 	r->out_len = len;
 	r->chunks = chunks;

@@ -90,7 +90,7 @@ struct rec_syscall {
 	__u64 out_addr; /* replay-grade: the buffer the kernel wrote */
 	__u64 out_len;  /* its length */
 	__u32 chunks;   /* R_DATA records of the output buffer that follow (same task) */
-	__u32 flags;    /* OUT_TRUNCATED, OUT_PATH */
+	__u32 flags;    /* OUT_TRUNCATED, OUT_PATH, OUT_STDOUT, OUT_STDERR */
 };
 
 /* A chunk of at most DATA_SMALL bytes goes out in a small record (same
@@ -106,6 +106,8 @@ struct rec_data_small {
 
 #define OUT_TRUNCATED 1 /* the buffer was longer than DATA_MAX_CHUNKS chunks */
 #define OUT_PATH 2      /* an R_DATA record with index PATH_INDEX follows: the opened path */
+#define OUT_STDOUT 4     /* a write to the recorder's own stdout (its bytes follow for write/pwrite64) */
+#define OUT_STDERR 8     /* the same for stderr */
 #define PATH_INDEX 0xffff
 
 struct rec_data {

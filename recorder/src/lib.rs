@@ -94,6 +94,36 @@ fn clock_offset() -> i128 {
     r - (m1 + m2) / 2
 }
 
+/// Facts about this machine's clocks that the replay of an eBPF log needs
+/// to serve what the recorder cannot see (vDSO time reads, `rdtsc`)
+/// deterministically: `clock_offset_ns` (CLOCK_REALTIME minus
+/// CLOCK_MONOTONIC: event timestamps are wall-clock), `tsc` (`TSC0 MONO0
+/// KHZ`: the time-stamp counter read at monotonic time MONO0 and its rate,
+/// measured over 20 ms), and `rlimit_stack` (`CUR MAX`: a command started by
+/// the recorder inherits it; it decides where the kernel puts mappings).
+pub fn clock_facts() -> Vec<(String, String)> {
+    let mono = || {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: valid timespec pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    };
+    // SAFETY: rdtsc exists on every x86-64 CPU.
+    let tsc = || unsafe { core::arch::x86_64::_rdtsc() };
+    let (t0, m0) = (tsc(), mono());
+    std::thread::sleep(Duration::from_millis(20));
+    let (t1, m1) = (tsc(), mono());
+    let khz = ((t1.wrapping_sub(t0)) as u128 * 1_000_000 / (m1 - m0).max(1) as u128) as u64;
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid rlimit pointer.
+    unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut lim) };
+    vec![
+        ("clock_offset_ns".into(), clock_offset().to_string()),
+        ("tsc".into(), format!("{t0} {m0} {khz}")),
+        ("rlimit_stack".into(), format!("{} {}", lim.rlim_cur, lim.rlim_max)),
+    ]
+}
+
 /// Runs `argv` under the recorder: the child is held before its `exec`
 /// until the programs are attached and it is selected by pid (with the
 /// processes it forks), so everything from its exec on is captured. Returns
@@ -199,6 +229,14 @@ pub fn record_command(argv: &[String], mut cfg: Config, sink: &mut dyn Sink) -> 
         }
         Ok((status, summary?))
     })
+}
+
+/// The result of a syscall event (0 for other events).
+fn s_ret(ev: &Event) -> i64 {
+    match &ev.body {
+        EventBody::Syscall(s) => s.ret,
+        _ => 0,
+    }
 }
 
 /// The ELF interpreter (PT_INTERP) and GNU build-id of an executable.
@@ -466,8 +504,11 @@ impl Recorder {
                             self.pending.insert(p.ev.tid, p);
                         }
                         Some(out) => {
-                            // a buffer too large for any chunk: nothing captured
-                            let p = Pending { ev, out, buf: Vec::new(), got: 0, path: None, incomplete: true };
+                            // no chunks: a buffer too large for any chunk (nothing
+                            // captured), or a write shown on stdout whose bytes are
+                            // not captured (writev) or empty
+                            let incomplete = out.truncated || out.len > 0 || (out.shown != 0 && s_ret(&ev) > 0);
+                            let p = Pending { ev, out, buf: Vec::new(), got: 0, path: None, incomplete };
                             self.finish_pending(sink, p, false)?;
                         }
                         None => {
@@ -533,6 +574,7 @@ impl Recorder {
             if cut || p.incomplete || p.out.truncated || (p.buf.len() as u64) < p.out.len {
                 s.flags |= Syscall::FLAG_TRUNCATED;
             }
+            s.flags |= p.out.shown;
             if !p.buf.is_empty() {
                 s.writes.push(MemWrite { addr: p.out.addr, data: Data::Bytes(std::mem::take(&mut p.buf)) });
             }

@@ -97,6 +97,19 @@ impl Probe {
             bail!("replay-grade capture needs the processes to capture: a pid, comm or cgroup filter");
         }
         let wakeup_bytes: u64 = (ring_bytes as u64 * cfg.wakeup_fill_percent as u64 / 100).max(1);
+        // The recorder's own stdout and stderr (inode, kernel dev_t): writes
+        // of recorded programs there are kept for the replay to show.
+        let stdio = |fd: i32| -> (u64, u32) {
+            // SAFETY: fstat into a zeroed stat buffer.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            if unsafe { libc::fstat(fd, &mut st) } != 0 {
+                return (0, 0);
+            }
+            let (maj, min) = (libc::major(st.st_dev), libc::minor(st.st_dev));
+            (st.st_ino, (maj << 20) | min)
+        };
+        let (out_ino, out_dev) = stdio(1);
+        let (err_ino, err_dev) = stdio(2);
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&btf))
@@ -111,7 +124,11 @@ impl Probe {
             .override_global("cfg_comm", &comm, true)
             .override_global("cfg_comm_set", &comm_set, true)
             .override_global("cfg_emit_syscalls", &emit_syscalls, true)
-            .override_global("cfg_replay", &replay, true);
+            .override_global("cfg_replay", &replay, true)
+            .override_global("cfg_stdout_ino", &out_ino, true)
+            .override_global("cfg_stdout_dev", &out_dev, true)
+            .override_global("cfg_stderr_ino", &err_ino, true)
+            .override_global("cfg_stderr_dev", &err_dev, true);
         let mut ebpf = loader.load(BPF_OBJECT).context("loading the BPF object")?;
 
         // Selected processes first, so nothing they do is missed once attached.

@@ -40,6 +40,9 @@ pub struct OutBuf {
     pub truncated: bool,
     /// A chunk with index [`PATH_INDEX`] follows: the path an open call opened.
     pub path: bool,
+    /// `Syscall::FLAG_STDOUT` or `FLAG_STDERR`: a write to the recorder's
+    /// own stdout or stderr (the chunks carry the bytes written), else 0.
+    pub shown: u32,
 }
 
 /// Index of the chunk that carries the path of an `open`/`openat`/`openat2`.
@@ -164,6 +167,11 @@ pub fn decode_record(buf: &[u8], clock_offset: i128) -> Result<Record, BadRecord
             chunks,
             truncated: flags & 1 != 0,
             path: flags & 2 != 0,
+            shown: match flags & 12 {
+                4 => kpl::event::Syscall::FLAG_STDOUT,
+                8 => kpl::event::Syscall::FLAG_STDERR,
+                _ => 0,
+            },
         })
     } else {
         None

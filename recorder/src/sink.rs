@@ -72,7 +72,8 @@ pub struct KplSink {
 impl KplSink {
     /// Creates `path` with recorder metadata.
     pub fn create(path: &Path, command: Vec<String>) -> Result<KplSink> {
-        let meta = Metadata::for_this_host("ebpf", command);
+        let mut meta = Metadata::for_this_host("ebpf", command);
+        meta.extra.extend(crate::clock_facts());
         let w = Writer::create(path, &meta).with_context(|| format!("creating {}", path.display()))?;
         Ok(KplSink { path: path.to_owned(), w: Some(w), events: 0 })
     }

@@ -24,6 +24,7 @@ pub mod record;
 pub mod replay;
 pub mod sys;
 pub mod vdso;
+pub mod virt;
 
 pub use record::{record, RecordOptions, RecordOutcome};
 

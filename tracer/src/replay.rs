@@ -491,6 +491,12 @@ impl Replayer {
     // ---- events ----
 
     fn process(&mut self, ev: &Event) -> Result<(), Error> {
+        if let Some(v) = self.virt.as_mut() {
+            // eBPF logs: a syscall a fatal signal cut short never returned to the program.
+            if v.killed_in_syscall(&self.r, ev).map_err(|why| Error::Replay { seq: self.seq, tid: ev.tid, why })? {
+                return Ok(());
+            }
+        }
         if self.virt.is_some() && matches!(ev.body, EventBody::Syscall(_) | EventBody::Fork(_) | EventBody::Exit(_)) {
             // eBPF logs have no Resume events: a new task runs when its first event comes.
             if self.tasks.get(&ev.tid).is_some_and(|t| matches!(t.stop, Stop::New | Stop::Started))
@@ -1010,8 +1016,13 @@ impl Replayer {
             return Err(self.divergence(ev, &format!("exit {:?}/{}", x.signal, x.code), &format!("exited with status {status:#x}")));
         }
         let _ = os::cont(real, 0);
+        // eBPF logs may have a group leader exit before its threads: it is
+        // reaped only after them, so do not wait for it here.
+        let tgid = self.task(tid)?.tgid;
+        let leader_first = self.virt.is_some()
+            && self.tasks.iter().any(|(t, k)| *t != tid && k.tgid == tgid && !matches!(k.stop, Stop::Gone(_)));
         // Reap it (threads of a live group are reaped by the kernel).
-        match os::wait(Some(real), false) {
+        match os::wait(Some(real), leader_first) {
             Ok(Some(WaitStatus::Exited(_, c))) => self.set_stop(tid, Stop::Gone(c)),
             Ok(Some(WaitStatus::Signaled(_, s, _))) => self.set_stop(tid, Stop::Gone(128 + s as i32)),
             _ => self.set_stop(tid, Stop::Gone(0)),
@@ -1449,9 +1460,16 @@ impl Replayer {
                     Stop::Entry { nr, args } => (None, Some((*nr, *args))),
                     _ => (None, None),
                 };
-                if v.absorb(&self.r, self.seq, tid, real, &p.mem, &p.vdso, sig, entry, self.stepping == Some(tid))
-                    .map_err(|why| Error::Replay { seq: self.seq, tid, why })?
-                {
+                let at = crate::virt::Stopped {
+                    r: &self.r,
+                    seq: self.seq,
+                    tid,
+                    real,
+                    mem: &p.mem,
+                    vdso: &p.vdso,
+                    stepping: self.stepping == Some(tid),
+                };
+                if v.absorb(&at, sig, entry).map_err(|why| Error::Replay { seq: self.seq, tid, why })? {
                     continue;
                 }
             }
