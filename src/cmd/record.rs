@@ -6,12 +6,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// `kprobe record [-o FILE] -- CMD [ARGS...]`
+/// `kprobe record [-o FILE] [--backend ptrace|ebpf] -- CMD [ARGS...]`
 #[derive(Args)]
 pub struct RecordArgs {
     /// Where to write the log (default: `<command>-<n>.kpl` in the current directory).
     #[arg(short, long)]
     output: Option<PathBuf>,
+    /// `ptrace`: the tracer (full fidelity: rdtsc, cpuid, vDSO time and
+    /// preemption points are recorded); `ebpf`: the eBPF recorder's
+    /// replay-grade capture, no ptrace at record time (root; what it cannot
+    /// see is virtualized at replay).
+    #[arg(long, default_value = "ptrace", value_parser = ["ptrace", "ebpf"])]
+    backend: String,
     /// Longest time (ms) a thread runs user code while others wait.
     #[arg(long, default_value_t = 20)]
     time_slice_ms: u64,
@@ -40,6 +46,9 @@ fn default_output(cmd: &str) -> PathBuf {
 /// Runs `kprobe record`: exits with the program's exit code.
 pub fn record(a: RecordArgs) -> Result<ExitCode> {
     let output = a.output.unwrap_or_else(|| default_output(&a.command[0]));
+    if a.backend == "ebpf" {
+        return record_ebpf(&a.command, &output);
+    }
     let out = tracer::record(&tracer::RecordOptions {
         output: output.clone(),
         argv: a.command,
@@ -49,4 +58,23 @@ pub fn record(a: RecordArgs) -> Result<ExitCode> {
     })?;
     eprintln!("kprobe: recorded {} events ({} bytes) to {}", out.events, out.bytes, output.display());
     Ok(ExitCode::from((out.exit_code & 0xff) as u8))
+}
+
+/// `kprobe record --backend ebpf`: the command runs under the eBPF
+/// recorder's replay-grade capture from its exec on.
+fn record_ebpf(argv: &[String], output: &std::path::Path) -> Result<ExitCode> {
+    use anyhow::Context;
+    let cfg = recorder::Config { hooks: recorder::Hooks::parse("syscall")?, replay_grade: true, ..recorder::Config::default() };
+    let mut sink = recorder::sink::KplSink::create(output, argv.to_vec())?;
+    let (status, summary) =
+        recorder::record_command(argv, cfg, &mut sink).context("recording with the eBPF recorder (it needs root, BTF and tracepoints)")?;
+    let bytes = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
+    eprintln!("kprobe: recorded {} events ({bytes} bytes) to {} (eBPF, {} dropped)", summary.events, output.display(), summary.dropped());
+    if summary.dropped() > 0 {
+        eprintln!("kprobe: warning: the ring buffer dropped {} records: the log cannot replay in full", summary.dropped());
+    }
+    Ok(match status.code() {
+        Some(c) => ExitCode::from(c as u8),
+        None => ExitCode::from(128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0) as u8),
+    })
 }
