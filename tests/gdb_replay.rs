@@ -407,3 +407,38 @@ fn ctrl_c_stops_a_running_continue() {
     rsp.send("k");
     let _ = server.wait();
 }
+
+#[test]
+fn gdb_sees_recorded_signals_where_they_arrived() {
+    let dir = tmp("signals");
+    let log = dir.join("signals.kpl");
+    let mut c = kprobe();
+    c.arg("record").arg("-o").arg(&log).arg("--").arg(fixtures::c("signals"));
+    let recorded = run(c, &dir);
+    assert!(recorded.status.success(), "{}", String::from_utf8_lossy(&recorded.stderr));
+    let out = debug(
+        &dir,
+        &log,
+        "gdb",
+        "handle SIGALRM stop print\ncontinue\nprint alarms\ncontinue\nprint alarms\n\
+         handle SIGALRM nostop noprint\nhandle SIGCHLD stop print\ncontinue\nprint chld\ncontinue\n",
+    );
+    in_order(
+        &out,
+        &[
+            // Stopped as each alarm arrives, before its handler ran.
+            "Program received signal SIGALRM",
+            "in main () at c/signals.c:29",
+            "$1 = 0",
+            "Program received signal SIGALRM",
+            "$2 = 1",
+            // Passed through silently, then the child's SIGCHLD, in waitpid.
+            "Program received signal SIGCHLD",
+            "wait4",
+            "$3 = 0",
+            // The rest runs as recorded.
+            &String::from_utf8_lossy(&recorded.stdout).lines().last().unwrap().to_owned(),
+            "exited normally",
+        ],
+    );
+}

@@ -23,6 +23,7 @@ impl MultiThreadBase for ReplayTarget {
         if regs_eq(&before, &r) {
             return Ok(());
         }
+        tracing::debug!(tid = t, rip = r.rip, "registers written from the debugger");
         self.s.set_regs(t, &r).map_err(|e| TargetError::Fatal(Error::Replay(e)))
     }
 

@@ -92,6 +92,7 @@ impl ReplayTarget {
                 number: nr as u64,
                 position: if entry { CatchSyscallPosition::Entry } else { CatchSyscallPosition::Return },
             },
+            Stopped::Signal { tid, signo } => MultiThreadStopReason::SignalWithThread { tid: gdb_tid(tid), signal: gdb_signal(signo) },
             Stopped::Interrupted(t) => MultiThreadStopReason::SignalWithThread { tid: gdb_tid(t), signal: Signal::SIGINT },
             Stopped::Beginning(t) => MultiThreadStopReason::ReplayLog { tid: Some(gdb_tid(t)), pos: ReplayLogPosition::Begin },
             Stopped::Exited(c) => {
@@ -170,5 +171,66 @@ impl ReverseStep<Tid> for ReplayTarget {
     fn reverse_step(&mut self, tid: Tid) -> Result<(), Self::Error> {
         self.action = Action::ReverseStep(tid_of(tid));
         Ok(())
+    }
+}
+
+/// A Linux signal number as GDB's remote protocol numbers signals.
+pub(crate) fn gdb_signal(linux: i32) -> Signal {
+    const LINUX: [Signal; 32] = [
+        Signal::SIGZERO,
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGILL,
+        Signal::SIGTRAP,
+        Signal::SIGABRT,
+        Signal::SIGBUS,
+        Signal::SIGFPE,
+        Signal::SIGKILL,
+        Signal::SIGUSR1,
+        Signal::SIGSEGV,
+        Signal::SIGUSR2,
+        Signal::SIGPIPE,
+        Signal::SIGALRM,
+        Signal::SIGTERM,
+        Signal::SIGUSR1, // SIGSTKFLT has no GDB number
+        Signal::SIGCHLD,
+        Signal::SIGCONT,
+        Signal::SIGSTOP,
+        Signal::SIGTSTP,
+        Signal::SIGTTIN,
+        Signal::SIGTTOU,
+        Signal::SIGURG,
+        Signal::SIGXCPU,
+        Signal::SIGXFSZ,
+        Signal::SIGVTALRM,
+        Signal::SIGPROF,
+        Signal::SIGWINCH,
+        Signal::SIGIO,
+        Signal::SIGPWR,
+        Signal::SIGSYS,
+    ];
+    match linux {
+        0..=31 => LINUX[linux as usize],
+        // Real-time signals, numbered as GDB does.
+        32 => Signal::SIG32,
+        33..=63 => Signal((linux - 33 + 45) as u8),
+        64 => Signal::SIG64,
+        65..=127 => Signal((linux - 65 + 79) as u8),
+        _ => Signal::SIGZERO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn linux_signals_map_to_gdb_numbers() {
+        use gdbstub::common::Signal;
+        assert_eq!(super::gdb_signal(17), Signal::SIGCHLD);
+        assert_eq!(super::gdb_signal(14), Signal::SIGALRM);
+        assert_eq!(super::gdb_signal(10), Signal::SIGUSR1);
+        assert_eq!(super::gdb_signal(19), Signal::SIGSTOP);
+        assert_eq!(super::gdb_signal(34), Signal::SIG34);
+        assert_eq!(super::gdb_signal(64), Signal::SIG64);
     }
 }

@@ -61,6 +61,9 @@ pub enum Stopped {
     /// At a caught syscall's entry or exit.
     #[allow(missing_docs)]
     Syscall { tid: u32, nr: u32, entry: bool },
+    /// A recorded signal arrives (delivered, as recorded, when resumed).
+    #[allow(missing_docs)]
+    Signal { tid: u32, signo: i32 },
     /// Stopped on the debugger's request (Ctrl-C), between two events.
     Interrupted(u32),
     /// Went back to the beginning of the recording.
@@ -249,7 +252,9 @@ impl Session {
     /// Continues forward.
     pub fn cont(&mut self) -> Result<Stopped, Error> {
         self.r.set_interrupt(Some(self.interrupt.clone()));
+        self.r.set_report_signals(true);
         let st = self.cont_inner();
+        self.r.set_report_signals(false);
         self.r.set_interrupt(None);
         self.interrupt.store(false, std::sync::atomic::Ordering::Relaxed);
         st
@@ -295,6 +300,7 @@ impl Session {
             | Halt::Interrupt(Interrupt::Passed { tid: t, .. }) => Stopped::Step(t),
             Halt::Interrupt(Interrupt::Syscall { tid, nr, entry }) => Stopped::Syscall { tid, nr, entry },
             Halt::Interrupt(Interrupt::Interrupted(t)) => Stopped::Interrupted(t),
+            Halt::Interrupt(Interrupt::Signal { tid, signo }) => Stopped::Signal { tid, signo },
         }
     }
 

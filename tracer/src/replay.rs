@@ -119,6 +119,10 @@ pub enum Interrupt {
     /// other registers (where a debugger breakpoint sits).
     #[allow(missing_docs)]
     Passed { tid: u32, landing: Landing },
+    /// A recorded signal is about to be delivered to `tid` (it is held
+    /// where the signal arrives; resuming delivers it, as recorded).
+    #[allow(missing_docs)]
+    Signal { tid: u32, signo: i32 },
     /// The debugger asked to stop (Ctrl-C); every task is stopped between
     /// events and `tid` is the one of the next event.
     Interrupted(u32),
@@ -205,6 +209,8 @@ pub struct Replayer {
     opts: ReplayOptions,
     /// Program output is shown only for events from this one on (a debugger replaying again).
     show_from: u64,
+    /// Stop at recorded signal deliveries ([`Interrupt::Signal`]).
+    report_signals: bool,
     /// Set by a debugger to stop [`Replayer::advance`] between two events.
     interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     seq: u64,
@@ -297,6 +303,7 @@ impl Replayer {
             root_status: None,
             show_from: 0,
             interrupt: None,
+            report_signals: false,
             running: None,
             mappings: Vec::new(),
             syscalls: 0,
@@ -1070,6 +1077,9 @@ impl Replayer {
             other => return Err(self.diverge(ev, &format!("to be where {} was delivered", kpl::json::signal_name(s.signo)), &other)),
         }
         self.tasks.get_mut(&tid).unwrap().deliver = Some((s.signo, s.siginfo.clone()));
+        if self.report_signals && self.hold.is_none() {
+            self.hold = Some((tid, Interrupt::Signal { tid, signo: s.signo }));
+        }
         self.continue_task(tid, 0)
     }
 
@@ -1162,8 +1172,10 @@ impl Replayer {
         self.resume_user(tid, sig)
     }
 
+    /// The task's next event after the one that let it run (a task held
+    /// by a debugger resumes later, when the replay is further on).
     fn next_event_of(&self, tid: u32) -> Result<Option<Event>, Error> {
-        let mut s = self.seq + 1;
+        let mut s = self.task(tid)?.resumed_at.min(self.seq) + 1;
         while s < self.end {
             match self.r.get(s) {
                 Ok(e) if e.tid == tid => return Ok(Some(e)),
@@ -1708,6 +1720,11 @@ impl Replayer {
     /// The recorded process (thread group) of a task.
     pub fn tgid(&self, tid: u32) -> Option<u32> {
         self.tasks.get(&tid).map(|t| t.tgid)
+    }
+
+    /// Stops at every recorded signal delivery ([`Interrupt::Signal`]).
+    pub fn set_report_signals(&mut self, on: bool) {
+        self.report_signals = on;
     }
 
     /// A flag a debugger sets to stop the replay between two events.
