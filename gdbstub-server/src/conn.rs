@@ -8,11 +8,27 @@ use gdbstub::conn::{Connection, ConnectionExt};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+
+/// The interrupt watcher of a connection (see [`BufConn::watcher`]).
+pub struct Watcher {
+    running: Mutex<bool>,
+    cv: Condvar,
+    closed: AtomicBool,
+}
+
+impl Watcher {
+    /// Turns watching on while the replay runs, off when it stopped.
+    pub fn running(&self, on: bool) {
+        *self.running.lock().unwrap() = on;
+        self.cv.notify_all();
+    }
+}
 
 /// A TCP connection with whole-packet writes and buffered reads.
 pub struct BufConn {
     stream: TcpStream,
+    watcher: Option<Arc<Watcher>>,
     out: Vec<u8>,
     inbuf: Box<[u8; 16384]>,
     start: usize,
@@ -23,7 +39,7 @@ impl BufConn {
     /// Wraps a connected stream.
     pub fn new(stream: TcpStream) -> BufConn {
         let _ = stream.set_nodelay(true);
-        BufConn { stream, out: Vec::with_capacity(4096), inbuf: Box::new([0; 16384]), start: 0, end: 0 }
+        BufConn { stream, watcher: None, out: Vec::with_capacity(4096), inbuf: Box::new([0; 16384]), start: 0, end: 0 }
     }
 
     fn fill(&mut self, block: bool) -> std::io::Result<bool> {
@@ -51,31 +67,49 @@ impl BufConn {
 }
 
 impl BufConn {
-    /// Watches the connection while the replay runs: sets `flag` when the
-    /// debugger sends an interrupt (Ctrl-C, byte 0x03), without consuming
-    /// it. Stops watching when `done` is set.
-    pub fn watch_interrupt(&self, flag: Arc<AtomicBool>, done: Arc<AtomicBool>) -> Option<std::thread::JoinHandle<()>> {
-        if self.start < self.end {
-            return None;
+    /// Starts watching the connection for the debugger's interrupt (Ctrl-C,
+    /// byte 0x03) while the replay runs: `flag` is set when it arrives,
+    /// without consuming it. One thread per connection; it polls only
+    /// while [`Watcher::running`] is on.
+    pub fn watcher(&mut self, flag: Arc<AtomicBool>) -> Option<Arc<Watcher>> {
+        if let Some(w) = &self.watcher {
+            return Some(w.clone());
         }
         let s = self.stream.try_clone().ok()?;
-        Some(std::thread::spawn(move || {
+        let w = Arc::new(Watcher { running: Mutex::new(false), cv: Condvar::new(), closed: AtomicBool::new(false) });
+        let w2 = w.clone();
+        std::thread::spawn(move || {
             use std::os::fd::AsRawFd;
             let fd = s.as_raw_fd();
-            while !done.load(Ordering::Relaxed) {
+            while !w2.closed.load(Ordering::Relaxed) {
+                {
+                    let mut r = w2.running.lock().unwrap();
+                    while !*r && !w2.closed.load(Ordering::Relaxed) {
+                        r = w2.cv.wait(r).unwrap();
+                    }
+                }
                 let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
                 // SAFETY: one valid pollfd, for the duration of the call.
-                let n = unsafe { libc::poll(&mut p, 1, 50) };
-                if n <= 0 {
+                if unsafe { libc::poll(&mut p, 1, 50) } <= 0 {
                     continue;
                 }
                 let mut b = [0u8; 1];
-                if matches!(s.peek(&mut b), Ok(1)) && b[0] == 0x03 {
-                    flag.store(true, Ordering::Relaxed);
+                match s.peek(&mut b) {
+                    Ok(1) if b[0] == 0x03 && *w2.running.lock().unwrap() => {
+                        flag.store(true, Ordering::Relaxed);
+                        // Once per run: wait for the stop before looking again.
+                        let mut r = w2.running.lock().unwrap();
+                        while *r && !w2.closed.load(Ordering::Relaxed) {
+                            r = w2.cv.wait(r).unwrap();
+                        }
+                    }
+                    Ok(0) | Err(_) => return,
+                    _ => std::thread::sleep(std::time::Duration::from_millis(10)),
                 }
-                return;
             }
-        }))
+        });
+        self.watcher = Some(w.clone());
+        Some(w)
     }
 
     /// Consumes a pending interrupt byte, if that is what comes next.
@@ -85,6 +119,15 @@ impl BufConn {
             return true;
         }
         false
+    }
+}
+
+impl Drop for BufConn {
+    fn drop(&mut self) {
+        if let Some(w) = &self.watcher {
+            w.closed.store(true, Ordering::Relaxed);
+            w.cv.notify_all();
+        }
     }
 }
 

@@ -185,12 +185,13 @@ impl BlockingEventLoop for Loop {
         // The replay runs to its next stop on this thread (ptrace ties it
         // here); a watcher thread turns the debugger's Ctrl-C into a stop
         // between two events of a forward continue.
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let watcher = conn.watch_interrupt(target.s.interrupt_flag(), done.clone());
+        let watcher = conn.watcher(target.s.interrupt_flag());
+        if let Some(w) = &watcher {
+            w.running(true);
+        }
         let stop = target.run();
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(w) = watcher {
-            let _ = w.join();
+        if let Some(w) = &watcher {
+            w.running(false);
         }
         let stop = stop.map_err(WaitForStopReasonError::Target)?;
         // The interrupt byte was only peeked at: it is answered by this stop.
