@@ -13,12 +13,13 @@
 //!   `clock_getres` that enters the kernel from the vDSO and is not the
 //!   task's next logged event is served here, consuming no event. Its time
 //!   lies between the end of the latest event processed (the floor) and the
-//!   start of the task's next logged event (the ceiling): the first read is
-//!   halfway between them, each later read halfway from the previous value
-//!   to the ceiling. Time never goes backwards (across all tasks), a
-//!   program that sleeps sees at least the recorded sleep, and a program
-//!   spinning on the clock until a deadline that passed before its next
-//!   syscall gets there in a few dozen reads. `CLOCK_REALTIME` and `TAI` are
+//!   start of the task's next logged event (the ceiling): the first read
+//!   after an event is the floor, each later read halfway from the previous
+//!   value to the ceiling, and past the ceiling time goes on 1 µs a read.
+//!   Time never goes backwards (across all tasks), a program that sleeps
+//!   sees at least the recorded sleep, and a program spinning on the clock
+//!   until a deadline that passed before its next syscall gets there in a
+//!   few dozen reads. `CLOCK_REALTIME` and `TAI` are
 //!   the event timestamps (wall clock); the monotonic clocks subtract the
 //!   recorded `clock_offset_ns`. A vDSO call that the kernel answered with a
 //!   real syscall at record time (CPU-time clocks) is in the log and is
@@ -170,12 +171,17 @@ impl Virt {
         Ok(ev)
     }
 
-    /// The next virtual wall-clock time for `tid`, before event `ceiling`.
+    /// The next virtual wall-clock time, before an event at `ceiling`: the
+    /// first read after new events is the floor; each later one goes
+    /// halfway to the ceiling; past it (or with none), 1 µs a read.
     fn now(&mut self, ceiling: Option<u64>) -> u64 {
-        let base = self.last.max(self.floor);
-        let v = match ceiling {
-            Some(c) if c > base => base + ((c - base) / 2).max(1),
-            _ => base,
+        let v = if self.floor > self.last {
+            self.floor
+        } else {
+            match ceiling {
+                Some(c) if c > self.last + 1 => self.last + ((c - self.last) / 2).max(1),
+                _ => self.last + 1000,
+            }
         };
         self.last = v;
         v

@@ -1,0 +1,202 @@
+//! Fixtures recorded by the eBPF recorder alone (`kprobe record --backend
+//! ebpf`, `kprobe recorder --replay-grade -- CMD`: no ptrace at record
+//! time) replay under `kprobe replay` with identical output and exit code,
+//! every syscall of the log matched; what eBPF cannot see (vDSO time reads,
+//! rdtsc) is virtualized at replay. Root, real kernel.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn kprobe() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kprobe"))
+}
+
+/// Runs `c` in `dir`, killing it after 5 minutes (a hang fails, never stalls CI).
+fn run_in(mut c: Command, dir: &Path) -> Output {
+    c.current_dir(dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("timed out: {c:?}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kprobe-ebpf-replay-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn fixture(name: &str) -> String {
+    fixtures::c(name).display().to_string()
+}
+
+fn root() {
+    let id = Command::new("id").arg("-u").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&id.stdout).trim(), "0", "the eBPF recorder needs root: run as root");
+}
+
+/// How a command is recorded.
+#[derive(Clone, Copy)]
+enum Via {
+    /// `kprobe record --backend ebpf`
+    Record,
+    /// `kprobe recorder --replay-grade -- CMD`
+    Recorder,
+}
+
+struct Recorded {
+    log: PathBuf,
+    out: Output,
+}
+
+fn record(d: &Path, name: &str, via: Via, cmd: &[&str]) -> Recorded {
+    root();
+    let log = d.join(format!("{name}.kpl"));
+    let mut c = kprobe();
+    match via {
+        Via::Record => c.args(["record", "--backend", "ebpf", "-o"]),
+        Via::Recorder => c.args(["recorder", "--replay-grade", "--hooks", "syscall", "-o"]),
+    };
+    c.arg(&log).arg("--").args(cmd);
+    let out = run_in(c, d);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(log.exists(), "{name}: no log written: {err}");
+    assert!(!err.contains("dropped in the kernel") || err.contains(" 0 dropped"), "{name}: records dropped: {err}");
+    // recorded by eBPF: the log says so, and it holds no event only ptrace writes
+    let info = kprobe().args(["log", "info", "--json"]).arg(&log).output().unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["backend"], "ebpf", "{info}");
+    for k in ["rdtsc", "cpuid", "resume", "preempt"] {
+        assert!(info["kinds"][k].is_null(), "{name}: an eBPF log with {k} events: {info}");
+    }
+    Recorded { log, out }
+}
+
+fn replay(log: &Path, d: &Path) -> Output {
+    let mut c = kprobe();
+    c.arg("replay").arg(log);
+    run_in(c, d)
+}
+
+/// (syscall events, those a fatal signal cut short: never returned to the program)
+fn syscalls_in(log: &Path) -> (u64, u64) {
+    let out = kprobe().args(["log", "dump", "--kind", "syscall", "--json"]).arg(log).output().unwrap();
+    let v: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let cut = v.iter().filter(|s| [-512, -513, -514, -516].contains(&s["ret"].as_i64().unwrap_or(0))).count();
+    (v.len() as u64, cut as u64)
+}
+
+/// Replays `rec` in `d`: same stdout and exit code as at record time, and
+/// every syscall of the log matched by the replayed program.
+fn check_replay(name: &str, rec: &Recorded, d: &Path) {
+    let rep = replay(&rec.log, d);
+    let err = String::from_utf8_lossy(&rep.stderr);
+    assert_eq!(rep.status.code(), rec.out.status.code(), "{name}: exit code differs; replay: {err}");
+    assert_eq!(String::from_utf8_lossy(&rep.stdout), String::from_utf8_lossy(&rec.out.stdout), "{name}: output differs; replay: {err}");
+    let (n, cut) = syscalls_in(&rec.log);
+    let matched: u64 = err
+        .split("events (")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{name}: no replay summary: {err}"));
+    assert!(n > 10 && matched + cut >= n && matched <= n, "{name}: {matched} of {n} syscalls matched ({cut} cut short by a kill): {err}");
+}
+
+fn round_trip(d: &Path, name: &str, via: Via, cmd: &[&str]) -> Recorded {
+    let rec = record(d, name, via, cmd);
+    check_replay(name, &rec, d);
+    rec
+}
+
+#[test]
+fn files_replay_after_the_world_changed() {
+    let d = dir("files");
+    std::fs::write(d.join("input.txt"), "ledger entry 1: +100.00 EUR\nledger entry 2: -40.00 EUR\n").unwrap();
+    std::fs::create_dir_all(d.join("dir")).unwrap();
+    for f in ["a.csv", "b.csv"] {
+        std::fs::write(d.join("dir").join(f), f).unwrap();
+    }
+    let rec = round_trip(&d, "files", Via::Record, &[&fixture("files"), "input.txt", "output.txt", "dir"]);
+    let out = String::from_utf8_lossy(&rec.out.stdout);
+    assert!(out.contains("first read 55: ledger entry 1") && out.contains("dir entry b.csv"), "{out}");
+    // the input is deleted, the directory too, and the replay runs elsewhere
+    std::fs::remove_file(d.join("input.txt")).unwrap();
+    std::fs::remove_dir_all(d.join("dir")).unwrap();
+    std::fs::remove_file(d.join("output.txt")).unwrap();
+    let other = dir("files-elsewhere");
+    check_replay("files (world changed)", &rec, &other);
+    assert!(!other.join("output.txt").exists() && !d.join("output.txt").exists(), "the replay wrote a real file");
+}
+
+#[test]
+fn pipes_fork_exec() {
+    let d = dir("pipes");
+    let rec = round_trip(&d, "pipes", Via::Record, &[&fixture("pipes_fork")]);
+    assert!(String::from_utf8_lossy(&rec.out.stdout).contains("SETTLEMENT BATCH 42 CLEARED"));
+}
+
+#[test]
+fn vdso_time_and_rdtsc_are_virtualized() {
+    let d = dir("time");
+    // raw values: vDSO clock_gettime/gettimeofday/time, rdtsc, rdtscp, cpuid
+    let rec = round_trip(&d, "timing", Via::Record, &[&fixture("timing")]);
+    assert!(String::from_utf8_lossy(&rec.out.stdout).contains("rdtsc "));
+    // properties the program checks itself (a wrong virtual clock makes it
+    // print other lines and exit 1, which the replay reports as divergence)
+    let rec = round_trip(&d, "vtime", Via::Record, &[&fixture("vtime")]);
+    let out = String::from_utf8_lossy(&rec.out.stdout);
+    assert_eq!(out.matches(": ok").count(), 5, "{out}");
+}
+
+#[test]
+fn randomness() {
+    let d = dir("random");
+    let rec = round_trip(&d, "randomness", Via::Recorder, &[&fixture("randomness")]);
+    assert!(String::from_utf8_lossy(&rec.out.stdout).contains("AT_RANDOM "));
+}
+
+#[test]
+fn tcp_client_then_the_server_is_gone() {
+    let d = dir("tcp");
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut req = [0u8; 256];
+        let _ = s.read(&mut req).unwrap();
+        s.write_all(b"HTTP/1.0 200 OK\r\n\r\n{\"account\":\"ACME\",\"balance\":\"1250.00\"}").unwrap();
+    });
+    let rec = record(&d, "tcp_client", Via::Record, &[&fixture("tcp_client"), &port.to_string()]);
+    server.join().unwrap();
+    assert!(String::from_utf8_lossy(&rec.out.stdout).contains("\"balance\":\"1250.00\""), "{:?}", rec.out);
+    // the listener is closed: nothing answers on that port any more
+    check_replay("tcp_client", &rec, &d);
+}
+
+#[test]
+fn threads_meeting_through_pipes() {
+    let d = dir("threads");
+    for i in 0..3 {
+        let rec = round_trip(&d, &format!("pipe_threads{i}"), Via::Record, &[&fixture("pipe_threads")]);
+        assert!(String::from_utf8_lossy(&rec.out.stdout).contains("3 answers"));
+    }
+}
+
+#[test]
+fn a_real_program_recorded_without_a_tracer() {
+    let d = dir("grep");
+    // grep reads /proc/self/status at record time: no tracer is attached
+    let rec = round_trip(&d, "grep", Via::Recorder, &["grep", "-e", "TracerPid", "-e", "^Name", "/proc/self/status"]);
+    assert_eq!(String::from_utf8_lossy(&rec.out.stdout), "Name:\tgrep\nTracerPid:\t0\n");
+}
