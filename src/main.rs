@@ -31,6 +31,8 @@ enum Command {
     Recorder(cmd::recorder::RecorderArgs),
     /// Why was a transaction slow or failed: the causal chain down to the kernel event.
     Why(cmd::why::WhyArgs),
+    /// The causal engine as a service: Kafka kernel.* -> kernel.enriched, OTLP/HTTP span receiver.
+    Engine(cmd::engine::EngineArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::Bench(c) => cmd::bench::run(c),
         Command::Recorder(a) => cmd::recorder::run(a),
         Command::Why(a) => cmd::why::run(a),
+        Command::Engine(a) => cmd::engine::run(a),
     };
     match r {
         Ok(code) => code,

@@ -9,64 +9,11 @@
 //! machine: it takes a lock). No timing assertions: the incident runs 12
 //! payments and the engine must explain the one the fault hit.
 
+mod engine_common;
+
+use engine_common::*;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn kprobe() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kprobe"))
-}
-
-fn tmp(tag: &str) -> PathBuf {
-    // Not /tmp: the memory incident's account book must live on a disk the kernel can reclaim it from.
-    let d = PathBuf::from(format!("/var/tmp/kprobe-engine-test-{tag}-{}-{}", std::process::id(), kpl::now_ns()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn root() {
-    let id = Command::new("id").arg("-u").output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&id.stdout).trim(), "0", "incidents need root (eBPF, SCHED_FIFO, netns, cgroups)");
-}
-
-/// Runs an incident into `dir`; returns its `incident.env`.
-fn incident(kind: &str, dir: &Path, extra: &[&str]) -> HashMap<String, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/incidents/run.sh");
-    let out =
-        Command::new("bash").arg(&script).arg(kind).arg(dir).args(extra).env("KPROBE_BIN", env!("CARGO_BIN_EXE_kprobe")).output().unwrap();
-    assert!(
-        out.status.success(),
-        "incident {kind} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let env = std::fs::read_to_string(dir.join("incident.env")).unwrap();
-    env.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
-}
-
-fn why_json(dir: &Path, txn: &str, logs: &[&str]) -> Value {
-    let mut c = kprobe();
-    c.arg("why").arg(txn).arg("--format").arg("json").arg("--spans").arg(dir.join("spans.json"));
-    for l in logs {
-        c.arg("--log").arg(dir.join(l));
-    }
-    let out = c.output().unwrap();
-    assert!(out.status.success(), "kprobe why failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// (kind, culprit pid, culprit comm, label) of the root cause, if any.
-fn root_cause(g: &Value) -> Option<(String, u64, String, String)> {
-    let i = g["causes"].as_array()?.first()?.as_u64()? as usize;
-    let n = &g["nodes"][i];
-    Some((
-        n["kind"].as_str()?.to_owned(),
-        n["culprit"]["pid"].as_u64().unwrap_or(0),
-        n["culprit"]["comm"].as_str().unwrap_or("").to_owned(),
-        n["label"].as_str()?.to_owned(),
-    ))
-}
 
 /// Runs `kind` 20 times; each time `why TXN` must rank the injected cause
 /// first and name the culprit. At least 19 of 20 must.

@@ -68,6 +68,23 @@ impl EngineConfig {
     }
 }
 
+/// `kafka.replicationFactor` of a Helm values file, if it sets one.
+pub fn kafka_replication_factor(path: &Path) -> Result<Option<i32>> {
+    #[derive(Deserialize, Default)]
+    struct V {
+        #[serde(default)]
+        kafka: K,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "camelCase")]
+    struct K {
+        replication_factor: Option<i32>,
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: V = serde_yaml_ng::from_str(&text).with_context(|| format!("{}: bad values file", path.display()))?;
+    Ok(v.kafka.replication_factor)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

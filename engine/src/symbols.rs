@@ -29,16 +29,31 @@ pub fn locate(store: &Store, pid: u32, ip: u64) -> Option<String> {
     let bias = entry.wrapping_sub(elf_entry);
     let loader = addr2line::Loader::new(path).ok()?;
     let probe = ip.wrapping_sub(bias);
-    let func = loader.find_symbol(probe).map(|s| addr2line::demangle_auto(s.into(), None).into_owned());
-    let loc = loader.find_location(probe).ok().flatten();
-    match (loc, func) {
-        (Some(l), f) => {
-            let file = l.file.map(|f| f.rsplit('/').next().unwrap_or(f).to_owned()).unwrap_or_else(|| "?".into());
-            let line = l.line.map(|n| format!(":{n}")).unwrap_or_default();
-            Some(format!("{file}{line}{}", f.map(|f| format!(" ({})", short(&f))).unwrap_or_default()))
+    // Inlined frames, innermost first: show the innermost one in the
+    // program's own source (not the standard library's or a dependency's).
+    let mut best: Option<(String, Option<u32>, Option<String>)> = None;
+    if let Ok(mut frames) = loader.find_frames(probe) {
+        while let Ok(Some(f)) = frames.next() {
+            let func = f.function.as_ref().and_then(|n| n.demangle().ok().map(|d| d.into_owned()));
+            let Some(loc) = f.location else { continue };
+            let Some(file) = loc.file else { continue };
+            let own = !file.starts_with("/rustc/") && !file.contains("/.cargo/registry/") && !file.starts_with("/usr/");
+            if best.is_none() || own {
+                best = Some((file.to_owned(), loc.line, func));
+            }
+            if own {
+                break;
+            }
         }
-        (None, Some(f)) => Some(short(&f)),
-        _ => None,
+    }
+    let func = loader.find_symbol(probe).map(|s| addr2line::demangle_auto(s.into(), None).into_owned());
+    match best {
+        Some((file, line, f)) => {
+            let file = file.rsplit('/').next().unwrap_or(&file).to_owned();
+            let line = line.map(|n| format!(":{n}")).unwrap_or_default();
+            Some(format!("{file}{line}{}", f.or(func).map(|f| format!(" ({})", short(&f))).unwrap_or_default()))
+        }
+        None => func.map(|f| short(&f)),
     }
 }
 

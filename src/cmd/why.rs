@@ -7,7 +7,7 @@ use engine::EngineConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// `kprobe why (TXN | --pid P --slowest N | --all) --log FILE [--spans FILE] [--format F]`
+/// `kprobe why (TXN | --pid P --slowest N | --all) (--log FILE | --kafka BROKERS) [--spans FILE] [--format F]`
 #[derive(Args)]
 pub struct WhyArgs {
     /// Transaction id to explain (as in the spans' transaction attribute).
@@ -22,8 +22,14 @@ pub struct WhyArgs {
     #[arg(long, conflicts_with_all = ["txn", "pid"])]
     all: bool,
     /// Kernel recordings (.kpl): ptrace and/or eBPF, of the same machine and time. Repeatable.
-    #[arg(long = "log", required = true)]
+    #[arg(long = "log", required_unless_present = "kafka")]
     logs: Vec<PathBuf>,
+    /// Read kernel events from the recorder's Kafka topics `kernel.*` (from the beginning) on these brokers.
+    #[arg(long)]
+    kafka: Option<String>,
+    /// With --kafka: prefix of the topic names.
+    #[arg(long, default_value = "", requires = "kafka")]
+    topic_prefix: String,
     /// OpenTelemetry spans (OTLP/JSON files). Repeatable.
     #[arg(long)]
     spans: Vec<PathBuf>,
@@ -108,7 +114,9 @@ pub fn run(a: WhyArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     // Fast path: a log with a cause index answers alone.
-    if let (Some(txn), [log], true, false, None) = (&a.txn, a.logs.as_slice(), a.spans.is_empty(), a.recompute, &a.save_index) {
+    if let (Some(txn), [log], true, false, None, None) =
+        (&a.txn, a.logs.as_slice(), a.spans.is_empty(), a.recompute, &a.save_index, &a.kafka)
+    {
         let r = kpl::Reader::open(log).with_context(|| format!("opening {}", log.display()))?;
         if engine::index::has_index(&r) {
             match engine::index::read_graph(&r, txn)? {
@@ -120,7 +128,16 @@ pub fn run(a: WhyArgs) -> Result<ExitCode> {
             }
         }
     }
-    let store = engine::load(&a.logs, &a.spans, &cfg)?;
+    let mut store = engine::load(&a.logs, &a.spans, &cfg)?;
+    if let Some(brokers) = &a.kafka {
+        let mut o = engine::stream::KafkaOptions::new(brokers);
+        o.topic_prefix = a.topic_prefix.clone();
+        let n = engine::stream::load_topics(&o, &mut store)?;
+        if n == 0 {
+            bail!("no kernel events in {}kernel.* on {brokers}", o.topic_prefix);
+        }
+        store.finish();
+    }
     let graphs: Vec<engine::CausalGraph> = if let Some(pid) = a.pid {
         vec![engine::analyze::explain_pid(&store, &cfg, pid, a.slowest)?]
     } else if let Some(txn) = &a.txn {
