@@ -76,8 +76,37 @@ impl Metadata {
             start_time_ns: now_ns(),
             backend: backend.to_owned(),
             tool_version: env!("CARGO_PKG_VERSION").to_owned(),
-            extra: Vec::new(),
+            extra: vec![("cpu".to_owned(), cpu_signature())],
         }
+    }
+}
+
+/// What a program's CPU feature detection sees of this CPU: vendor,
+/// family/model/stepping and the feature words of leaves 1 and 7 (the `cpu`
+/// fact of [`Metadata::for_this_host`]). Two machines with the same signature
+/// answer the `cpuid` a C library asks at start-up the same way.
+pub fn cpu_signature() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__cpuid_count;
+        let v = __cpuid_count(0, 0);
+        let mut vendor = Vec::with_capacity(12);
+        for w in [v.ebx, v.edx, v.ecx] {
+            vendor.extend_from_slice(&w.to_le_bytes());
+        }
+        let l1 = __cpuid_count(1, 0);
+        let (b7, c7, d7) = if v.eax >= 7 {
+            let l7 = __cpuid_count(7, 0);
+            (l7.ebx, l7.ecx, l7.edx)
+        } else {
+            (0, 0, 0)
+        };
+        // Leaf 1 ebx holds the APIC id of the CPU asked: not a property of the model.
+        format!("{} {:08x} {:08x}:{:08x} {b7:08x}:{c7:08x}:{d7:08x}", String::from_utf8_lossy(&vendor), l1.eax, l1.ecx, l1.edx)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        std::env::consts::ARCH.to_owned()
     }
 }
 

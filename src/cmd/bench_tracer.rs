@@ -134,7 +134,14 @@ pub fn run(a: BenchRecordArgs) -> Result<ExitCode> {
     let (port, h) = slow_server(a.sleep_rounds)?;
     let sleep_log = dir.join("sleep.kpl");
     let mut c = Command::new(kprobe()?);
-    c.arg("record").arg("-o").arg(&sleep_log).arg("--").arg(&sleeper).arg(port.to_string()).arg(a.sleep_rounds.to_string()).current_dir(&dir);
+    c.arg("record")
+        .arg("-o")
+        .arg(&sleep_log)
+        .arg("--")
+        .arg(&sleeper)
+        .arg(port.to_string())
+        .arg(a.sleep_rounds.to_string())
+        .current_dir(&dir);
     let recorded = time(c)?;
     h.join().ok();
     let mut replays = Vec::new();
@@ -162,7 +169,11 @@ pub fn run(a: BenchRecordArgs) -> Result<ExitCode> {
     for r in [&copy_row, &cpu_row] {
         println!(
             "| {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.2}× | {:.2}× | {:.2}× | {} |",
-            if r.what == "copy" { format!("syscall-heavy: copy {} MiB in {} B reads", a.copy_mib, a.block) } else { format!("CPU-bound: {} iterations", a.cpu_iterations) },
+            if r.what == "copy" {
+                format!("syscall-heavy: copy {} MiB in {} B reads", a.copy_mib, a.block)
+            } else {
+                format!("CPU-bound: {} iterations", a.cpu_iterations)
+            },
             ms(r.native),
             ms(r.strace),
             ms(r.strace_pinned),
@@ -183,7 +194,12 @@ pub fn run(a: BenchRecordArgs) -> Result<ExitCode> {
         ms(replay),
         recorded.as_secs_f64() / replay.as_secs_f64()
     );
-    println!("| syscall-heavy copy | {:.0} ms | {:.0} ms | {:.2}× | — |", ms(copy_row.record), ms(copy_replay), copy_row.record.as_secs_f64() / copy_replay.as_secs_f64());
+    println!(
+        "| syscall-heavy copy | {:.0} ms | {:.0} ms | {:.2}× | — |",
+        ms(copy_row.record),
+        ms(copy_replay),
+        copy_row.record.as_secs_f64() / copy_replay.as_secs_f64()
+    );
     println!();
     println!("| log (without the file store of executables and libraries) | bytes | syscalls | bytes/syscall |");
     println!("|---|---|---|---|");

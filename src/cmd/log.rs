@@ -78,6 +78,8 @@ fn info(file: PathBuf, json: bool) -> Result<ExitCode> {
             "file": file, "bytes": r.file_len(), "format": format!("{}.{}", r.version().0, r.version().1),
             "backend": m.backend, "host": m.host, "kernel": m.kernel, "command": m.command,
             "start_time_ns": m.start_time_ns, "first_ts_ns": first, "last_ts_ns": last,
+            "cpu": m.extra.iter().find(|(k, _)| k == "cpu").map(|(_, v)| v.as_str()),
+            "header": m.extra.iter().cloned().collect::<std::collections::BTreeMap<_,_>>(),
             "events": events, "bytes_per_event": bpe,
             "kinds": kinds.iter().map(|(k, n)| (k.clone(), serde_json::Value::from(*n))).collect::<serde_json::Map<String, serde_json::Value>>(),
             "event_blocks": ix.blocks.len(), "payload_bytes": ix.payload_bytes(),
@@ -93,6 +95,9 @@ fn info(file: PathBuf, json: bool) -> Result<ExitCode> {
     println!("format:      kpl {}.{}", r.version().0, r.version().1);
     println!("backend:     {} (kprobe {})", m.backend, m.tool_version);
     println!("host:        {} (Linux {})", m.host, m.kernel);
+    if let Some((_, cpu)) = m.extra.iter().find(|(k, _)| k == "cpu") {
+        println!("cpu:         {cpu}");
+    }
     println!("command:     {}", m.command.join(" "));
     println!("started:     {}", fmt_time(m.start_time_ns));
     if events > 0 {

@@ -37,6 +37,11 @@ pub struct ReplayArgs {
 
 /// Runs `kprobe replay`: exits with the recorded exit code.
 pub fn replay(a: ReplayArgs) -> Result<ExitCode> {
+    if let Ok(r) = kpl::Reader::open(&a.file) {
+        if let Some(w) = tracer::inject::cpu_mismatch(r.meta()) {
+            eprintln!("kprobe: warning: {w}");
+        }
+    }
     if a.gdb.is_some() || a.debugger.is_some() {
         return debug(a);
     }

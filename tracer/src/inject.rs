@@ -73,6 +73,22 @@ pub enum CpuidMode {
     Always,
 }
 
+/// A warning when this CPU differs from the one a log was recorded on (its
+/// `cpu` metadata): code that chose its path by `cpuid` without the recorder
+/// trapping it may take another path here. Divergence is still detected at
+/// the first syscall that differs; this says why it may happen.
+pub fn cpu_mismatch(meta: &kpl::Metadata) -> Option<String> {
+    let recorded = meta.extra.iter().find(|(k, _)| k == "cpu").map(|(_, v)| v.as_str())?;
+    let here = kpl::cpu_signature();
+    (recorded != here).then(|| {
+        format!(
+            "this CPU ({here}) differs from the recording's ({recorded}); cpuid the recorder did not trap \
+             (CPUID faulting unavailable or ended) may answer differently here, and code that picked its path \
+             by it can diverge"
+        )
+    })
+}
+
 impl CpuidMode {
     /// Name as stored in the log's metadata.
     pub fn name(self) -> &'static str {
@@ -94,5 +110,21 @@ impl CpuidMode {
     /// True when faulting stops after syscall `nr` with `args` (startup mode).
     pub fn ends_at(self, nr: u32, args: &[u64; 6]) -> bool {
         self == CpuidMode::Startup && nr == libc::SYS_arch_prctl as u32 && args[0] == 0x1002
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn another_cpu_is_named_and_this_one_is_not() {
+        let here = kpl::Metadata::for_this_host("ptrace", vec![]);
+        assert_eq!(super::cpu_mismatch(&here), None);
+        let mut other = here.clone();
+        other.extra = vec![("cpu".into(), "GenuineIntel 000906ea 7ffafbff:bfebfbff 029c67af:00000000:bc000400".into())];
+        let w = super::cpu_mismatch(&other).expect("a different CPU is reported");
+        assert!(w.contains("GenuineIntel 000906ea") && w.contains(&kpl::cpu_signature()), "{w}");
+        // Logs written before the CPU was recorded: nothing to compare.
+        other.extra.clear();
+        assert_eq!(super::cpu_mismatch(&other), None);
     }
 }

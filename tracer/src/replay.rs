@@ -1026,8 +1026,8 @@ impl Replayer {
         // eBPF logs may have a group leader exit before its threads: it is
         // reaped only after them, so do not wait for it here.
         let tgid = self.task(tid)?.tgid;
-        let leader_first = self.virt.is_some()
-            && self.tasks.iter().any(|(t, k)| *t != tid && k.tgid == tgid && !matches!(k.stop, Stop::Gone(_)));
+        let leader_first =
+            self.virt.is_some() && self.tasks.iter().any(|(t, k)| *t != tid && k.tgid == tgid && !matches!(k.stop, Stop::Gone(_)));
         // Reap it (threads of a live group are reaped by the kernel).
         match os::wait(Some(real), leader_first) {
             Ok(Some(WaitStatus::Exited(_, c))) => self.set_stop(tid, Stop::Gone(c)),
