@@ -188,6 +188,48 @@ fn gdb_watch_then_reverse_continue_and_reverse_steps() {
 }
 
 #[test]
+fn gdb_reverse_next_reverse_step_and_library_breakpoints_backwards() {
+    let dir = tmp("reverse-lines");
+    let log = record_debugme(&dir, &["3"]);
+    let out = debug(
+        &dir,
+        &log,
+        "gdb",
+        "break debugme.c:33\ncontinue\nnext\nnext\nnext\nprint i\n\
+         reverse-next\nreverse-next\nprint i\n\
+         reverse-step\nreverse-stepi\nx/i $pc\nreverse-stepi\nstepi\nx/i $pc\nstepi\n\
+         delete\nbreak getppid\nnext\nnext\nnext\nnext\nreverse-continue\nbacktrace 2\n",
+    );
+    in_order(
+        &out,
+        &[
+            "Breakpoint 1, main (",
+            // Forward over the line with write(), to the loop head.
+            "round 0 counter 0",
+            "for (int i = 0; i < rounds; i++) {",
+            "$1 = 0",
+            // reverse-next: back over write() (a libc function reached by a
+            // breakpoint placed after the replay restarted, before libc was mapped).
+            "35\t        write(1, buf, strlen(buf));",
+            "34\t        snprintf(buf",
+            "$2 = 0",
+            // reverse-step: into getppid from its end; reverse-stepi over its
+            // syscall lands on the syscall instruction, forward again runs it.
+            "getppid",
+            "=> 0x",
+            ":\tsyscall",
+            "=> 0x",
+            ":\tsyscall",
+            // A libc breakpoint found by reverse-continue.
+            "Breakpoint 2, ",
+            "getppid",
+            "#1 ",
+            "main (",
+        ],
+    );
+}
+
+#[test]
 fn gdb_monitor_when_goto_events() {
     let dir = tmp("monitor");
     let log = record_debugme(&dir, &["3"]);

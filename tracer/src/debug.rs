@@ -97,6 +97,10 @@ pub struct Session {
     interrupt: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Replays done since the session began (for reports and benchmarks).
     pub restarts: u64,
+    /// A thread that went backwards over a syscall: it waits at that
+    /// syscall's entry and is shown before its `syscall` instruction (as if
+    /// the instruction had not run); its registers at the entry stop.
+    before_insn: Option<(u32, Regs)>,
 }
 
 fn held(h: Halt) -> Result<u32, Error> {
@@ -137,6 +141,7 @@ impl Session {
             tainted: false,
             ended: None,
             restarts: 0,
+            before_insn: None,
         })
     }
 
@@ -176,13 +181,23 @@ impl Session {
     /// Registers of a thread (a thread stopped at a syscall entry is shown
     /// before its `syscall` instruction).
     pub fn regs(&self, tid: u32) -> Result<Regs, Error> {
-        self.r.regs(tid)
+        let mut r = self.r.regs(tid)?;
+        if self.before_insn.as_ref().is_some_and(|(t, _)| *t == tid) {
+            r = before_syscall_insn(&r);
+        }
+        Ok(r)
     }
 
     /// Sets registers (changes only the replay, which may then diverge).
     pub fn set_regs(&mut self, tid: u32, r: &Regs) -> Result<(), Error> {
         self.tainted = true;
-        self.r.set_regs(tid, r)
+        let mut r = *r;
+        if let Some((_, entry)) = self.before_insn.as_ref().filter(|(t, _)| *t == tid) {
+            // Still at the entry stop underneath: the call goes on from there.
+            r.rip = r.rip.wrapping_add(SYSCALL_INSN_LEN);
+            r.rax = entry.rax;
+        }
+        self.r.set_regs(tid, &r)
     }
 
     /// FP/SSE registers.
@@ -251,6 +266,7 @@ impl Session {
 
     /// Continues forward.
     pub fn cont(&mut self) -> Result<Stopped, Error> {
+        self.before_insn = None;
         self.r.set_interrupt(Some(self.interrupt.clone()));
         self.r.set_report_signals(true);
         let st = self.cont_inner();
@@ -273,6 +289,7 @@ impl Session {
 
     /// One instruction forward.
     pub fn step(&mut self, tid: u32) -> Result<Stopped, Error> {
+        self.before_insn = None;
         if let Some(c) = self.ended {
             return Ok(Stopped::Exited(c));
         }
@@ -420,6 +437,7 @@ impl Session {
     // ---- positions ----
 
     fn restart(&mut self) -> Result<(), Error> {
+        self.before_insn = None;
         self.high_water = self.high_water.max(self.r.seq());
         self.r.shutdown();
         self.r = Replayer::with_root(self.opts.clone(), Some(self.r.root_handle()))?;
@@ -647,6 +665,31 @@ impl Session {
     pub fn reverse_step(&mut self, tid: u32) -> Result<Stopped, Error> {
         let p = self.point()?;
         let tid = if p.tid == tid { tid } else { p.tid };
+        if let Some((t, entry)) = self.before_insn.clone().filter(|(t, _)| *t == tid) {
+            // Before a syscall instruction, at the end of the slice: count the
+            // steps from the slice start to the instruction.
+            let target = before_syscall_insn(&entry);
+            let start = Point { tid: t, resumed_at: p.resumed_at, at: None, entry_of: None };
+            self.goto(&start)?;
+            let mut n = 0u64;
+            loop {
+                if same_user_state(&self.r.regs(t)?, &target) {
+                    break;
+                }
+                match self.r.step(t)? {
+                    Halt::Interrupt(Interrupt::Step(_)) if self.r.point(t)?.0 == p.resumed_at => n += 1,
+                    other => return Err(Error::Replay { seq: self.r.seq(), tid: t, why: format!("lost the way back ({other:?})") }),
+                }
+            }
+            if n == 0 {
+                return self.back_over_event(t, p.resumed_at);
+            }
+            self.goto(&start)?;
+            for _ in 0..n - 1 {
+                self.r.step(t)?;
+            }
+            return Ok(Stopped::Step(t));
+        }
         if let Some(l) = p.at.clone() {
             // Count the steps from the start of the slice.
             let start = Point { tid, resumed_at: p.resumed_at, at: None, entry_of: None };
@@ -683,6 +726,7 @@ impl Session {
         match &ev.body {
             EventBody::Syscall(_) => {
                 self.goto(&Point { tid, resumed_at: 0, at: None, entry_of: Some(resumed_at) })?;
+                self.before_insn = Some((tid, self.r.regs(tid)?));
                 Ok(Stopped::Step(tid))
             }
             EventBody::Signal(s) if !s.landing.in_syscall => {
@@ -774,6 +818,29 @@ fn humantime_like(t: std::time::SystemTime) -> String {
 }
 
 /// Events that let a thread run again.
+/// Length of x86-64 `syscall` (0f 05).
+const SYSCALL_INSN_LEN: u64 = 2;
+
+/// The registers a thread at a syscall-entry stop had just before its
+/// `syscall` instruction: the pc on the instruction, rax the call number.
+/// (rcx and r11, which the instruction overwrites, keep their entry values.)
+fn before_syscall_insn(entry: &Regs) -> Regs {
+    let mut r = *entry;
+    r.rip = entry.rip.wrapping_sub(SYSCALL_INSN_LEN);
+    r.rax = entry.orig_rax;
+    r
+}
+
+/// Same user-visible state, but for rcx and r11 (see [`before_syscall_insn`]).
+fn same_user_state(a: &Regs, b: &Regs) -> bool {
+    let mut a = *a;
+    a.rcx = b.rcx;
+    a.r11 = b.r11;
+    a.orig_rax = b.orig_rax;
+    a.eflags = b.eflags;
+    a.rip == b.rip && a.rsp == b.rsp && fingerprint(&a) == fingerprint(b)
+}
+
 fn resumes(e: &kpl::Event) -> bool {
     matches!(e.kind(), Kind::Syscall | Kind::Signal | Kind::Resume)
 }

@@ -630,7 +630,11 @@ impl Replayer {
             Class::MmapFile if sc.ret < 0 => self.skip_syscall(tid, real, sc)?,
             // A fork that failed at record time must fail here too.
             Class::ExecutePatch if sc.ret < 0 && self.is_forklike(nr) => self.skip_syscall(tid, real, sc)?,
-            Class::MmapFile => self.mmap_file(ev, real, sc)?,
+            Class::MmapFile => {
+                self.mmap_file(ev, real, sc)?;
+                let tgid = self.task(tid)?.tgid;
+                self.refresh_breakpoints(tgid, Some((sc.ret as u64, sc.args[1])));
+            }
             Class::ExecuteCheck | Class::ExecutePatch => {
                 os::syscall(real, 0).map_err(os_err("resuming into a syscall"))?;
                 self.set_stop(tid, Stop::Running);
@@ -853,6 +857,7 @@ impl Replayer {
         os::setregs(real, &regs).map_err(os_err("setregs"))?;
         self.procs.insert(tgid, Proc { mem, vdso: v, real, cpuid_faulting });
         self.mappings.retain(|_| false);
+        self.refresh_breakpoints(tgid, None);
         self.set_stop(tid, Stop::Exit);
         self.continue_task(tid, 0)
     }
@@ -1566,7 +1571,31 @@ impl Replayer {
                 }
             }
         }
+        // Wanted even where nothing maps it yet: placed when a mapping or an exec brings it.
+        self.breakpoints.entry(addr).or_default();
         !placed.is_empty()
+    }
+
+    /// Memory of process `tgid` was replaced in `range` (start, length; `None`:
+    /// all of it, by an exec): breakpoints placed there are gone with the old
+    /// contents; every breakpoint the debugger asked for is placed again where
+    /// the process now maps it. (A replay restarted for a backward command
+    /// inserts the breakpoints at the start, before libraries are mapped.)
+    fn refresh_breakpoints(&mut self, tgid: u32, range: Option<(u64, u64)>) {
+        let Some(p) = self.procs.get(&tgid) else { return };
+        for (addr, v) in self.breakpoints.iter_mut() {
+            if range.is_none_or(|(a, n)| (a..a.saturating_add(n)).contains(addr)) {
+                v.retain(|(t, _)| *t != tgid);
+            }
+            if v.iter().any(|(t, _)| *t == tgid) {
+                continue;
+            }
+            if let Ok(b) = p.mem.read(*addr, 1) {
+                if p.mem.write(*addr, &[0xcc]).is_ok() {
+                    v.push((tgid, b[0]));
+                }
+            }
+        }
     }
 
     /// Removes a software breakpoint.
