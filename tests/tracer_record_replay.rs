@@ -196,6 +196,53 @@ fn fixture_time_rdtsc_cpuid() {
     }
 }
 
+/// (name, ret) of every syscall in a log (pids and the time in seconds,
+/// which differ from run to run, as 0).
+fn call_results(log: &Path) -> Vec<(String, i64)> {
+    let out = kprobe().args(["log", "dump", "--json", "--kind", "syscall"]).arg(log).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| (v["name"].as_str().unwrap_or("").to_owned(), v["ret"].as_i64().unwrap_or(i64::MIN)))
+        .map(|(n, r)| {
+            let r = if r > 0 && ["set_tid_address", "time", "getpid", "gettid"].contains(&n.as_str()) { 0 } else { r };
+            (n, r)
+        })
+        .collect()
+}
+
+#[test]
+fn calls_the_recorder_performs_itself_answer_as_the_kernel() {
+    // Reads, writes and seeks of a regular file and clock reads are done by
+    // the recorder at the entry stop; at their edges (faulting buffers,
+    // offsets, a file-size limit, descriptors closed and reused) the
+    // program must see what the kernel answers natively.
+    let d = tmp("emulated");
+    let native = run(
+        {
+            let mut c = Command::new(c("emulated"));
+            c.arg(d.join("native.txt"));
+            c
+        },
+        &d,
+    );
+    assert!(native.status.success());
+    let rec = round_trip(&d, "emulated", &[&c("emulated"), &d.join("recorded.txt").display().to_string()]);
+    assert_eq!(String::from_utf8_lossy(&rec.out.stdout), String::from_utf8_lossy(&native.stdout), "recorded run differs from native");
+    assert_eq!(std::fs::read(d.join("recorded.txt")).unwrap(), std::fs::read(d.join("native.txt")).unwrap());
+    let info = kprobe().args(["log", "info", "--json"]).arg(&rec.log).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let performed: u64 = v["summary"]["syscalls_performed_by_recorder"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+    assert!(performed >= 20, "the recorder performed the file and clock calls itself: {v}");
+    // Left to the kernel, the same calls with the same results.
+    let log0 = d.join("kernel.kpl");
+    let mut k = kprobe();
+    k.args(["record", "--no-emulate", "-o"]).arg(&log0).arg("--").arg(c("emulated")).arg(d.join("kernel.txt"));
+    let out0 = run(k, &d);
+    assert_eq!(String::from_utf8_lossy(&out0.stdout), String::from_utf8_lossy(&native.stdout));
+    assert_eq!(call_results(&rec.log), call_results(&log0), "same syscalls and results with and without the recorder performing them");
+}
+
 #[test]
 fn fixture_randomness() {
     let d = tmp("random");

@@ -30,7 +30,9 @@ impl ReplayTarget {
             self.exited = None;
         }
         tracing::debug!(?action, "resume");
-        let t0 = std::time::Instant::now();
+        // Timed only when logged: the vDSO clock costs a fault in this thread
+        // (it traps rdtsc like the replayed program, see tracer::os::share_tsc_trap).
+        let t0 = tracing::enabled!(tracing::Level::DEBUG).then(std::time::Instant::now);
         let st = match action {
             Action::Cont => loop {
                 let st = self.s.cont()?;
@@ -60,7 +62,7 @@ impl ReplayTarget {
             },
             Action::ReverseStep(t) => self.s.reverse_step(self.main_or(t))?,
         };
-        tracing::debug!(?st, us = t0.elapsed().as_micros() as u64, "stopped");
+        tracing::debug!(?st, us = t0.map(|t| t.elapsed().as_micros() as u64), "stopped");
         Ok(self.reason(st))
     }
 

@@ -33,6 +33,11 @@ pub struct RecordArgs {
     /// Pin to this CPU instead of the current one.
     #[arg(long)]
     cpu: Option<usize>,
+    /// Leave every syscall to the kernel (two ptrace stops per call). By
+    /// default the recorder performs reads, writes and seeks of local regular
+    /// files and clock reads itself at the entry stop: one stop per call.
+    #[arg(long)]
+    no_emulate: bool,
     /// The command to record.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -55,6 +60,7 @@ pub fn record(a: RecordArgs) -> Result<ExitCode> {
         time_slice: Duration::from_millis(a.time_slice_ms.max(1)),
         cpuid: tracer::inject::CpuidMode::from_name(Some(&a.cpuid_faulting)),
         pin: (!a.no_pin).then_some(a.cpu),
+        emulate: !a.no_emulate,
     })?;
     eprintln!("kprobe: recorded {} events ({} bytes) to {}", out.events, out.bytes, output.display());
     Ok(ExitCode::from((out.exit_code & 0xff) as u8))

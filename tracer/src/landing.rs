@@ -15,15 +15,94 @@
 //! passing the point millions of times therefore costs a few instructions
 //! per pass instead of a ptrace round trip.
 //!
+//! Registers alone do not tell apart the passes of a loop that keeps its
+//! state in memory (`while (!flag) counter++` with `counter` volatile, most
+//! loops of unoptimised code): the landing also records the memory operand
+//! of the landing instruction, read just before it runs (address, size,
+//! value), and the trampoline compares it too.
+//!
 //! What remains impossible without a PMU: two passes through the same
-//! instruction with identical registers but different memory cannot be told
-//! apart. kprobe stops at the first such pass; if memory differed, the
-//! program's next syscall differs from the log and replay reports the
-//! divergence there.
+//! instruction with identical registers and the same value in that operand
+//! but different memory elsewhere cannot be told apart. kprobe stops at the
+//! first such pass; if memory differed, the program's next syscall differs
+//! from the log and replay reports the divergence there.
 
 use crate::os::{self, Mem, Pid, Regs};
 use iced_x86::code_asm::*;
-use iced_x86::{BlockEncoderOptions, Decoder, DecoderOptions, Instruction, Mnemonic};
+use iced_x86::{BlockEncoderOptions, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+
+/// Where a landing's memory check starts in its register vector (after the
+/// 27 registers): address, size in bytes (1, 2, 4 or 8), value.
+pub const MEM_CHECK: usize = 27;
+
+/// The value of a register used in an address.
+fn reg_value(r: &Regs, reg: Register) -> Option<u64> {
+    use Register::*;
+    let full = reg.full_register();
+    let v = match full {
+        RAX => r.rax,
+        RBX => r.rbx,
+        RCX => r.rcx,
+        RDX => r.rdx,
+        RSI => r.rsi,
+        RDI => r.rdi,
+        RBP => r.rbp,
+        RSP => r.rsp,
+        R8 => r.r8,
+        R9 => r.r9,
+        R10 => r.r10,
+        R11 => r.r11,
+        R12 => r.r12,
+        R13 => r.r13,
+        R14 => r.r14,
+        R15 => r.r15,
+        RIP => r.rip,
+        FS => return Some(r.fs_base),
+        GS => return Some(r.gs_base),
+        ES | CS | SS | DS => return Some(0),
+        _ => return Option::None,
+    };
+    Some(match reg.size() {
+        8 => v,
+        4 => v as u32 as u64,
+        2 => v as u16 as u64,
+        _ => return Option::None,
+    })
+}
+
+/// The memory operand of the instruction at `regs.rip`, read now: (address,
+/// size, value) for the landing's memory check, or `None` if it has none
+/// (or it cannot be read).
+pub fn memory_check(mem: &Mem, regs: &Regs) -> Option<[u64; 3]> {
+    let i = decode_at(mem, regs.rip)?;
+    if matches!(i.mnemonic(), Mnemonic::Lea | Mnemonic::Nop) || i.is_vsib() {
+        return None;
+    }
+    let op = (0..i.op_count()).find(|n| i.op_kind(*n) == OpKind::Memory)?;
+    let size = match i.memory_size().size() {
+        n @ (1 | 2 | 4) => n,
+        n if n >= 8 => 8,
+        _ => return None,
+    };
+    let addr = i.virtual_address(op, 0, |reg, _, _| reg_value(regs, reg))?;
+    let b = mem.read(addr, size).ok()?;
+    let mut v = [0u8; 8];
+    v[..size].copy_from_slice(&b);
+    Some([addr, size as u64, u64::from_le_bytes(v)])
+}
+
+/// True when `l`'s memory check (if any) holds in `mem` now.
+pub fn memory_matches(mem: &Mem, l: &kpl::event::Landing) -> bool {
+    let Some([addr, size, value]) = l.regs.get(MEM_CHECK..MEM_CHECK + 3).map(|m| [m[0], m[1], m[2]]) else {
+        return true;
+    };
+    let mut v = [0u8; 8];
+    match mem.read(addr, size.min(8) as usize) {
+        Ok(b) => v[..b.len()].copy_from_slice(&b),
+        Err(_) => return false,
+    }
+    u64::from_le_bytes(v) == value
+}
 
 /// The register values of `r` in `user_regs_struct` order.
 pub fn regs_vec(r: &Regs) -> Vec<u64> {
@@ -72,11 +151,16 @@ fn steppable(i: &Instruction) -> bool {
 }
 
 /// At record time: single-steps a thread stopped in user code forward to a
-/// patchable instruction (at most 64 steps). Returns the registers there.
-/// The caller resumes it (delivering the held signal, if any).
-pub fn advance(pid: Pid, mem: &Mem) -> Result<Regs, String> {
+/// patchable instruction (at most 64 steps). Returns the registers there,
+/// and the siginfo of signals that arrived on the way: they were held back
+/// (a signal-delivery-stop resumed without its signal) and the caller sends
+/// them again ([`crate::os::tgkill`]) once the thread goes on. The caller
+/// resumes it (delivering the held signal, if any).
+pub fn advance(pid: Pid, mem: &Mem) -> Result<(Regs, Vec<[u8; 128]>), String> {
     let mut regs = os::getregs(pid).map_err(|e| format!("getregs: {e}"))?;
-    for _ in 0..64 {
+    let mut held = Vec::new();
+    let mut steps = 0;
+    while steps < 64 {
         let Some(i) = decode_at(mem, regs.rip) else {
             break;
         };
@@ -85,12 +169,18 @@ pub fn advance(pid: Pid, mem: &Mem) -> Result<Regs, String> {
         }
         os::step(pid, 0).map_err(|e| format!("single-step: {e}"))?;
         match os::wait(Some(pid), false) {
-            Ok(Some(nix::sys::wait::WaitStatus::Stopped(_, nix::sys::signal::Signal::SIGTRAP))) => {}
+            Ok(Some(nix::sys::wait::WaitStatus::Stopped(_, nix::sys::signal::Signal::SIGTRAP))) => steps += 1,
+            Ok(Some(nix::sys::wait::WaitStatus::Stopped(_, sig))) => {
+                // Another signal came in (a timer): keep it for later; the
+                // step did not happen, the next one suppresses it here.
+                // (Its siginfo starts with the signal number.)
+                held.push(os::getsiginfo(pid).map_err(|e| format!("siginfo of {sig:?}: {e}"))?);
+            }
             other => return Err(format!("positioning an asynchronous event: unexpected stop {other:?}")),
         }
         regs = os::getregs(pid).map_err(|e| format!("getregs: {e}"))?;
     }
-    Ok(regs)
+    Ok((regs, held))
 }
 
 /// A trampoline installed in the tracee for one landing.
@@ -173,7 +263,8 @@ pub fn install(pid: Pid, mem: &Mem, syscall_insn: u64, ip: u64, want: &[u64]) ->
     if r as u64 != page {
         return Err(format!("mapping the trampoline at {page:#x} failed ({r})"));
     }
-    let (code, hit) = assemble(page, &insn, want).map_err(|e| format!("assembling the trampoline: {e}"))?;
+    let check = want.get(MEM_CHECK..MEM_CHECK + 3).map(|m| [m[0], m[1], m[2]]);
+    let (code, hit) = assemble(page, &insn, want, check).map_err(|e| format!("assembling the trampoline: {e}"))?;
     mem.write(page, &code).map_err(|e| format!("writing the trampoline: {e}"))?;
     let saved = mem.read(ip, 5).map_err(|e| format!("reading the landing instruction: {e}"))?;
     let rel = (page as i64 - (ip as i64 + 5)) as i32;
@@ -190,7 +281,7 @@ pub fn remove(pid: Pid, mem: &Mem, syscall_insn: u64, t: &Trampoline) -> Result<
     Ok(())
 }
 
-fn assemble(page: u64, orig: &Instruction, want: &[u64]) -> Result<(Vec<u8>, u64), IcedError> {
+fn assemble(page: u64, orig: &Instruction, want: &[u64], check: Option<[u64; 3]>) -> Result<(Vec<u8>, u64), IcedError> {
     let mut a = CodeAssembler::new(64)?;
     let mut miss = a.create_label();
     let mut cont = a.create_label();
@@ -202,6 +293,21 @@ fn assemble(page: u64, orig: &Instruction, want: &[u64]) -> Result<(Vec<u8>, u64
     a.pushfq()?;
     for (i, r) in regs.iter().enumerate() {
         a.cmp(*r, qword_ptr(slots[i]))?;
+        a.jne(miss)?;
+    }
+    let mut mem_slot = a.create_label();
+    if let Some([addr, size, _]) = check {
+        // The memory operand too (rax is saved around it; pop keeps the flags).
+        a.push(rax)?;
+        a.mov(rax, addr)?;
+        match size {
+            1 => a.movzx(eax, byte_ptr(rax))?,
+            2 => a.movzx(eax, word_ptr(rax))?,
+            4 => a.mov(eax, dword_ptr(rax))?,
+            _ => a.mov(rax, qword_ptr(rax))?,
+        }
+        a.cmp(rax, qword_ptr(mem_slot))?;
+        a.pop(rax)?;
         a.jne(miss)?;
     }
     a.popfq()?;
@@ -218,6 +324,8 @@ fn assemble(page: u64, orig: &Instruction, want: &[u64]) -> Result<(Vec<u8>, u64
         a.set_label(slot)?;
         a.dq(&[want[i]])?;
     }
+    a.set_label(&mut mem_slot)?;
+    a.dq(&[check.map(|c| c[2]).unwrap_or(0)])?;
     let res = a.assemble_options(page, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
     let hit = res.label_ip(&cont)?;
     Ok((res.inner.code_buffer, hit))

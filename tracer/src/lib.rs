@@ -16,6 +16,7 @@
 
 pub mod debug;
 pub mod elf;
+pub mod emulate;
 pub mod files;
 pub mod inject;
 pub mod landing;

@@ -442,3 +442,178 @@ pub fn pin_to_cpu(cpu: Option<usize>) -> nix::Result<usize> {
     sched_setaffinity(Pid::from_raw(0), &set)?;
     Ok(cpu)
 }
+
+/// A pidfd for process `pid` (`pidfd_open`): a handle that outlives pid reuse.
+pub fn pidfd_open(pid: Pid) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes plain integers and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The tracee's descriptor `fd`, duplicated into the tracer (`pidfd_getfd`):
+/// the same open file description, so a read or a seek here moves the
+/// tracee's file offset too.
+pub fn pidfd_getfd(pidfd: &std::os::fd::OwnedFd, fd: i32) -> std::io::Result<File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: integer arguments; returns a new descriptor or -1.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(r as i32) })
+}
+
+/// Copies `data` into process `pid` at `addr` as the kernel would for a
+/// syscall's output (`process_vm_writev`: page protections apply, unlike
+/// `/proc/PID/mem`). Returns the bytes written before the first fault.
+pub fn vm_write(pid: Pid, addr: u64, data: &[u8]) -> std::io::Result<usize> {
+    use nix::sys::uio::{process_vm_writev, RemoteIoVec};
+    if data.is_empty() {
+        return Ok(0);
+    }
+    process_vm_writev(pid, &[std::io::IoSlice::new(data)], &[RemoteIoVec { base: addr as usize, len: data.len() }])
+        .map_err(std::io::Error::from)
+}
+
+/// Copies `len` bytes out of process `pid` at `addr` as the kernel would
+/// for a syscall's input (`process_vm_readv`: an unreadable page fails).
+pub fn vm_read(pid: Pid, addr: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    use nix::sys::uio::{process_vm_readv, RemoteIoVec};
+    let mut buf = vec![0u8; len];
+    if len == 0 {
+        return Ok(buf);
+    }
+    let n = process_vm_readv(pid, &mut [std::io::IoSliceMut::new(&mut buf)], &[RemoteIoVec { base: addr as usize, len }])
+        .map_err(std::io::Error::from)?;
+    if n != len {
+        return Err(std::io::Error::from_raw_os_error(libc::EFAULT));
+    }
+    Ok(buf)
+}
+
+/// The soft RLIMIT_FSIZE of process `pid` (`None`: unlimited).
+pub fn file_size_limit(pid: Pid) -> std::io::Result<Option<u64>> {
+    let mut old = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: reads a limit of another process into `old`; no new limit is set.
+    let r = unsafe { libc::prlimit64(pid.as_raw(), libc::RLIMIT_FSIZE, std::ptr::null(), &mut old) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((old.rlim_cur != libc::RLIM64_INFINITY).then_some(old.rlim_cur))
+}
+
+/// Nanoseconds of `clock` read with the `clock_gettime` syscall, not the
+/// vDSO: the vDSO reads the TSC, which faults in a thread that shares its
+/// tracees' rdtsc trap (see [`share_tsc_trap`]).
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: writes one timespec into `ts`.
+    unsafe { libc::syscall(libc::SYS_clock_gettime, clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Set by the SIGSEGV handler when it let this process's rdtsc run again.
+static TSC_REENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The SIGSEGV disposition before [`share_tsc_trap`] installed its handler.
+static PREV_SEGV: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+thread_local! {
+    static TSC_SHARERS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo and ucontext to an SA_SIGINFO handler;
+    // the faulting instruction pointer is in this process's own (readable) code.
+    unsafe {
+        let uc = ctx as *mut libc::ucontext_t;
+        let rip = (*uc).uc_mcontext.gregs[libc::REG_RIP as usize] as *const u8;
+        let tsc_insn = *rip == 0x0f && (*rip.add(1) == 0x31 || (*rip.add(1) == 0x01 && *rip.add(2) == 0xf9));
+        if (*info).si_code == 0x80 /* SI_KERNEL */ && tsc_insn {
+            // Our own rdtsc (the vDSO clock, a trapped rdtsc served): let it run.
+            libc::prctl(libc::PR_SET_TSC, libc::PR_TSC_ENABLE, 0, 0, 0);
+            TSC_REENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        // Not ours: whoever handled SIGSEGV before (Rust's stack-overflow guard), or the default.
+        let prev = PREV_SEGV.get().map(|p| *p as *const libc::sigaction);
+        match prev {
+            Some(p) if (*p).sa_flags & libc::SA_SIGINFO != 0 && (*p).sa_sigaction > libc::SIG_IGN => {
+                let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = std::mem::transmute((*p).sa_sigaction);
+                f(sig, info, ctx)
+            }
+            Some(p) if (*p).sa_sigaction > libc::SIG_IGN => {
+                let f: extern "C" fn(libc::c_int) = std::mem::transmute((*p).sa_sigaction);
+                f(sig)
+            }
+            _ => {
+                // Default action: the instruction faults again and the process dies as it should.
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(libc::SIGSEGV, &dfl, std::ptr::null_mut());
+            }
+        }
+    }
+}
+
+/// While alive, the calling thread traps `rdtsc` like its tracees do.
+///
+/// `PR_SET_TSC` is per thread, and every context switch between a thread
+/// that traps rdtsc and one that does not rewrites CR4 — in a VM a trap to
+/// the hypervisor, which doubled the cost of every ptrace stop on these
+/// machines. A tracer that traps rdtsc too switches to and from its tracees
+/// without it. Its own rdtsc (the vDSO's clocks, a trapped rdtsc it serves)
+/// then faults once: a SIGSEGV handler lets it run and
+/// [`rearm_tsc_trap`] traps again at the next stop. Clock reads on the hot
+/// path use [`clock_ns`] instead.
+pub struct SharedTscTrap(std::marker::PhantomData<*const ()>);
+
+/// See [`SharedTscTrap`]. `None` if the kernel refused (the thread then just
+/// pays the switches).
+pub fn share_tsc_trap() -> Option<SharedTscTrap> {
+    PREV_SEGV.get_or_init(|| {
+        // SAFETY: installs a handler that only reads its own context; the old
+        // disposition is kept (leaked, for the life of the process) to chain to.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_segv as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
+            libc::sigemptyset(&mut sa.sa_mask);
+            let old: &'static mut libc::sigaction = Box::leak(Box::new(std::mem::zeroed()));
+            libc::sigaction(libc::SIGSEGV, &sa, old);
+            old as *const libc::sigaction as usize
+        }
+    });
+    // SAFETY: plain prctl on the calling thread.
+    if unsafe { libc::prctl(libc::PR_SET_TSC, libc::PR_TSC_SIGSEGV, 0, 0, 0) } != 0 {
+        return None;
+    }
+    TSC_SHARERS.with(|n| n.set(n.get() + 1));
+    Some(SharedTscTrap(std::marker::PhantomData))
+}
+
+/// Traps rdtsc again in this thread if the SIGSEGV handler let one run.
+pub fn rearm_tsc_trap() {
+    if TSC_SHARERS.with(|n| n.get()) > 0 && TSC_REENABLED.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        // SAFETY: plain prctl on the calling thread.
+        unsafe { libc::prctl(libc::PR_SET_TSC, libc::PR_TSC_SIGSEGV, 0, 0, 0) };
+    }
+}
+
+impl Drop for SharedTscTrap {
+    fn drop(&mut self) {
+        let left = TSC_SHARERS.with(|n| {
+            n.set(n.get().saturating_sub(1));
+            n.get()
+        });
+        if left == 0 {
+            // SAFETY: plain prctl on the calling thread.
+            unsafe { libc::prctl(libc::PR_SET_TSC, libc::PR_TSC_ENABLE, 0, 0, 0) };
+        }
+    }
+}

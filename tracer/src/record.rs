@@ -17,7 +17,7 @@ use kpl::{Event, EventBody, Metadata, Writer};
 use nix::sys::wait::WaitStatus;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use syscalls::Sysno;
 
 /// What to record and how.
@@ -34,6 +34,9 @@ pub struct RecordOptions {
     /// Pin the tracer and the program to one CPU (`Some(None)`: the current
     /// one); `None` leaves affinity alone.
     pub pin: Option<Option<usize>>,
+    /// Perform the calls it can itself at the entry stop (one stop per call
+    /// instead of two; see [`crate::emulate`]).
+    pub emulate: bool,
 }
 
 /// The result of a recording.
@@ -75,7 +78,8 @@ struct Entry {
     nr: u32,
     args: [u64; 6],
     ts: u64,
-    t0: Instant,
+    /// Monotonic time at entry ([`mono_ns`]).
+    t0: u64,
     class: Class,
     /// Data captured at entry for an execve.
     exec: Option<ExecInfo>,
@@ -111,6 +115,8 @@ struct Task {
     forked: bool,
     /// A new task's first stop was seen.
     first_stop: bool,
+    /// Siginfo of signals held back while positioning another and sent again.
+    held_signals: Vec<[u8; 128]>,
 }
 
 /// Per-process state.
@@ -127,7 +133,8 @@ struct Recorder {
     procs: HashMap<Pid, Proc>,
     ready: VecDeque<Pid>,
     running: Option<Pid>,
-    slice_end: Instant,
+    /// End of the running thread's slice, monotonic ns ([`mono_ns`]).
+    slice_end: u64,
     slice: Duration,
     root: Pid,
     root_status: Option<i32>,
@@ -136,6 +143,8 @@ struct Recorder {
     cpuid: crate::inject::CpuidMode,
     /// (device, inode) of the recorder's own stdout and stderr.
     own_stdio: [Option<(u64, u64)>; 2],
+    /// Calls performed by the recorder itself (`None`: all left to the kernel).
+    emulator: Option<crate::emulate::Emulator>,
 }
 
 /// Records `opts.argv` into `opts.output`. The program's stdout and stderr
@@ -180,7 +189,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, Error> {
         procs: HashMap::new(),
         ready: VecDeque::new(),
         running: Some(root),
-        slice_end: Instant::now() + opts.time_slice,
+        slice_end: mono_ns() + opts.time_slice.as_nanos() as u64,
         slice: opts.time_slice,
         root,
         root_status: None,
@@ -188,6 +197,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, Error> {
         waker,
         own_stdio: [file_id("/proc/self/fd/1"), file_id("/proc/self/fd/2")],
         cpuid: opts.cpuid,
+        emulator: opts.emulate.then(crate::emulate::Emulator::default),
     };
     r.tasks.insert(root, Task::new(root, root, St::Running));
     let res = r.run();
@@ -201,6 +211,9 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome, Error> {
     res?;
     let code = r.root_status.unwrap_or(0);
     r.w.set_exit_code(Some(code));
+    if let Some(e) = &r.emulator {
+        r.w.set_summary_fact("syscalls_performed_by_recorder", e.performed);
+    }
     let (_, st) = r.w.finish()?;
     Ok(RecordOutcome { exit_code: code, events: st.events, bytes: st.bytes })
 }
@@ -230,12 +243,20 @@ impl Task {
             resume_siginfo: None,
             forked: false,
             first_stop: false,
+            held_signals: Vec::new(),
         }
     }
 }
 
+/// Wall-clock time for event timestamps. (The tracer reads its clocks with
+/// the syscall: it shares its tracees' rdtsc trap, see `os::share_tsc_trap`.)
 fn now_ns() -> u64 {
-    kpl::now_ns()
+    os::clock_ns(libc::CLOCK_REALTIME)
+}
+
+/// Monotonic time, for durations and time slices.
+fn mono_ns() -> u64 {
+    os::clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 impl Recorder {
@@ -255,14 +276,16 @@ impl Recorder {
     }
 
     fn run(&mut self) -> Result<(), Error> {
+        let _tsc = os::share_tsc_trap();
         loop {
+            os::rearm_tsc_trap();
             if self.tasks.is_empty() {
                 return Ok(());
             }
             self.schedule()?;
             // Preempt a thread that ran out of its slice while others wait.
             if let Some(r) = self.running {
-                if Instant::now() >= self.slice_end && !self.ready.is_empty() {
+                if mono_ns() >= self.slice_end && !self.ready.is_empty() {
                     let t = self.tasks.get_mut(&r).unwrap();
                     if t.st == St::Running && !t.preempt_asked {
                         t.preempt_asked = true;
@@ -276,7 +299,7 @@ impl Recorder {
                 Ok(Some(s)) => self.handle(s)?,
                 Ok(None) => {
                     let ms = if self.running.is_some() && !self.ready.is_empty() {
-                        self.slice_end.saturating_duration_since(Instant::now()).as_millis().clamp(1, 50) as i32
+                        (self.slice_end.saturating_sub(mono_ns()) / 1_000_000).clamp(1, 50) as i32
                     } else {
                         50
                     };
@@ -341,7 +364,7 @@ impl Recorder {
             }
             if mode == Mode::Cont {
                 self.running = Some(tid);
-                self.slice_end = Instant::now() + self.slice;
+                self.slice_end = mono_ns() + self.slice.as_nanos() as u64;
             }
         }
         Ok(())
@@ -394,7 +417,11 @@ impl Recorder {
         }
         self.release_cpu(pid);
         self.tasks.remove(&pid);
-        self.procs.remove(&pid);
+        if self.procs.remove(&pid).is_some() {
+            if let Some(em) = self.emulator.as_mut() {
+                em.exited(pid);
+            }
+        }
         self.ready.retain(|p| *p != pid);
         Ok(())
     }
@@ -419,6 +446,17 @@ impl Recorder {
                     _ => ForkKind::Fork,
                 };
                 let tgid = if kind == ForkKind::Thread { parent_tgid } else { child };
+                if let Some(em) = self.emulator.as_mut() {
+                    let shared_files = flags & libc::CLONE_FILES as u64 != 0;
+                    if kind == ForkKind::Thread && !shared_files {
+                        // A thread with a descriptor table of its own.
+                        em.disable(tgid);
+                    } else if kind != ForkKind::Thread && shared_files {
+                        // Two processes closing each other's descriptors.
+                        em.disable(tgid);
+                        em.disable(parent_tgid);
+                    }
+                }
                 let entry = self.tasks.entry(child).or_insert_with(|| Task::new(child, tgid, St::New));
                 entry.tgid = tgid;
                 entry.execed = true;
@@ -497,8 +535,11 @@ impl Recorder {
                     }
                     St::Running if sig == libc::SIGTRAP || self.tasks[&pid].preempt_asked => {
                         // Preempted: the slice ends here (moved to a point replay can patch).
-                        let regs = crate::landing::advance(pid, self.mem(pid)?).map_err(|e| Error::Os(format!("task {pid}: {e}")))?;
-                        let landing = landing_of(&regs, self.tasks[&pid].last_exit.as_ref());
+                        let regs = self.advance_to_landing(pid)?;
+                        let mut landing = landing_of(&regs, self.tasks[&pid].last_exit.as_ref());
+                        if !landing.in_syscall {
+                            landing.regs.extend(crate::landing::memory_check(self.mem(pid)?, &regs).into_iter().flatten());
+                        }
                         self.emit(pid, EventBody::Preempt(Preempt { landing }))?;
                         let t = self.tasks.get_mut(&pid).unwrap();
                         t.pending = vec![(None, EventBody::Resume(Resume { reason: ResumeReason::AfterPreempt }))];
@@ -540,7 +581,9 @@ impl Recorder {
     }
 
     fn on_entry(&mut self, pid: Pid) -> Result<(), Error> {
-        let (nr, args) = match os::syscall_info(pid).map_err(|e| Error::Os(format!("syscall info: {e}")))? {
+        let info = os::syscall_info(pid).map_err(|e| Error::Os(format!("syscall info: {e}")))?;
+        let seccomp = matches!(info, SyscallInfo::Seccomp { .. });
+        let (nr, args) = match info {
             SyscallInfo::Seccomp { nr, args } | SyscallInfo::Entry { nr, args } => (nr as u32, args),
             other => {
                 let regs = os::getregs(pid).ok();
@@ -566,9 +609,32 @@ impl Recorder {
             regs.orig_rax = u64::MAX;
             os::setregs(pid, &regs).map_err(|e| Error::Os(format!("setregs: {e}")))?;
         }
+        let (ts, t0) = (now_ns(), mono_ns());
+        let tgid = self.tasks[&pid].tgid;
+        if let Some(em) = self.emulator.as_mut() {
+            if nr == sys::nr(Sysno::setrlimit) || nr == sys::nr(Sysno::prlimit64) {
+                em.limits_changed(tgid);
+            } else if nr == sys::nr(Sysno::unshare) && args[0] & libc::CLONE_FILES as u64 != 0 {
+                em.disable(tgid);
+            }
+            if seccomp && class != Class::Refuse {
+                if let Some(ret) = em.perform(pid, tgid, nr, &args) {
+                    // Done here: the kernel skips the call and returns `ret`; no exit stop.
+                    let mut regs = os::getregs(pid).map_err(|e| Error::Os(format!("getregs: {e}")))?;
+                    regs.orig_rax = u64::MAX;
+                    regs.rax = ret as u64;
+                    os::setregs(pid, &regs).map_err(|e| Error::Os(format!("setregs: {e}")))?;
+                    let t = self.tasks.get_mut(&pid).unwrap();
+                    t.entry = Some(Entry { nr, args, ts, t0, class, exec });
+                    t.st = St::InKernelQuick;
+                    return self.on_exit(pid, ret, regs.rip, regs.rsp);
+                }
+            }
+            em.before_kernel(tgid, nr, &args);
+        }
         let quick = sys::quick(nr, &args);
         let t = self.tasks.get_mut(&pid).unwrap();
-        t.entry = Some(Entry { nr, args, ts: now_ns(), t0: Instant::now(), class, exec });
+        t.entry = Some(Entry { nr, args, ts, t0, class, exec });
         if quick {
             t.st = St::InKernelQuick;
         } else {
@@ -655,7 +721,7 @@ impl Recorder {
             regs.rax = ret as u64;
             os::setregs(pid, &regs).map_err(|e| Error::Os(format!("setregs: {e}")))?;
         }
-        let duration_ns = entry.t0.elapsed().as_nanos() as u64;
+        let duration_ns = mono_ns().saturating_sub(entry.t0);
         let mut writes = Vec::new();
         let mut pending = Vec::new();
         let mut flags = 0;
@@ -703,7 +769,7 @@ impl Recorder {
         t.last_exit = Some(crate::ExitPoint { ip, sp, ret });
         let quick = t.st == St::InKernelQuick;
         // A quick syscall keeps the CPU unless the slice is over and others wait.
-        let keep = quick && (Instant::now() < self.slice_end || self.ready.is_empty());
+        let keep = quick && (mono_ns() < self.slice_end || self.ready.is_empty());
         if quick {
             self.running = None;
         }
@@ -788,7 +854,13 @@ impl Recorder {
             return Ok(());
         }
         let regs = os::getregs(pid).map_err(|e| Error::Os(format!("getregs: {e}")))?;
-        let siginfo = os::getsiginfo(pid).unwrap_or([0; 128]);
+        let mut siginfo = os::getsiginfo(pid).unwrap_or([0; 128]);
+        if let Some(i) = self.tasks[&pid].held_signals.iter().position(|si| si[..4] == sig.to_le_bytes()) {
+            // A signal held back while positioning an earlier one, sent again
+            // by the recorder: the program sees the siginfo it came with.
+            siginfo = self.tasks.get_mut(&pid).unwrap().held_signals.remove(i);
+            let _ = os::setsiginfo(pid, &siginfo);
+        }
         let code = i32::from_le_bytes(siginfo[8..12].try_into().unwrap());
         if sig == libc::SIGSEGV && code == 0x80 {
             if let Some(b) = self.trap(pid, regs)? {
@@ -804,8 +876,9 @@ impl Recorder {
         let mut landing = landing_of(&regs, self.tasks[&pid].last_exit.as_ref());
         if !synchronous && !landing.in_syscall {
             // Asynchronous, in user code: move it where replay can find it cheaply.
-            let regs = crate::landing::advance(pid, self.mem(pid)?).map_err(|e| Error::Os(format!("task {pid}: {e}")))?;
+            let regs = self.advance_to_landing(pid)?;
             landing = landing_of(&regs, None);
+            landing.regs.extend(crate::landing::memory_check(self.mem(pid)?, &regs).into_iter().flatten());
         }
         let body = EventBody::Signal(Signal { signo: sig, code, sender_pid, addr, landing, synchronous, siginfo: siginfo.to_vec() });
         let t = self.tasks.get_mut(&pid).unwrap();
@@ -816,6 +889,20 @@ impl Recorder {
         let was_running = self.running == Some(pid);
         self.make_ready(pid, was_running);
         Ok(())
+    }
+
+    /// Moves a thread stopped in user code to a landing point replay can
+    /// patch ([`crate::landing::advance`]); signals that arrived meanwhile are
+    /// sent to it again, to be delivered (and recorded) after this stop.
+    fn advance_to_landing(&mut self, pid: Pid) -> Result<Regs, Error> {
+        let (regs, held) = crate::landing::advance(pid, self.mem(pid)?).map_err(|e| Error::Os(format!("task {pid}: {e}")))?;
+        let tgid = self.tasks[&pid].tgid;
+        for si in held {
+            let signo = i32::from_le_bytes(si[..4].try_into().unwrap());
+            os::tgkill(tgid, pid, signo).map_err(|e| Error::Os(format!("task {pid}: sending signal {signo} again: {e}")))?;
+            self.tasks.get_mut(&pid).unwrap().held_signals.push(si);
+        }
+        Ok(regs)
     }
 
     /// rdtsc, rdtscp or cpuid trapped (SIGSEGV, si_code SI_KERNEL): executes it

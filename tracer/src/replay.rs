@@ -242,6 +242,8 @@ pub struct Replayer {
     virt: Option<crate::virt::Virt>,
     out: std::io::Stdout,
     err: std::io::Stderr,
+    /// This thread traps rdtsc like the replayed program (cheaper switches).
+    _tsc: Option<os::SharedTscTrap>,
 }
 
 fn os_err(what: impl std::fmt::Display) -> impl Fn(nix::Error) -> Error {
@@ -318,6 +320,7 @@ impl Replayer {
             virt: None,
             out: std::io::stdout(),
             err: std::io::stderr(),
+            _tsc: os::share_tsc_trap(),
         };
         me.cpuid =
             crate::inject::CpuidMode::from_name(me.r.meta().extra.iter().find(|(k, _)| k == "cpuid_faulting").map(|(_, v)| v.as_str()));
@@ -418,6 +421,7 @@ impl Replayer {
     /// or until a debugger stop (breakpoint, step, caught syscall).
     pub fn advance(&mut self, stop_before: Option<u64>) -> Result<Halt, Error> {
         loop {
+            os::rearm_tsc_trap();
             if let Some(i) = self.pending.take() {
                 return Ok(Halt::Interrupt(i));
             }
@@ -1319,7 +1323,7 @@ impl Replayer {
                 };
                 if let Some((l, int3, report)) = hit {
                     regs.rip = l.ip;
-                    if fingerprint(&regs) == l.fingerprint {
+                    if fingerprint(&regs) == l.fingerprint && crate::landing::memory_matches(&self.proc_of(r)?.mem, &l) {
                         os::setregs(real, &regs).map_err(os_err("setregs"))?;
                         self.end_landing(r)?;
                         self.set_stop(r, Stop::Landing);

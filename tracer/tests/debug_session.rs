@@ -28,6 +28,7 @@ fn record(name: &str, args: &[&str]) -> (PathBuf, PathBuf) {
         time_slice: std::time::Duration::from_millis(20),
         cpuid: Default::default(),
         pin: Some(None),
+        emulate: true,
     })
     .unwrap();
     assert_eq!(out.exit_code, 3);
