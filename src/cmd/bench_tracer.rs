@@ -56,11 +56,13 @@ struct Row {
     strace: Duration,
     strace_pinned: Duration,
     record: Duration,
+    /// `kprobe record --no-emulate`: every call left to the kernel (two stops).
+    record_kernel: Duration,
 }
 
 fn measure(runs: usize, dir: &Path, name: &str, cmd: &[String]) -> Result<(Row, PathBuf)> {
     let log = dir.join(format!("{name}.kpl"));
-    let (mut n, mut s, mut sp, mut r) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut n, mut s, mut sp, mut r, mut rk) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         let mut c = Command::new(&cmd[0]);
         c.args(&cmd[1..]).current_dir(dir);
@@ -75,8 +77,19 @@ fn measure(runs: usize, dir: &Path, name: &str, cmd: &[String]) -> Result<(Row, 
         let mut c = Command::new(kprobe()?);
         c.arg("record").arg("-o").arg(&log).arg("--").args(cmd).current_dir(dir);
         r.push(time(c)?);
+        let mut c = Command::new(kprobe()?);
+        c.arg("record").arg("--no-emulate").arg("-o").arg(dir.join(format!("{name}-kernel.kpl"))).arg("--").args(cmd).current_dir(dir);
+        rk.push(time(c)?);
     }
-    Ok((Row { what: name.to_owned(), native: median(n), strace: median(s), strace_pinned: median(sp), record: median(r) }, log))
+    let row = Row {
+        what: name.to_owned(),
+        native: median(n),
+        strace: median(s),
+        strace_pinned: median(sp),
+        record: median(r),
+        record_kernel: median(rk),
+    };
+    Ok((row, log))
 }
 
 /// (bytes without the file store, syscalls).
@@ -164,11 +177,11 @@ pub fn run(a: BenchRecordArgs) -> Result<ExitCode> {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!("## kprobe bench record ({runs} runs each, medians)");
     println!();
-    println!("| workload | native | strace -f | strace -f pinned to 1 CPU | kprobe record (pinned) | record / native | record / strace | record / pinned strace | goal |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| workload | native | strace -f | strace -f pinned to 1 CPU | kprobe record (pinned) | record --no-emulate | record / native | record / strace | record / pinned strace | goal |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in [&copy_row, &cpu_row] {
         println!(
-            "| {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.2}× | {:.2}× | {:.2}× | {} |",
+            "| {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.2}× | {:.2}× | {:.2}× | {} |",
             if r.what == "copy" {
                 format!("syscall-heavy: copy {} MiB in {} B reads", a.copy_mib, a.block)
             } else {
@@ -178,6 +191,7 @@ pub fn run(a: BenchRecordArgs) -> Result<ExitCode> {
             ms(r.strace),
             ms(r.strace_pinned),
             ms(r.record),
+            ms(r.record_kernel),
             r.record.as_secs_f64() / r.native.as_secs_f64(),
             r.record.as_secs_f64() / r.strace.as_secs_f64(),
             r.record.as_secs_f64() / r.strace_pinned.as_secs_f64(),
