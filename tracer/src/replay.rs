@@ -696,14 +696,20 @@ impl Replayer {
     fn skip_syscall(&mut self, tid: u32, real: Pid, sc: &Syscall) -> Result<(), Error> {
         let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
         regs.orig_rax = u64::MAX;
-        os::setregs(real, &regs).map_err(os_err("setregs"))?;
-        os::syscall(real, 0).map_err(os_err("resuming a served syscall"))?;
-        self.set_stop(tid, Stop::Running);
-        let st = self.wait_stop(tid)?;
-        if st != Stop::Exit {
-            return Err(Error::Replay { seq: self.seq, tid, why: format!("a served {} did not come back (stopped: {st:?})", sc.name()) });
+        if !self.serves_at_entry(tid, sc, regs.rip)? {
+            os::setregs(real, &regs).map_err(os_err("setregs"))?;
+            os::syscall(real, 0).map_err(os_err("resuming a served syscall"))?;
+            self.set_stop(tid, Stop::Running);
+            let st = self.wait_stop(tid)?;
+            if st != Stop::Exit {
+                return Err(Error::Replay {
+                    seq: self.seq,
+                    tid,
+                    why: format!("a served {} did not come back (stopped: {st:?})", sc.name()),
+                });
+            }
+            regs = os::getregs(real).map_err(os_err("getregs"))?;
         }
-        let mut regs = os::getregs(real).map_err(os_err("getregs"))?;
         regs.rax = sc.ret as u64;
         // Restart codes: the kernel restarts the call after a signal only if it knows its number.
         if matches!(sc.ret, -512 | -513 | -514 | -516) {
@@ -721,6 +727,34 @@ impl Replayer {
             }
         }
         Ok(())
+    }
+
+    /// True when a served syscall can be completed at its entry stop: the
+    /// call is skipped with its result already in place and the task goes on
+    /// without an exit stop (one ptrace stop instead of two). Only where
+    /// nothing needs that exit stop: the task's next event is a plain syscall
+    /// (not a signal or preemption placed at this exit), no debugger step,
+    /// hold, caught syscall or breakpoint at the return address, no restart
+    /// code, and not an eBPF log (whose virtualization observes exits).
+    fn serves_at_entry(&self, tid: u32, sc: &Syscall, ret_ip: u64) -> Result<bool, Error> {
+        if self.virt.is_some()
+            || matches!(sc.ret, -512 | -513 | -514 | -516)
+            || self.catches(sc.nr)
+            || self.stepping.is_some()
+            || self.hold.is_some()
+            || self.hold_at.is_some_and(|(s, t)| s == self.seq && t == tid)
+            || self.breakpoints.contains_key(&ret_ip)
+        {
+            return Ok(false);
+        }
+        for s in self.seq + 1..(self.seq + 64).min(self.end) {
+            match self.r.get(s) {
+                Ok(e) if e.tid == tid => return Ok(matches!(e.body, EventBody::Syscall(_))),
+                Ok(_) | Err(kpl::Error::NoSuchEvent { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(false)
     }
 
     fn bytes(&self, d: &Data, tid: u32) -> Result<Vec<u8>, Error> {
