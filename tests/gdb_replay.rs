@@ -230,6 +230,53 @@ fn gdb_reverse_next_reverse_step_and_library_breakpoints_backwards() {
 }
 
 #[test]
+fn gdb_extended_remote_starti_event_restarts_the_replay() {
+    // `target extended-remote`, as with rr: `starti EVENT` goes to an event
+    // and stops there (gdb reads the new state itself); `starti 0` goes back
+    // to the beginning. (`run` does the same and then continues.)
+    let dir = tmp("restart");
+    let log = record_debugme(&dir, &["3"]);
+    // The getppid() of round 1: bump(2) comes next.
+    let dump = kprobe().args(["log", "dump", "--json", "--kind", "syscall"]).arg(&log).output().unwrap();
+    let getppid: Vec<u64> = String::from_utf8_lossy(&dump.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["name"] == "getppid")
+        .filter_map(|v| v["seq"].as_u64())
+        .collect();
+    assert_eq!(getppid.len(), 3, "one getppid a round");
+    let (mut server, addr) = gdb_server(&dir, &log);
+    let mut c = Command::new("gdb");
+    c.arg("-q").arg("-batch").arg(fixtures::c("debugme"));
+    for cmd in [
+        format!("target extended-remote {addr}"),
+        format!("starti {}", getppid[1]),
+        "monitor when".into(),
+        "break bump".into(),
+        "continue".into(),
+        "print k".into(),
+        "starti 0".into(),
+        "monitor when".into(),
+        "continue".into(),
+        "print k".into(),
+        "detach".into(),
+    ] {
+        c.arg("-ex").arg(cmd);
+    }
+    let out = run(c, &dir);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // (`monitor` output and gdb's own come on different streams.)
+    assert!(text.contains(&format!("event {} of ", getppid[1])), "{text}");
+    in_order(&text, &["Breakpoint 1, bump (k=k@entry=2)", "$1 = 2", "_start", "Breakpoint 1, bump (k=k@entry=0)", "$2 = 0"]);
+    assert!(!text.contains("memory or registers were changed"), "starting again changes nothing:\n{text}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while server.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the server ends when gdb detaches");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn gdb_monitor_when_goto_events() {
     let dir = tmp("monitor");
     let log = record_debugme(&dir, &["3"]);
@@ -288,16 +335,15 @@ fn lldb_breakpoints_locals_threads_watch_exit() {
     );
 }
 
-#[test]
-fn gdb_server_prints_its_address_and_serves_recorded_files() {
-    let dir = tmp("server");
-    let log = record_debugme(&dir, &["3"]);
+/// `kprobe replay LOG --gdb`: the server and the address it prints. (Its
+/// stderr is drained by a thread: a closed pipe would end the server.)
+fn gdb_server(dir: &Path, log: &Path) -> (std::process::Child, String) {
     let mut server = kprobe()
         .arg("replay")
-        .arg(&log)
+        .arg(log)
         .arg("--gdb")
         .arg("--quiet")
-        .current_dir(&dir)
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -316,6 +362,15 @@ fn gdb_server_prints_its_address_and_serves_recorded_files() {
     }
     let addr = addr.expect("the server prints its address");
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    (server, addr)
+}
+
+#[test]
+fn gdb_server_prints_its_address_and_serves_recorded_files() {
+    let dir = tmp("server");
+    let log = record_debugme(&dir, &["3"]);
+    let (mut server, addr) = gdb_server(&dir, &log);
     // gdb's default sysroot (target:) reads the executable and libraries through the server.
     let mut c = Command::new("gdb");
     c.args([

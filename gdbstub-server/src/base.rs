@@ -20,6 +20,11 @@ impl MultiThreadBase for ReplayTarget {
         let mut r = self.s.regs(t).map_err(|e| TargetError::Fatal(Error::Replay(e)))?;
         let before = r;
         to_ptrace(regs, &mut r);
+        // gdb writes orig_rax = -1 with the pc (to stop Linux restarting a
+        // syscall) when it resumes from a stop it did not cause, e.g. after
+        // `starti`: here that would skip the syscall the replay is about to
+        // serve or execute. The replay handles restarts itself: ignore it.
+        r.orig_rax = before.orig_rax;
         if regs_eq(&before, &r) {
             return Ok(());
         }

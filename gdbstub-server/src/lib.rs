@@ -104,12 +104,14 @@ pub struct ReplayTarget {
     pub(crate) exited: Option<i32>,
     /// Files open through Host I/O (their bytes, read at open).
     pub(crate) files: std::collections::HashMap<u32, Vec<u8>>,
+    /// The debugger asked for extended mode (`target extended-remote`).
+    pub(crate) extended: bool,
 }
 
 impl ReplayTarget {
     /// A target on a session.
     pub fn new(s: Session, opts: Options) -> ReplayTarget {
-        ReplayTarget { s, action: Action::Cont, cause: opts.cause, exited: None, files: Default::default() }
+        ReplayTarget { s, action: Action::Cont, cause: opts.cause, exited: None, files: Default::default(), extended: false }
     }
 
     /// The session.
