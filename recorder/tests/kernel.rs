@@ -195,9 +195,24 @@ const SVC: &str = r#"
 #include <unistd.h>
 int main(void) { for (int i = 0; i < 400; i++) usleep(2000); return 0; }
 "#;
+// Spins 5 ms, sleeps 1 ms, forever: at SCHED_FIFO 50 it delays the service
+// (SCHED_FIFO 10, same CPU) at every wake-up it lands in, and leaves the CPU
+// to it (not to the machine's other tasks, all below it) while it sleeps.
 const HOG: &str = r#"
 #include <stdio.h>
-int main(void) { volatile unsigned long x = 0; puts("spinning"); fflush(stdout); for (;;) x++; }
+#include <time.h>
+#include <unistd.h>
+static long now_us(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1000000L + t.tv_nsec / 1000; }
+int main(void) {
+    volatile unsigned long x = 0;
+    puts("spinning");
+    fflush(stdout);
+    for (;;) {
+        long t0 = now_us();
+        while (now_us() - t0 < 5000) x++;
+        usleep(1000);
+    }
+}
 "#;
 
 #[test]
@@ -207,8 +222,9 @@ fn cpu_hog_is_the_culprit_of_run_queue_delay() {
     let hog_comm = unique_comm("kphog");
     let svc = compile_c(dir.path(), &svc_comm, SVC);
     let hog_exe = compile_c(dir.path(), &hog_comm, HOG);
-    // nice -20: the hog, not whatever else this shared machine runs, owns CPU 1
-    let mut hog = Command::new("nice").args(["-n", "-20", "taskset", "-c", "1"]).arg(&hog_exe).stdout(Stdio::piped()).spawn().unwrap();
+    // Real-time, both on CPU 1: only the hog (above the service) can delay
+    // the service, whatever else this shared machine runs (builds, tests).
+    let mut hog = Command::new("chrt").args(["-f", "50", "taskset", "-c", "1"]).arg(&hog_exe).stdout(Stdio::piped()).spawn().unwrap();
     struct Kill(std::process::Child);
     impl Drop for Kill {
         fn drop(&mut self) {
@@ -221,7 +237,7 @@ fn cpu_hog_is_the_culprit_of_run_queue_delay() {
     let hog_pid = hog.id();
     let _hog = Kill(hog);
     let rec = start(Config { hooks: hooks("sched"), filter: Filter::Comm(svc_comm), ..Config::default() });
-    let child = Command::new("taskset").arg("-c").arg("1").arg(&svc).spawn().unwrap();
+    let child = Command::new("chrt").args(["-f", "10", "taskset", "-c", "1"]).arg(&svc).spawn().unwrap();
     let svc_pid = child.id();
     assert!(child.wait_with_output().unwrap().status.success());
     let (_, evs) = rec.finish();
