@@ -93,18 +93,7 @@ fn cause_index_answers_like_the_analysis_and_replay_breaks_at_the_cause() {
     let txn = &env["TXN"];
     // Analysis of the ptrace + eBPF recordings, index saved into a .kpl.
     let idx = d.join("incident.kpl");
-    let out = kprobe()
-        .args(["why", "--all", "--log"])
-        .arg(d.join("ledger.kpl"))
-        .arg("--log")
-        .arg(d.join("kernel.kpl"))
-        .arg("--spans")
-        .arg(d.join("spans.json"))
-        .arg("--save-index")
-        .arg(&idx)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    save_index(&d, &idx);
     let analysed = why_json(&d, txn, &["ledger.kpl", "kernel.kpl"]);
     let rc = root_cause(&analysed).expect("a root cause");
     assert_eq!((rc.0.as_str(), rc.2.as_str()), ("sched_delay", "incident_hog"), "{rc:?}");

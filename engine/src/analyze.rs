@@ -77,6 +77,15 @@ pub fn explain_txn(store: &Store, cfg: &EngineConfig, txn: &str) -> Result<Causa
     Ok(a.finish())
 }
 
+/// Explains every transaction of the store ([`transactions`]), in order of first start.
+pub fn explain_all(store: &Store, cfg: &EngineConfig) -> Result<Vec<CausalGraph>> {
+    let txns = transactions(store);
+    if txns.is_empty() {
+        bail!("no transactions in the spans given (attribute `{}`, {} spans)", cfg.txn_attribute, store.spans.len());
+    }
+    txns.iter().map(|t| explain_txn(store, cfg, t)).collect()
+}
+
 /// Explains the `n` slowest blocking syscalls of process `pid` (no spans needed).
 pub fn explain_pid(store: &Store, cfg: &EngineConfig, pid: u32, n: usize) -> Result<CausalGraph> {
     let calls = store.slowest_syscalls(pid, n, cfg.threshold_ns);

@@ -207,6 +207,18 @@ pub fn read_graph(r: &Reader, txn: &str) -> Result<Option<CausalGraph>> {
     Ok(None)
 }
 
+/// Every causal graph of a log's cause index, in order of the transactions' start.
+pub fn read_all(r: &Reader) -> Result<Vec<CausalGraph>> {
+    let mut out = Vec::new();
+    for (txn, _) in &r.index().txns {
+        if let Some(g) = read_graph(r, txn)? {
+            out.push(g);
+        }
+    }
+    out.sort_by_key(|g| (g.nodes.first().map(|n| n.start_ns).unwrap_or(0), g.txn.clone()));
+    Ok(out)
+}
+
 /// Where `kprobe replay --break-at-cause TXN` stops: the event of the log
 /// where the root cause of `txn` struck (sequence number) and a
 /// description of the cause. `None` when the log's index has no cause for
