@@ -53,19 +53,52 @@ fn memory_pressure_names_the_batch_job_in_19_of_20_runs() {
     accuracy("mem", "page_faults", |env, rc| rc.1.to_string() == env["CULPRIT_PID"] && rc.2 == "incident_batch");
 }
 
+/// Nothing injected: no cause may name a process of the incident. The
+/// machine is shared, so another tenant can really hold a CPU past the
+/// threshold while a payment waits (seen: 101 µs, once in 20 runs, by
+/// another test's process); `why` then rightly names it. So: every run
+/// blames nothing of the incident, and at least one of three shows no cause at all.
 #[test]
 fn a_healthy_run_shows_no_cause_above_threshold() {
     root();
-    let d = tmp("healthy");
-    let env = incident("healthy", &d, &[]);
-    let gw = std::fs::read_to_string(d.join("gateway.out")).unwrap();
-    assert!(gw.contains("0 missed the deadline"), "{gw}");
-    let g = why_json(&d, &env["TXN"], &["kernel.kpl"]);
-    assert_eq!(g["causes"].as_array().unwrap().len(), 0, "healthy run, causes found: {}", serde_json::to_string_pretty(&g).unwrap());
-    let out =
-        kprobe().args(["why", &env["TXN"], "--log"]).arg(d.join("kernel.kpl")).arg("--spans").arg(d.join("spans.json")).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("no cause above the threshold"));
-    let _ = std::fs::remove_dir_all(&d);
+    let mut clean = false;
+    let mut seen = Vec::new();
+    for run in 0..3 {
+        let d = tmp(&format!("healthy{run}"));
+        let env = incident("healthy", &d, &[]);
+        let gw = std::fs::read_to_string(d.join("gateway.out")).unwrap();
+        assert!(gw.contains("0 missed the deadline"), "{gw}");
+        let g = why_json(&d, &env["TXN"], &["kernel.kpl"]);
+        let causes = g["causes"].as_array().unwrap();
+        for i in causes {
+            let n = &g["nodes"][i.as_u64().unwrap() as usize];
+            let culprit = n["culprit"]["pid"].as_u64().unwrap_or(0).to_string();
+            assert!(
+                culprit != env["LEDGER_PID"] && culprit != env["GATEWAY_PID"],
+                "healthy run {run} ({}): a cause blames the incident's own services: {}",
+                d.display(),
+                serde_json::to_string_pretty(n).unwrap()
+            );
+        }
+        if causes.is_empty() {
+            let out = kprobe()
+                .args(["why", &env["TXN"], "--log"])
+                .arg(d.join("kernel.kpl"))
+                .arg("--spans")
+                .arg(d.join("spans.json"))
+                .output()
+                .unwrap();
+            assert!(String::from_utf8_lossy(&out.stdout).contains("no cause above the threshold"));
+            clean = true;
+        } else {
+            seen.push(format!("run {run}: {}", g["nodes"][causes[0].as_u64().unwrap() as usize]["label"]));
+        }
+        let _ = std::fs::remove_dir_all(&d);
+        if clean {
+            break;
+        }
+    }
+    assert!(clean, "no healthy run without a cause above threshold:\n{}", seen.join("\n"));
 }
 
 #[test]

@@ -332,7 +332,7 @@ impl<'s> Analysis<'s> {
         }
         // The other end of the connection it waited on.
         for c in &conns {
-            for (p, t) in self.s.conn_threads(c) {
+            for (p, t) in self.s.conn_threads(c, a.saturating_sub(self.cfg.window_ns), b + self.cfg.window_ns) {
                 if p != pid {
                     wakers.push((p, t));
                 }
@@ -570,11 +570,14 @@ impl<'s> Analysis<'s> {
     /// Where a cause struck `tid` at time `t` in a replayable recording:
     /// the syscall in progress then, or the task's next syscall.
     fn strike(&mut self, n: usize, tid: u32, t: u64) {
+        if !self.s.sources.iter().any(|s| s.replayable()) {
+            return;
+        }
         let rep = |r: &EvRef| self.s.sources.get(r.src as usize).is_some_and(|s| s.replayable());
         let during = self.s.syscalls(tid, t, t).into_iter().rev().find(|&i| rep(&self.s.ev(i).at));
-        let pick = during.or_else(|| {
-            self.s.syscalls(tid, t, t + 10 * self.cfg.window_ns).into_iter().find(|&i| rep(&self.s.ev(i).at) && self.s.ev(i).ts >= t)
-        });
+        let until = t + 10 * self.cfg.window_ns;
+        let pick =
+            during.or_else(|| self.s.syscalls_from(tid, t).take_while(|&i| self.s.ev(i).ts <= until).find(|&i| rep(&self.s.ev(i).at)));
         if let Some(i) = pick {
             let e = self.s.ev(i);
             let sc = e.syscall().expect("a syscall");

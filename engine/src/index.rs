@@ -86,6 +86,8 @@ pub fn write_index(store: &Store, graphs: &[CausalGraph], out: &Path) -> Result<
     for (k, v) in &r.index().summary.extra {
         w.set_summary_fact(k, v);
     }
+    let from = w.next_seq();
+    w.set_summary_fact(FROM_FACT, from);
     // Spans.
     let mut seen = std::collections::HashSet::new();
     for s in &store.spans {
@@ -174,10 +176,19 @@ fn span_event(s: &Span) -> Event {
     Event::new(s.start_ns, s.pid.unwrap_or(0), s.tid.unwrap_or(0), u16::MAX, EventBody::Span(s.to_ref()))
 }
 
-/// The `cause` events a log holds for `txn`.
+/// Summary fact: the sequence number where the index's own events start (after the base).
+const FROM_FACT: &str = "cause_index_from";
+
+/// Where the index's own events start (0 for an index written before the fact existed).
+fn index_start(r: &Reader) -> u64 {
+    r.index().summary.extra.iter().find(|(k, _)| k == FROM_FACT).and_then(|(_, v)| v.parse().ok()).unwrap_or(0)
+}
+
+/// The `cause` events a log holds for `txn`, in log order.
 pub fn causes_of(r: &Reader, txn: &str) -> Result<Vec<(u64, Cause)>> {
+    let from = index_start(r);
     let mut out = Vec::new();
-    for &seq in r.txn_seqs(txn) {
+    for &seq in r.txn_seqs(txn).iter().filter(|&&s| s >= from) {
         let ev = r.get(seq)?;
         if let EventBody::Cause(c) = ev.body {
             out.push((seq, c));
@@ -192,8 +203,14 @@ pub fn has_index(r: &Reader) -> bool {
 }
 
 /// The causal graph of `txn` from a log's cause index, if it has one.
+///
+/// The transaction's events are read from the last one back: its ranked
+/// causes, then the `graph` cause pointing at the note, all in the index's
+/// last blocks (the base recording's events naming it are not read).
 pub fn read_graph(r: &Reader, txn: &str) -> Result<Option<CausalGraph>> {
-    for (_, c) in causes_of(r, txn)? {
+    let from = index_start(r);
+    for &seq in r.txn_seqs(txn).iter().rev().take_while(|&&s| s >= from) {
+        let EventBody::Cause(c) = r.get(seq)?.body else { continue };
         if c.cause_kind == "graph" {
             let ev = r.get(c.cause_seq)?;
             let EventBody::Note(n) = ev.body else {

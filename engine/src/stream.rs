@@ -34,7 +34,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,30 +93,35 @@ impl KafkaOptions {
 #[derive(Default)]
 pub struct SpanIndex {
     spans: Vec<Span>,
-    by_tid: HashMap<u32, Vec<usize>>,
-    by_pid: HashMap<u32, Vec<usize>>,
+    seen: HashSet<([u8; 16], [u8; 8])>,
+    by_tid: HashMap<u32, Lane>,
+    by_pid: HashMap<u32, Lane>,
+}
+
+/// The spans of one thread or process, sorted by start.
+#[derive(Default)]
+struct Lane {
+    ids: Vec<usize>,
+    /// Longest span: how far back a span covering a time can start.
+    max_ns: u64,
 }
 
 impl SpanIndex {
     /// Adds spans (duplicates of a span already known are ignored).
     pub fn add(&mut self, spans: impl IntoIterator<Item = Span>) {
         for s in spans {
-            let i = self.spans.len();
-            if let Some(t) = s.tid {
-                let l = self.by_tid.entry(t).or_default();
-                if l.iter().any(|&j| self.spans[j].span_id == s.span_id && self.spans[j].trace_id == s.trace_id) {
-                    continue;
-                }
-                l.push(i);
-            } else if let Some(p) = s.pid {
-                let l = self.by_pid.entry(p).or_default();
-                if l.iter().any(|&j| self.spans[j].span_id == s.span_id && self.spans[j].trace_id == s.trace_id) {
-                    continue;
-                }
-                l.push(i);
-            } else {
+            let lane = match (s.tid, s.pid) {
+                (Some(t), _) => self.by_tid.entry(t).or_default(),
+                (None, Some(p)) => self.by_pid.entry(p).or_default(),
+                (None, None) => continue,
+            };
+            if !self.seen.insert((s.trace_id, s.span_id)) {
                 continue;
             }
+            let i = self.spans.len();
+            let at = lane.ids.partition_point(|&j| self.spans[j].start_ns <= s.start_ns);
+            lane.ids.insert(at, i);
+            lane.max_ns = lane.max_ns.max(s.end_ns.saturating_sub(s.start_ns));
             self.spans.push(s);
         }
     }
@@ -133,8 +138,11 @@ impl SpanIndex {
 
     /// The innermost span (latest start) covering `ts` on thread `tid`, else on process `pid`.
     pub fn at(&self, pid: u32, tid: u32, ts: u64) -> Option<&Span> {
-        let pick = |l: Option<&Vec<usize>>| {
-            l.and_then(|l| l.iter().map(|&i| &self.spans[i]).filter(|s| s.start_ns <= ts && ts <= s.end_ns).max_by_key(|s| s.start_ns))
+        let pick = |l: Option<&Lane>| {
+            let l = l?;
+            let end = l.ids.partition_point(|&j| self.spans[j].start_ns <= ts);
+            let from = ts.saturating_sub(l.max_ns);
+            l.ids[..end].iter().rev().map(|&j| &self.spans[j]).take_while(|s| s.start_ns >= from).find(|s| ts <= s.end_ns)
         };
         pick(self.by_tid.get(&tid)).or_else(|| pick(self.by_pid.get(&pid)))
     }
@@ -644,6 +652,26 @@ mod tests {
         assert_eq!(enrich(&ev, &ix).unwrap()["transaction_id"], "");
         let bad = serde_json::json!({"kind": "syscall", "ts_ns": "x", "pid": 10, "tid": 11});
         assert!(enrich(&bad, &ix).unwrap_err().to_string().contains("ts_ns"));
+    }
+
+    #[test]
+    fn span_lookup_matches_a_scan_of_every_span() {
+        // Spans added out of order, nested, one long span covering many short ones.
+        let mut all = vec![span(11, 0, 100_000, "long", 200)];
+        for i in 0..150u64 {
+            let a = (i * 7919) % 99_000;
+            all.push(span(11, a, a + 300 + (i % 5) * 100, "short", i as u8));
+        }
+        let mut ix = SpanIndex::default();
+        ix.add(all.iter().rev().cloned());
+        for ts in (0..101_000).step_by(37) {
+            let want = all
+                .iter()
+                .filter(|s| ix.seen.contains(&(s.trace_id, s.span_id)) && s.start_ns <= ts && ts <= s.end_ns)
+                .map(|s| s.start_ns)
+                .max();
+            assert_eq!(ix.at(10, 11, ts).map(|s| s.start_ns), want, "at {ts}");
+        }
     }
 
     #[test]

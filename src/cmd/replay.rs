@@ -50,7 +50,7 @@ pub fn replay(a: ReplayArgs) -> Result<ExitCode> {
     }
     let mut until_event = a.until_event;
     if let Some(txn) = &a.break_at_cause {
-        until_event = Some(super::why::break_at_cause(&a.file, txn, None)?);
+        until_event = Some(super::why::break_at_cause(&a.file, txn)?);
     }
     let out = tracer::replay::replay(tracer::replay::ReplayOptions { log: a.file, quiet: a.quiet, until_event })?;
     if let Some(s) = &out.stopped {

@@ -197,12 +197,9 @@ fn analyse(a: &WhyArgs, cfg: &EngineConfig) -> Result<Vec<engine::CausalGraph>> 
     Ok(graphs)
 }
 
-/// For `kprobe replay --break-at-cause TXN`: prints the causal chain from
-/// the log's cause index and returns the event to stop before.
-pub fn break_at_cause(log: &std::path::Path, txn: &str, debugger: Option<&str>) -> Result<u64> {
-    if let Some(d) = debugger {
-        bail!("--debugger {d}: attaching a debugger needs the gdb remote-protocol server (issue 4), not in this build yet; replay without --debugger stops at the cause and says where");
-    }
+/// For `kprobe replay --break-at-cause TXN` (without a debugger): prints
+/// the causal chain from the log's cause index and returns the event to stop before.
+pub fn break_at_cause(log: &std::path::Path, txn: &str) -> Result<u64> {
     let (seq, what) = engine::cause_for_replay(log, txn)?
         .with_context(|| format!("{}: no cause of {txn:?} struck a task of this recording", log.display()))?;
     let r = kpl::Reader::open(log).with_context(|| format!("opening {}", log.display()))?;
