@@ -26,8 +26,9 @@ use crate::graph::{dur, CausalGraph, Culprit, Node, NodeKind};
 use crate::otlp::Span;
 use crate::store::{ConnKey, EvRef, Store};
 use anyhow::{bail, Result};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use kpl::EventBody;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 /// Transaction ids named by the store's spans, in order of first start.
 pub fn transactions(store: &Store) -> Vec<String> {

@@ -24,9 +24,9 @@ use crate::graph::CausalGraph;
 use crate::otlp::Span;
 use crate::store::{EvRef, Store};
 use anyhow::{bail, Context, Result};
+use foldhash::{HashMap, HashMapExt};
 use kpl::event::{Cause, Note};
 use kpl::{Data, Event, EventBody, Reader, Writer};
-use std::collections::HashMap;
 use std::path::Path;
 
 /// Topic of the notes that hold causal graphs.

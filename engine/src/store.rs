@@ -9,9 +9,9 @@
 
 use crate::otlp::Span;
 use anyhow::{Context, Result};
+use foldhash::{HashMap, HashMapExt, HashSet};
 use kpl::event::{SchedDelay, Syscall, Tcp};
 use kpl::{Data, EventBody, Kind, Reader};
-use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -504,5 +504,5 @@ impl Store {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }

@@ -406,7 +406,15 @@ fn accuracy(a: &BenchEngineArgs) -> Result<Accuracy> {
                 ok += 1;
                 let _ = std::fs::remove_dir_all(&d);
             } else {
-                bad.push(format!("run {run} ({}): {}", d.display(), rc.map(|n| n.label.as_str()).unwrap_or("no cause")));
+                // Did the injected fault land? (The payment hit misses its deadline when it does.)
+                let report = std::fs::read_to_string(d.join("gateway.out")).unwrap_or_default();
+                let late = report.lines().any(|l| l.starts_with(&format!("{txn} MISSED")));
+                let landed = match (kind, late) {
+                    ("healthy", _) => String::new(),
+                    (_, true) => format!("; {txn} missed its deadline"),
+                    (_, false) => format!("; the fault did not land: {txn} made its deadline"),
+                };
+                bad.push(format!("run {run} ({}): {}{landed}", d.display(), rc.map(|n| n.label.as_str()).unwrap_or("no cause")));
             }
             pb.inc(1);
         }
