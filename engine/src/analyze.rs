@@ -589,6 +589,26 @@ impl<'s> Analysis<'s> {
 
     fn finish(mut self) -> CausalGraph {
         self.prune();
+        // A cause that struck a task outside the replayable recording (e.g.
+        // the hog delayed the thread the ledger waited for) strikes the
+        // recording where its effect did: the nearest blocked syscall above it.
+        let parents = self.g.parents();
+        for i in 0..self.g.nodes.len() {
+            if !self.g.nodes[i].kind.is_cause() || self.g.nodes[i].strike.is_some() {
+                continue;
+            }
+            let mut p = parents[i];
+            while let Some(j) = p {
+                if let Some(at) = self.g.nodes[j].strike.filter(|_| self.g.nodes[j].kind == NodeKind::Syscall) {
+                    let desc = self.g.nodes[j].strike_desc.clone().map(|d| format!("{d}, which waited on it"));
+                    let n = &mut self.g.nodes[i];
+                    n.strike = Some(at);
+                    n.strike_desc = desc;
+                    break;
+                }
+                p = parents[j];
+            }
+        }
         let mut causes: Vec<usize> =
             self.g.nodes.iter().filter(|n| n.kind.is_cause() && n.contribution_ns >= self.cfg.threshold_ns).map(|n| n.id).collect();
         causes.sort_by_key(|&i| (std::cmp::Reverse(self.g.nodes[i].contribution_ns), i));
