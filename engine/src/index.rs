@@ -257,3 +257,17 @@ pub fn cause_for_replay(log: &Path, txn: &str) -> Result<Option<(u64, String)>> 
     }
     Ok(best.map(|(seq, c)| (seq, format!("cause #{} ({}, {}): {}", c.rank, c.cause_kind, crate::graph::dur(c.contribution_ns), c.summary))))
 }
+
+/// Where `kprobe replay --break-at-cause TXN` stops and what it shows: the
+/// event of the log where the root cause of `txn` struck, and the causal
+/// chain as text ending with a line naming that event and the cause. An
+/// error naming the log when it has no cause index or no cause of `txn`
+/// struck a task of its recording.
+pub fn replay_stop(log: &Path, txn: &str) -> Result<(u64, String)> {
+    let (seq, what) =
+        cause_for_replay(log, txn)?.with_context(|| format!("{}: no cause of {txn:?} struck a task of this recording", log.display()))?;
+    let r = Reader::open(log).with_context(|| format!("opening {}", log.display()))?;
+    let mut text = read_graph(&r, txn)?.map(|g| crate::render::text(&g)).unwrap_or_default();
+    text.push_str(&format!("root cause struck at event {seq}: {what}\n"));
+    Ok((seq, text))
+}

@@ -200,12 +200,7 @@ fn analyse(a: &WhyArgs, cfg: &EngineConfig) -> Result<Vec<engine::CausalGraph>> 
 /// For `kprobe replay --break-at-cause TXN` (without a debugger): prints
 /// the causal chain from the log's cause index and returns the event to stop before.
 pub fn break_at_cause(log: &std::path::Path, txn: &str) -> Result<u64> {
-    let (seq, what) = engine::cause_for_replay(log, txn)?
-        .with_context(|| format!("{}: no cause of {txn:?} struck a task of this recording", log.display()))?;
-    let r = kpl::Reader::open(log).with_context(|| format!("opening {}", log.display()))?;
-    if let Some(g) = engine::index::read_graph(&r, txn)? {
-        eprint!("{}", engine::render::text(&g));
-    }
-    eprintln!("kprobe: replaying to event {seq}, where the root cause struck: {what}");
+    let (seq, text) = engine::index::replay_stop(log, txn)?;
+    eprint!("{text}");
     Ok(seq)
 }
