@@ -304,10 +304,9 @@ fn enrich_rate(log: &Path, store: &engine::Store) -> Result<f64> {
     let (mut tied, mut bytes) = (0u64, 0usize);
     let t = Instant::now();
     for (i, m) in msgs.iter().enumerate() {
-        let v: serde_json::Value = serde_json::from_slice(m).context("a message")?;
-        let row = engine::stream::enrich(&v, &spans)?;
-        tied += u64::from(row["transaction_id"].as_str().is_some_and(|s| !s.is_empty()));
-        bytes += serde_json::to_vec(&row)?.len();
+        let (row, t) = engine::stream::enrich_message(m, &spans)?;
+        tied += u64::from(t);
+        bytes += row.len();
         if i % 65536 == 0 {
             pb.set_position(i as u64);
         }
