@@ -116,6 +116,9 @@ fn yes(b: bool) -> &'static str {
 
 /// Runs `kprobe bench engine`.
 pub fn run(a: BenchEngineArgs) -> Result<ExitCode> {
+    ensure!(a.events > 0, "--events must be positive");
+    ensure!(a.queries > 0 && a.scratch_queries > 0, "--queries and --scratch-queries must be positive");
+    ensure!(a.no_bolt || a.bolt_queries > 0, "--bolt-queries must be positive (or --no-bolt)");
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
     let cfg = EngineConfig::default();
     let log = a.dir.join("synthetic.kpl");
@@ -188,7 +191,7 @@ pub fn run(a: BenchEngineArgs) -> Result<ExitCode> {
     drop(store);
     let mut scratch = Vec::new();
     let pb = bar(a.scratch_queries as u64, "why: from scratch");
-    for q in pick(a.scratch_queries.max(1), &mut rng) {
+    for q in pick(a.scratch_queries, &mut rng) {
         let t = Instant::now();
         let s = engine::load(std::slice::from_ref(&log), &[], &cfg)?;
         engine::analyze::explain_txn(&s, &cfg, &q)?;
