@@ -92,6 +92,14 @@ fn row(g: &CausalGraph, key: &str, parent: Option<(usize, usize)>, n: &Node) -> 
     r
 }
 
+/// A JSON-valued property read back: absent or empty is `None`, malformed an error naming the graph, node and property.
+fn parsed<T: serde::de::DeserializeOwned>(txn: &str, idx: i64, k: &str, s: String) -> Result<Option<T>> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(&s).map(Some).with_context(|| format!("graph {txn} on the graph server: node {idx}: property `{k}`: {s:?}"))
+}
+
 const FIELDS: &str = "n.idx AS idx, n.parent AS parent, n.pos AS pos, n.kind AS kind, n.label AS label, n.start_ns AS start_ns, \
      n.end_ns AS end_ns, n.pid AS pid, n.tid AS tid, n.comm AS comm, n.contribution_ns AS contribution_ns, n.rank AS rank, \
      n.location AS location, n.evidence AS evidence, n.strike AS strike, n.strike_desc AS strike_desc, \
@@ -247,8 +255,8 @@ impl Store {
                 rank: gi("rank") as u32,
                 culprit,
                 location: opt(gs("location")),
-                evidence: serde_json::from_str::<Vec<EvRef>>(&gs("evidence")).unwrap_or_default(),
-                strike: opt(gs("strike")).and_then(|s| serde_json::from_str(&s).ok()),
+                evidence: parsed::<Vec<EvRef>>(txn, gi("idx"), "evidence", gs("evidence"))?.unwrap_or_default(),
+                strike: parsed::<EvRef>(txn, gi("idx"), "strike", gs("strike"))?,
                 strike_desc: opt(gs("strike_desc")),
                 children: Vec::new(),
             };
@@ -258,7 +266,7 @@ impl Store {
                     opt(gs("txn")),
                     gi("threshold_ns") as u64,
                     gi("window_ns") as u64,
-                    serde_json::from_str::<Vec<String>>(&gs("sources")).unwrap_or_default(),
+                    parsed::<Vec<String>>(txn, 0, "sources", gs("sources"))?.unwrap_or_default(),
                 ));
             }
             nodes.push((parent, node));
