@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 struct Incident {
@@ -37,6 +38,15 @@ fn incident_a() -> &'static Incident {
         save_index(&dir, &index);
         Incident { dir, env, index }
     })
+}
+
+/// Called at the end of each test that passed: the last one removes the incident's directory
+/// (a failed test leaves it for a look).
+fn done(inc: &Incident) {
+    static PASSED: AtomicUsize = AtomicUsize::new(0);
+    if PASSED.fetch_add(1, Ordering::SeqCst) + 1 == 3 {
+        let _ = std::fs::remove_dir_all(&inc.dir);
+    }
 }
 
 fn txns(inc: &Incident) -> Vec<String> {
@@ -105,6 +115,7 @@ fn the_graph_server_answers_like_the_embedded_index() {
     let out = bolt_cmd("127.0.0.1:1", &password).args([t, "--from-neo4j"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("connecting to the graph server at 127.0.0.1:1"), "{err}");
+    done(inc);
 }
 
 /// Graphviz's `dot` (Debian package graphviz, installed by scripts/setup.sh); fails loudly without it.
@@ -144,6 +155,7 @@ fn dot_output_is_a_graph_graphviz_accepts_and_it_names_the_culprit() {
     // And renders to SVG through Graphviz as well.
     let svg = graphviz_dot(dot.as_bytes(), "svg");
     assert!(svg.contains("<svg") && svg.contains("incident_hog"), "{svg}");
+    done(inc);
 }
 
 #[test]
@@ -171,4 +183,5 @@ for t in root.findall("s:text", ns):
     assert_eq!(lines.next().unwrap(), format!("{n_nodes} {}", n_nodes - 1), "{report}");
     let culprit = format!("incident_hog (pid {}", inc.env["CULPRIT_PID"]);
     assert!(lines.any(|l| l.contains(&culprit) && l.contains("[cause #1]")), "{report}");
+    done(inc);
 }
