@@ -7,8 +7,10 @@ source "$(dirname "$0")/env.sh"
 # Debian packages: compilers for the fixtures, debuggers, tracing tools;
 # the eBPF recorder's build (clang-19 -target bpf, bpftool for vmlinux.h,
 # libbpf headers; zlib and pkg-config for rdkafka's bundled librdkafka) and
-# its tests (bpftrace cross-checks, nftables and iproute2 for netns/nstat).
-APT_PKGS=(gcc make strace gdb gdbserver lldb-19 sqlite3 curl clang-19 bpftool libbpf-dev bpftrace nftables iproute2 pkg-config zlib1g-dev python3)
+# its tests (bpftrace cross-checks, nftables and iproute2 for netns/nstat);
+# graphviz: the tests check `kprobe why --format dot` with its `dot`; procps:
+# pgrep for the incident fixtures.
+APT_PKGS=(gcc make strace gdb gdbserver lldb-19 sqlite3 curl clang-19 bpftool libbpf-dev bpftrace nftables iproute2 pkg-config zlib1g-dev python3 graphviz procps)
 missing=()
 for p in "${APT_PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -53,19 +53,52 @@ fn memory_pressure_names_the_batch_job_in_19_of_20_runs() {
     accuracy("mem", "page_faults", |env, rc| rc.1.to_string() == env["CULPRIT_PID"] && rc.2 == "incident_batch");
 }
 
+/// Nothing injected: no cause may name a process of the incident. The
+/// machine is shared, so another tenant can really hold a CPU past the
+/// threshold while a payment waits (seen: 101 µs, once in 20 runs, by
+/// another test's process); `why` then rightly names it. So: every run
+/// blames nothing of the incident, and at least one of three shows no cause at all.
 #[test]
 fn a_healthy_run_shows_no_cause_above_threshold() {
     root();
-    let d = tmp("healthy");
-    let env = incident("healthy", &d, &[]);
-    let gw = std::fs::read_to_string(d.join("gateway.out")).unwrap();
-    assert!(gw.contains("0 missed the deadline"), "{gw}");
-    let g = why_json(&d, &env["TXN"], &["kernel.kpl"]);
-    assert_eq!(g["causes"].as_array().unwrap().len(), 0, "healthy run, causes found: {}", serde_json::to_string_pretty(&g).unwrap());
-    let out =
-        kprobe().args(["why", &env["TXN"], "--log"]).arg(d.join("kernel.kpl")).arg("--spans").arg(d.join("spans.json")).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("no cause above the threshold"));
-    let _ = std::fs::remove_dir_all(&d);
+    let mut clean = false;
+    let mut seen = Vec::new();
+    for run in 0..3 {
+        let d = tmp(&format!("healthy{run}"));
+        let env = incident("healthy", &d, &[]);
+        let gw = std::fs::read_to_string(d.join("gateway.out")).unwrap();
+        assert!(gw.contains("0 missed the deadline"), "{gw}");
+        let g = why_json(&d, &env["TXN"], &["kernel.kpl"]);
+        let causes = g["causes"].as_array().unwrap();
+        for i in causes {
+            let n = &g["nodes"][i.as_u64().unwrap() as usize];
+            let culprit = n["culprit"]["pid"].as_u64().unwrap_or(0).to_string();
+            assert!(
+                culprit != env["LEDGER_PID"] && culprit != env["GATEWAY_PID"],
+                "healthy run {run} ({}): a cause blames the incident's own services: {}",
+                d.display(),
+                serde_json::to_string_pretty(n).unwrap()
+            );
+        }
+        if causes.is_empty() {
+            let out = kprobe()
+                .args(["why", &env["TXN"], "--log"])
+                .arg(d.join("kernel.kpl"))
+                .arg("--spans")
+                .arg(d.join("spans.json"))
+                .output()
+                .unwrap();
+            assert!(String::from_utf8_lossy(&out.stdout).contains("no cause above the threshold"));
+            clean = true;
+        } else {
+            seen.push(format!("run {run}: {}", g["nodes"][causes[0].as_u64().unwrap() as usize]["label"]));
+        }
+        let _ = std::fs::remove_dir_all(&d);
+        if clean {
+            break;
+        }
+    }
+    assert!(clean, "no healthy run without a cause above threshold:\n{}", seen.join("\n"));
 }
 
 #[test]
@@ -85,26 +118,29 @@ fn without_spans_a_process_slowest_syscalls_are_explained() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// Incident (a) with the ledger under `kprobe record`, and its cause index: (dir, incident.env, index).
+fn indexed_sched_incident(tag: &str) -> (std::path::PathBuf, HashMap<String, String>, std::path::PathBuf) {
+    root();
+    let d = tmp(tag);
+    let env = incident("sched", &d, &["--ptrace"]);
+    let idx = d.join("incident.kpl");
+    save_index(&d, &idx);
+    (d, env, idx)
+}
+
+/// Where `--break-at-cause` stops: the event where the best-ranked cause
+/// that struck a task of the ptrace recording struck (a cause that struck
+/// only the gateway, which eBPF alone recorded, has no event to stop at).
+fn replay_stop(g: &Value) -> u64 {
+    let strike = g["causes"].as_array().unwrap().iter().find_map(|i| g["nodes"][i.as_u64().unwrap() as usize]["strike"]["seq"].as_u64());
+    strike.unwrap_or_else(|| panic!("no cause struck a replayable task: {}", serde_json::to_string_pretty(g).unwrap()))
+}
+
 #[test]
 fn cause_index_answers_like_the_analysis_and_replay_breaks_at_the_cause() {
-    root();
-    let d = tmp("break");
-    let env = incident("sched", &d, &["--ptrace"]);
-    let txn = &env["TXN"];
     // Analysis of the ptrace + eBPF recordings, index saved into a .kpl.
-    let idx = d.join("incident.kpl");
-    let out = kprobe()
-        .args(["why", "--all", "--log"])
-        .arg(d.join("ledger.kpl"))
-        .arg("--log")
-        .arg(d.join("kernel.kpl"))
-        .arg("--spans")
-        .arg(d.join("spans.json"))
-        .arg("--save-index")
-        .arg(&idx)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (d, env, idx) = indexed_sched_incident("break");
+    let txn = &env["TXN"];
     let analysed = why_json(&d, txn, &["ledger.kpl", "kernel.kpl"]);
     let rc = root_cause(&analysed).expect("a root cause");
     assert_eq!((rc.0.as_str(), rc.2.as_str()), ("sched_delay", "incident_hog"), "{rc:?}");
@@ -115,8 +151,7 @@ fn cause_index_answers_like_the_analysis_and_replay_breaks_at_the_cause() {
     assert_eq!(indexed["nodes"], analysed["nodes"]);
     assert_eq!(indexed["causes"], analysed["causes"]);
     // The strike: the ledger's syscall the delay hit, in the ptrace recording.
-    let i = analysed["causes"][0].as_u64().unwrap() as usize;
-    let strike = analysed["nodes"][i]["strike"]["seq"].as_u64().expect("the cause struck a replayable task");
+    let strike = replay_stop(&analysed);
     // The index still replays like the recording, and stops there.
     let out = kprobe().args(["replay", "--quiet"]).arg(&idx).output().unwrap();
     assert!(out.status.success(), "full replay of the indexed log: {}", String::from_utf8_lossy(&out.stderr));
@@ -136,5 +171,28 @@ fn cause_index_answers_like_the_analysis_and_replay_breaks_at_the_cause() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains(&calm), "{out:?}");
     let out = kprobe().args(["replay", "--quiet", "--break-at-cause", txn]).arg(d.join("ledger.kpl")).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no cause index"));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// `kprobe replay --break-at-cause TXN --debugger gdb`: gdb starts where the
+/// root cause struck — `monitor when` names that event, the program is in
+/// the ledger's `recv` the hog delayed — and `monitor cause` prints the chain.
+#[test]
+fn gdb_starts_at_the_cause_and_monitor_cause_prints_the_chain() {
+    let (d, env, idx) = indexed_sched_incident("gdbcause");
+    let txn = &env["TXN"];
+    let g = why(txn, &["--log".as_ref(), idx.as_os_str()]);
+    let strike = replay_stop(&g);
+    let script = d.join("cause.gdb");
+    std::fs::write(&script, "monitor when\nbt 1\nmonitor cause\n").unwrap();
+    let mut c = kprobe();
+    c.args(["replay", "--quiet", "--break-at-cause", txn, "--debugger", "gdb"]).arg(&idx).args(["--", "-batch", "-x"]).arg(&script);
+    let out = c.stdin(std::process::Stdio::null()).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && !text.contains("kprobe: error"), "{text}");
+    assert!(text.contains(&format!("event {strike} of")), "monitor when is not at the strike (event {strike}):\n{text}");
+    assert!(text.contains("recv"), "not in the ledger's recv:\n{text}");
+    assert!(text.contains(&format!("the root cause struck at event {strike}")), "{text}");
+    assert!(text.contains(&format!("culprit: incident_hog (pid {}", env["CULPRIT_PID"])), "{text}");
     let _ = std::fs::remove_dir_all(&d);
 }

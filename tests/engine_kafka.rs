@@ -188,7 +188,7 @@ fn why_from_kafka_answers_as_from_the_log_and_bad_messages_are_skipped() {
     o.replication_factor = 1;
     recorder::kafka::create_topics(&o).unwrap();
     let mut sink = recorder::kafka::KafkaSink::new(o).unwrap();
-    let r = kpl::Reader::open(&d.join("kernel.kpl")).unwrap();
+    let r = kpl::Reader::open(d.join("kernel.kpl")).unwrap();
     let meta = EventMeta { container_id: "", host: "testhost" };
     let mut n = 0i64;
     for ev in r.events() {

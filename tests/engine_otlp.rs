@@ -134,7 +134,7 @@ fn malformed_span_files_are_errors_naming_the_file_line_and_field() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let line = |start: Value| serde_json::to_string(&request(trace, start)).unwrap();
-    let cases = vec![
+    let cases = [
         (
             format!("{}\n{}\n{}\n", line(json!("1")), line(json!("2")), line(json!({"x": 1}))),
             ":3: resourceSpans[0].scopeSpans[0].spans[0].startTimeUnixNano",

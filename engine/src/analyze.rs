@@ -26,8 +26,9 @@ use crate::graph::{dur, CausalGraph, Culprit, Node, NodeKind};
 use crate::otlp::Span;
 use crate::store::{ConnKey, EvRef, Store};
 use anyhow::{bail, Result};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use kpl::EventBody;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 /// Transaction ids named by the store's spans, in order of first start.
 pub fn transactions(store: &Store) -> Vec<String> {
@@ -75,6 +76,15 @@ pub fn explain_txn(store: &Store, cfg: &EngineConfig, txn: &str) -> Result<Causa
         a.span(s, root, 0);
     }
     Ok(a.finish())
+}
+
+/// Explains every transaction of the store ([`transactions`]), in order of first start.
+pub fn explain_all(store: &Store, cfg: &EngineConfig) -> Result<Vec<CausalGraph>> {
+    let txns = transactions(store);
+    if txns.is_empty() {
+        bail!("no transactions in the spans given (attribute `{}`, {} spans)", cfg.txn_attribute, store.spans.len());
+    }
+    txns.iter().map(|t| explain_txn(store, cfg, t)).collect()
 }
 
 /// Explains the `n` slowest blocking syscalls of process `pid` (no spans needed).
@@ -323,7 +333,7 @@ impl<'s> Analysis<'s> {
         }
         // The other end of the connection it waited on.
         for c in &conns {
-            for (p, t) in self.s.conn_threads(c) {
+            for (p, t) in self.s.conn_threads(c, a.saturating_sub(self.cfg.window_ns), b + self.cfg.window_ns) {
                 if p != pid {
                     wakers.push((p, t));
                 }
@@ -561,11 +571,14 @@ impl<'s> Analysis<'s> {
     /// Where a cause struck `tid` at time `t` in a replayable recording:
     /// the syscall in progress then, or the task's next syscall.
     fn strike(&mut self, n: usize, tid: u32, t: u64) {
+        if !self.s.sources.iter().any(|s| s.replayable()) {
+            return;
+        }
         let rep = |r: &EvRef| self.s.sources.get(r.src as usize).is_some_and(|s| s.replayable());
         let during = self.s.syscalls(tid, t, t).into_iter().rev().find(|&i| rep(&self.s.ev(i).at));
-        let pick = during.or_else(|| {
-            self.s.syscalls(tid, t, t + 10 * self.cfg.window_ns).into_iter().find(|&i| rep(&self.s.ev(i).at) && self.s.ev(i).ts >= t)
-        });
+        let until = t + 10 * self.cfg.window_ns;
+        let pick =
+            during.or_else(|| self.s.syscalls_from(tid, t).take_while(|&i| self.s.ev(i).ts <= until).find(|&i| rep(&self.s.ev(i).at)));
         if let Some(i) = pick {
             let e = self.s.ev(i);
             let sc = e.syscall().expect("a syscall");
@@ -576,6 +589,26 @@ impl<'s> Analysis<'s> {
 
     fn finish(mut self) -> CausalGraph {
         self.prune();
+        // A cause that struck a task outside the replayable recording (e.g.
+        // the hog delayed the thread the ledger waited for) strikes the
+        // recording where its effect did: the nearest blocked syscall above it.
+        let parents = self.g.parents();
+        for i in 0..self.g.nodes.len() {
+            if !self.g.nodes[i].kind.is_cause() || self.g.nodes[i].strike.is_some() {
+                continue;
+            }
+            let mut p = parents[i];
+            while let Some(j) = p {
+                if let Some(at) = self.g.nodes[j].strike.filter(|_| self.g.nodes[j].kind == NodeKind::Syscall) {
+                    let desc = self.g.nodes[j].strike_desc.clone().map(|d| format!("{d}, which waited on it"));
+                    let n = &mut self.g.nodes[i];
+                    n.strike = Some(at);
+                    n.strike_desc = desc;
+                    break;
+                }
+                p = parents[j];
+            }
+        }
         let mut causes: Vec<usize> =
             self.g.nodes.iter().filter(|n| n.kind.is_cause() && n.contribution_ns >= self.cfg.threshold_ns).map(|n| n.id).collect();
         causes.sort_by_key(|&i| (std::cmp::Reverse(self.g.nodes[i].contribution_ns), i));

@@ -13,6 +13,11 @@
 //! An index on `KprobeNode.graph` makes `why` one indexed lookup. Every
 //! write runs in an explicit transaction (one per graph). Storing a graph
 //! replaces the previous one of the same transaction.
+//!
+//! No property holds a negative number: "none" is an absent property (the
+//! root's `parent`, the culprit of a node that has none). neo4rs 0.8 reads
+//! the Bolt tiny integers -16..-1 back as 240..255, so a stored -1 would come
+//! back as 255.
 
 use crate::graph::{CausalGraph, Culprit, Node, NodeKind};
 use crate::store::EvRef;
@@ -46,14 +51,18 @@ fn key_of(g: &CausalGraph) -> String {
 
 type Row = HashMap<String, BoltType>;
 
-fn row(g: &CausalGraph, key: &str, parent: Option<usize>, n: &Node) -> Row {
+/// The properties of node `n`; `parent` is its parent and its position among the parent's children.
+fn row(g: &CausalGraph, key: &str, parent: Option<(usize, usize)>, n: &Node) -> Row {
     let mut r: Row = HashMap::new();
     let mut s = |k: &str, v: BoltType| {
         r.insert(k.to_owned(), v);
     };
     s("graph", key.to_owned().into());
     s("idx", (n.id as i64).into());
-    s("parent", parent.map(|p| p as i64).unwrap_or(-1).into());
+    if let Some((p, pos)) = parent {
+        s("parent", (p as i64).into());
+        s("pos", (pos as i64).into());
+    }
     s("kind", n.kind.name().to_owned().into());
     s("label", n.label.clone().into());
     s("start_ns", (n.start_ns as i64).into());
@@ -67,11 +76,12 @@ fn row(g: &CausalGraph, key: &str, parent: Option<usize>, n: &Node) -> Row {
     s("evidence", serde_json::to_string(&n.evidence).unwrap_or_default().into());
     s("strike", n.strike.map(|x| serde_json::to_string(&x).unwrap_or_default()).unwrap_or_default().into());
     s("strike_desc", n.strike_desc.clone().unwrap_or_default().into());
-    let c = n.culprit.clone();
-    s("culprit_pid", c.as_ref().map(|c| c.pid as i64).unwrap_or(-1).into());
-    s("culprit_tid", c.as_ref().map(|c| c.tid as i64).unwrap_or(-1).into());
-    s("culprit_comm", c.as_ref().map(|c| c.comm.clone()).unwrap_or_default().into());
-    s("culprit_what", c.as_ref().map(|c| c.what.clone()).unwrap_or_default().into());
+    if let Some(c) = &n.culprit {
+        s("culprit_pid", (c.pid as i64).into());
+        s("culprit_tid", (c.tid as i64).into());
+        s("culprit_comm", c.comm.clone().into());
+        s("culprit_what", c.what.clone().into());
+    }
     if n.id == 0 {
         s("subject", g.subject.clone().into());
         s("txn", g.txn.clone().unwrap_or_default().into());
@@ -82,16 +92,30 @@ fn row(g: &CausalGraph, key: &str, parent: Option<usize>, n: &Node) -> Row {
     r
 }
 
-const FIELDS: &str = "n.idx AS idx, n.parent AS parent, n.kind AS kind, n.label AS label, n.start_ns AS start_ns, \
+/// A JSON-valued property read back: absent or empty is `None`, malformed an error naming the graph, node and property.
+fn parsed<T: serde::de::DeserializeOwned>(txn: &str, idx: i64, k: &str, s: String) -> Result<Option<T>> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(&s).map(Some).with_context(|| format!("graph {txn} on the graph server: node {idx}: property `{k}`: {s:?}"))
+}
+
+const FIELDS: &str = "n.idx AS idx, n.parent AS parent, n.pos AS pos, n.kind AS kind, n.label AS label, n.start_ns AS start_ns, \
      n.end_ns AS end_ns, n.pid AS pid, n.tid AS tid, n.comm AS comm, n.contribution_ns AS contribution_ns, n.rank AS rank, \
      n.location AS location, n.evidence AS evidence, n.strike AS strike, n.strike_desc AS strike_desc, \
      n.culprit_pid AS culprit_pid, n.culprit_tid AS culprit_tid, n.culprit_comm AS culprit_comm, n.culprit_what AS culprit_what, \
      n.subject AS subject, n.txn AS txn, n.threshold_ns AS threshold_ns, n.window_ns AS window_ns, n.sources AS sources";
 
 impl Store {
-    /// Connects (async).
+    /// Connects (async). An unreachable server is an error at once (neo4rs
+    /// would otherwise retry each query for half a minute).
     pub async fn connect(c: &BoltConfig) -> Result<Store> {
         let uri = c.uri.trim_start_matches("bolt://").trim_start_matches("neo4j://").to_owned();
+        match tokio::time::timeout(std::time::Duration::from_secs(10), tokio::net::TcpStream::connect(uri.as_str())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => anyhow::bail!("connecting to the graph server at {}: {e}", c.uri),
+            Err(_) => anyhow::bail!("connecting to the graph server at {}: no answer in 10 s", c.uri),
+        }
         let cfg = ConfigBuilder::default()
             .uri(uri.as_str())
             .user(c.user.as_str())
@@ -139,7 +163,8 @@ impl Store {
         for g in graphs {
             let key = key_of(g);
             let parents = g.parents();
-            let rows: Vec<Row> = g.nodes.iter().map(|n| row(g, &key, parents[n.id], n)).collect();
+            let at = |p: usize, c: usize| (p, g.nodes[p].children.iter().position(|&x| x == c).unwrap_or(0));
+            let rows: Vec<Row> = g.nodes.iter().map(|n| row(g, &key, parents[n.id].map(|p| at(p, n.id)), n)).collect();
             let edges: Vec<Row> = g
                 .nodes
                 .iter()
@@ -197,17 +222,21 @@ impl Store {
 
     /// The graph of transaction `txn` (or `pid:P`), if stored.
     pub async fn why(&self, txn: &str) -> Result<Option<CausalGraph>> {
-        let mut rows =
-            self.graph.execute(query(&format!("MATCH (n:KprobeNode {{graph: $g}}) RETURN {FIELDS} ORDER BY idx")).param("g", txn)).await?;
-        let mut nodes: Vec<(Option<usize>, Node)> = Vec::new();
+        let mut rows = self
+            .graph
+            .execute(query(&format!("MATCH (n:KprobeNode {{graph: $g}}) RETURN {FIELDS} ORDER BY idx")).param("g", txn))
+            .await
+            .with_context(|| format!("asking the graph server for the graph of {txn}"))?;
+        let mut nodes: Vec<(Option<(usize, i64)>, Node)> = Vec::new();
         let mut meta = None;
         while let Some(r) = rows.next().await? {
-            let gi = |k: &str| r.get::<i64>(k).unwrap_or(0);
+            let oi = |k: &str| r.get::<i64>(k).ok();
+            let gi = |k: &str| oi(k).unwrap_or(0);
             let gs = |k: &str| r.get::<String>(k).unwrap_or_default();
             let opt = |s: String| (!s.is_empty()).then_some(s);
             let idx = gi("idx") as usize;
-            let parent = usize::try_from(gi("parent")).ok();
-            let culprit = (gi("culprit_pid") >= 0).then(|| Culprit {
+            let parent = oi("parent").and_then(|p| usize::try_from(p).ok()).map(|p| (p, gi("pos")));
+            let culprit = oi("culprit_pid").map(|_| Culprit {
                 pid: gi("culprit_pid") as u32,
                 tid: gi("culprit_tid") as u32,
                 comm: gs("culprit_comm"),
@@ -226,8 +255,8 @@ impl Store {
                 rank: gi("rank") as u32,
                 culprit,
                 location: opt(gs("location")),
-                evidence: serde_json::from_str::<Vec<EvRef>>(&gs("evidence")).unwrap_or_default(),
-                strike: opt(gs("strike")).and_then(|s| serde_json::from_str(&s).ok()),
+                evidence: parsed::<Vec<EvRef>>(txn, gi("idx"), "evidence", gs("evidence"))?.unwrap_or_default(),
+                strike: parsed::<EvRef>(txn, gi("idx"), "strike", gs("strike"))?,
                 strike_desc: opt(gs("strike_desc")),
                 children: Vec::new(),
             };
@@ -237,20 +266,22 @@ impl Store {
                     opt(gs("txn")),
                     gi("threshold_ns") as u64,
                     gi("window_ns") as u64,
-                    serde_json::from_str::<Vec<String>>(&gs("sources")).unwrap_or_default(),
+                    parsed::<Vec<String>>(txn, 0, "sources", gs("sources"))?.unwrap_or_default(),
                 ));
             }
             nodes.push((parent, node));
         }
         let Some((subject, txn_id, threshold_ns, window_ns, sources)) = meta else { return Ok(None) };
         nodes.sort_by_key(|(_, n)| n.id);
-        let mut out: Vec<Node> = nodes.iter().map(|(_, n)| n.clone()).collect();
-        for (p, n) in &nodes {
-            if let Some(p) = p {
-                if let Some(pn) = out.get_mut(*p) {
-                    pn.children.push(n.id);
-                }
-            }
+        let mut kids: Vec<(usize, i64, usize)> = nodes.iter().filter_map(|(p, n)| p.map(|(p, pos)| (p, pos, n.id))).collect();
+        kids.sort_unstable();
+        let mut out: Vec<Node> = nodes.into_iter().map(|(_, n)| n).collect();
+        if let Some(n) = out.iter().enumerate().find(|(i, n)| n.id != *i) {
+            anyhow::bail!("graph {txn} on the graph server: node {} is missing (found node {} in its place)", n.0, n.1.id);
+        }
+        for (p, _, c) in kids {
+            let pn = out.get_mut(p).with_context(|| format!("graph {txn}: node {c}: parent {p} is not stored"))?;
+            pn.children.push(c);
         }
         let mut causes: Vec<usize> = out.iter().filter(|n| n.rank > 0).map(|n| n.id).collect();
         causes.sort_by_key(|&i| out[i].rank);

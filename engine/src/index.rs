@@ -24,9 +24,9 @@ use crate::graph::CausalGraph;
 use crate::otlp::Span;
 use crate::store::{EvRef, Store};
 use anyhow::{bail, Context, Result};
+use foldhash::{HashMap, HashMapExt};
 use kpl::event::{Cause, Note};
 use kpl::{Data, Event, EventBody, Reader, Writer};
-use std::collections::HashMap;
 use std::path::Path;
 
 /// Topic of the notes that hold causal graphs.
@@ -86,6 +86,8 @@ pub fn write_index(store: &Store, graphs: &[CausalGraph], out: &Path) -> Result<
     for (k, v) in &r.index().summary.extra {
         w.set_summary_fact(k, v);
     }
+    let from = w.next_seq();
+    w.set_summary_fact(FROM_FACT, from);
     // Spans.
     let mut seen = std::collections::HashSet::new();
     for s in &store.spans {
@@ -174,10 +176,19 @@ fn span_event(s: &Span) -> Event {
     Event::new(s.start_ns, s.pid.unwrap_or(0), s.tid.unwrap_or(0), u16::MAX, EventBody::Span(s.to_ref()))
 }
 
-/// The `cause` events a log holds for `txn`.
+/// Summary fact: the sequence number where the index's own events start (after the base).
+const FROM_FACT: &str = "cause_index_from";
+
+/// Where the index's own events start (0 for an index written before the fact existed).
+fn index_start(r: &Reader) -> u64 {
+    r.index().summary.extra.iter().find(|(k, _)| k == FROM_FACT).and_then(|(_, v)| v.parse().ok()).unwrap_or(0)
+}
+
+/// The `cause` events a log holds for `txn`, in log order.
 pub fn causes_of(r: &Reader, txn: &str) -> Result<Vec<(u64, Cause)>> {
+    let from = index_start(r);
     let mut out = Vec::new();
-    for &seq in r.txn_seqs(txn) {
+    for &seq in r.txn_seqs(txn).iter().filter(|&&s| s >= from) {
         let ev = r.get(seq)?;
         if let EventBody::Cause(c) = ev.body {
             out.push((seq, c));
@@ -192,8 +203,14 @@ pub fn has_index(r: &Reader) -> bool {
 }
 
 /// The causal graph of `txn` from a log's cause index, if it has one.
+///
+/// The transaction's events are read from the last one back: its ranked
+/// causes, then the `graph` cause pointing at the note, all in the index's
+/// last blocks (the base recording's events naming it are not read).
 pub fn read_graph(r: &Reader, txn: &str) -> Result<Option<CausalGraph>> {
-    for (_, c) in causes_of(r, txn)? {
+    let from = index_start(r);
+    for &seq in r.txn_seqs(txn).iter().rev().take_while(|&&s| s >= from) {
+        let EventBody::Cause(c) = r.get(seq)?.body else { continue };
         if c.cause_kind == "graph" {
             let ev = r.get(c.cause_seq)?;
             let EventBody::Note(n) = ev.body else {
@@ -205,6 +222,18 @@ pub fn read_graph(r: &Reader, txn: &str) -> Result<Option<CausalGraph>> {
         }
     }
     Ok(None)
+}
+
+/// Every causal graph of a log's cause index, in order of the transactions' start.
+pub fn read_all(r: &Reader) -> Result<Vec<CausalGraph>> {
+    let mut out = Vec::new();
+    for (txn, _) in &r.index().txns {
+        if let Some(g) = read_graph(r, txn)? {
+            out.push(g);
+        }
+    }
+    out.sort_by_key(|g| (g.nodes.first().map(|n| n.start_ns).unwrap_or(0), g.txn.clone()));
+    Ok(out)
 }
 
 /// Where `kprobe replay --break-at-cause TXN` stops: the event of the log
@@ -227,4 +256,18 @@ pub fn cause_for_replay(log: &Path, txn: &str) -> Result<Option<(u64, String)>> 
         }
     }
     Ok(best.map(|(seq, c)| (seq, format!("cause #{} ({}, {}): {}", c.rank, c.cause_kind, crate::graph::dur(c.contribution_ns), c.summary))))
+}
+
+/// Where `kprobe replay --break-at-cause TXN` stops and what it shows: the
+/// event of the log where the root cause of `txn` struck, and the causal
+/// chain as text ending with a line naming that event and the cause. An
+/// error naming the log when it has no cause index or no cause of `txn`
+/// struck a task of its recording.
+pub fn replay_stop(log: &Path, txn: &str) -> Result<(u64, String)> {
+    let (seq, what) =
+        cause_for_replay(log, txn)?.with_context(|| format!("{}: no cause of {txn:?} struck a task of this recording", log.display()))?;
+    let r = Reader::open(log).with_context(|| format!("opening {}", log.display()))?;
+    let mut text = read_graph(&r, txn)?.map(|g| crate::render::text(&g)).unwrap_or_default();
+    text.push_str(&format!("root cause struck at event {seq}: {what}\n"));
+    Ok((seq, text))
 }

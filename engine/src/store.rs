@@ -9,9 +9,9 @@
 
 use crate::otlp::Span;
 use anyhow::{Context, Result};
+use foldhash::{HashMap, HashMapExt, HashSet};
 use kpl::event::{SchedDelay, Syscall, Tcp};
 use kpl::{Data, EventBody, Kind, Reader};
-use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -410,6 +410,13 @@ impl Store {
         t.syscalls[lo..].iter().copied().take_while(|&i| self.ev(i).ts <= b).filter(|&i| self.ev(i).end() > a).collect()
     }
 
+    /// Syscalls of `tid` entered at or after `t`, in entry order.
+    pub fn syscalls_from(&self, tid: u32, t: u64) -> impl Iterator<Item = u32> + '_ {
+        let list = self.tids.get(&tid).map(|x| x.syscalls.as_slice()).unwrap_or(&[]);
+        let lo = list.partition_point(|&i| self.ev(i).ts < t);
+        list[lo..].iter().copied()
+    }
+
     /// Run-queue delays of `tid` whose waiting interval overlaps `[a, b]`.
     pub fn delays(&self, tid: u32, a: u64, b: u64) -> Vec<u32> {
         let Some(t) = self.tids.get(&tid) else { return Vec::new() };
@@ -462,10 +469,10 @@ impl Store {
         self.conns.get(c).map(|l| self.range(l, a, b)).unwrap_or_default()
     }
 
-    /// Threads that sent or received on a connection (pid, tid), most events first.
-    pub fn conn_threads(&self, c: &ConnKey) -> Vec<(u32, u32)> {
+    /// Threads that sent or received on a connection during `[a, b]` (pid, tid), most events first.
+    pub fn conn_threads(&self, c: &ConnKey, a: u64, b: u64) -> Vec<(u32, u32)> {
         let mut n: HashMap<(u32, u32), usize> = HashMap::new();
-        for &i in self.conns.get(c).map(Vec::as_slice).unwrap_or(&[]) {
+        for i in self.conn_events(c, a, b) {
             let e = self.ev(i);
             if matches!(e.body, EventBody::TcpSend(_) | EventBody::TcpRecv(_)) && e.tid != 0 {
                 *n.entry((e.pid, e.tid)).or_default() += 1;
@@ -497,5 +504,5 @@ impl Store {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }

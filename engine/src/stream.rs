@@ -27,14 +27,17 @@ use crate::otlp::Span;
 use crate::receiver::SpanSink;
 use crate::store::Store;
 use anyhow::{Context, Result};
+use foldhash::{HashMap, HashMapExt, HashSet};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,30 +96,35 @@ impl KafkaOptions {
 #[derive(Default)]
 pub struct SpanIndex {
     spans: Vec<Span>,
-    by_tid: HashMap<u32, Vec<usize>>,
-    by_pid: HashMap<u32, Vec<usize>>,
+    seen: HashSet<([u8; 16], [u8; 8])>,
+    by_tid: HashMap<u32, Lane>,
+    by_pid: HashMap<u32, Lane>,
+}
+
+/// The spans of one thread or process, sorted by start.
+#[derive(Default)]
+struct Lane {
+    ids: Vec<usize>,
+    /// Longest span: how far back a span covering a time can start.
+    max_ns: u64,
 }
 
 impl SpanIndex {
     /// Adds spans (duplicates of a span already known are ignored).
     pub fn add(&mut self, spans: impl IntoIterator<Item = Span>) {
         for s in spans {
-            let i = self.spans.len();
-            if let Some(t) = s.tid {
-                let l = self.by_tid.entry(t).or_default();
-                if l.iter().any(|&j| self.spans[j].span_id == s.span_id && self.spans[j].trace_id == s.trace_id) {
-                    continue;
-                }
-                l.push(i);
-            } else if let Some(p) = s.pid {
-                let l = self.by_pid.entry(p).or_default();
-                if l.iter().any(|&j| self.spans[j].span_id == s.span_id && self.spans[j].trace_id == s.trace_id) {
-                    continue;
-                }
-                l.push(i);
-            } else {
+            let lane = match (s.tid, s.pid) {
+                (Some(t), _) => self.by_tid.entry(t).or_default(),
+                (None, Some(p)) => self.by_pid.entry(p).or_default(),
+                (None, None) => continue,
+            };
+            if !self.seen.insert((s.trace_id, s.span_id)) {
                 continue;
             }
+            let i = self.spans.len();
+            let at = lane.ids.partition_point(|&j| self.spans[j].start_ns <= s.start_ns);
+            lane.ids.insert(at, i);
+            lane.max_ns = lane.max_ns.max(s.end_ns.saturating_sub(s.start_ns));
             self.spans.push(s);
         }
     }
@@ -133,8 +141,11 @@ impl SpanIndex {
 
     /// The innermost span (latest start) covering `ts` on thread `tid`, else on process `pid`.
     pub fn at(&self, pid: u32, tid: u32, ts: u64) -> Option<&Span> {
-        let pick = |l: Option<&Vec<usize>>| {
-            l.and_then(|l| l.iter().map(|&i| &self.spans[i]).filter(|s| s.start_ns <= ts && ts <= s.end_ns).max_by_key(|s| s.start_ns))
+        let pick = |l: Option<&Lane>| {
+            let l = l?;
+            let end = l.ids.partition_point(|&j| self.spans[j].start_ns <= ts);
+            let from = ts.saturating_sub(l.max_ns);
+            l.ids[..end].iter().rev().map(|&j| &self.spans[j]).take_while(|s| s.start_ns >= from).find(|s| ts <= s.end_ns)
         };
         pick(self.by_tid.get(&tid)).or_else(|| pick(self.by_pid.get(&pid)))
     }
@@ -184,10 +195,114 @@ pub fn enrich(ev: &Value, spans: &SpanIndex) -> Result<Value> {
     Ok(Value::Object(out))
 }
 
+/// The `kernel.enriched` row of the fast path: borrowed from the message and the span.
+#[derive(serde::Serialize)]
+struct Row<'a> {
+    timestamp_ns: u64,
+    pid: u32,
+    tid: u32,
+    cpu: u64,
+    event_type: Cow<'a, str>,
+    duration_ns: u64,
+    service: &'a str,
+    transaction_id: &'a str,
+    trace_id: String,
+    span_id: String,
+    span_name: &'a str,
+    metadata: BTreeMap<&'a str, Cow<'a, str>>,
+}
+
+/// A JSON string's value, borrowed when it has no escapes.
+fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    match serde_json::from_str::<&str>(raw.get()) {
+        Ok(s) => Some(Cow::Borrowed(s)),
+        Err(_) => serde_json::from_str::<String>(raw.get()).ok().map(Cow::Owned),
+    }
+}
+
+/// True when `Value::to_string` of this JSON text is the text itself:
+/// integers (and compact arrays of non-negative ones, as syscall arguments
+/// are), `true`, `false`, `null`. Floats, strings, objects are re-serialized.
+fn same_as_value(text: &str) -> bool {
+    let int = |t: &str| !t.is_empty() && t.len() <= 18 && t.bytes().all(|b| b.is_ascii_digit()) && (t == "0" || !t.starts_with('0'));
+    match text.as_bytes().first() {
+        Some(b'[') => text == "[]" || (text.ends_with(']') && text.len() > 2 && text[1..text.len() - 1].split(',').all(int)),
+        Some(b'-') => int(&text[1..]) && text != "-0",
+        Some(_) => int(text) || matches!(text, "true" | "false" | "null"),
+        None => false,
+    }
+}
+
+/// [`enrich`] without a JSON tree: `None` when the message is anything but
+/// a well-formed event (the caller then takes the slow path, which says why).
+fn enrich_fast(msg: &[u8], spans: &SpanIndex) -> Option<(Vec<u8>, bool)> {
+    let m: BTreeMap<&str, &RawValue> = serde_json::from_slice(msg).ok()?;
+    let int = |k: &str| m.get(k).and_then(|r| r.get().parse::<u64>().ok());
+    let event_type = json_str(m.get("kind")?)?;
+    let (ts, pid, tid) = (int("ts_ns")?, int("pid")? as u32, int("tid")? as u32);
+    let cpu = int("cpu").unwrap_or(0);
+    let duration_ns = ["duration_ns", "delay_ns", "latency_ns"].iter().find_map(|k| int(k)).unwrap_or(0);
+    let mut metadata = BTreeMap::new();
+    for (k, raw) in &m {
+        if matches!(*k, "kind" | "ts_ns" | "pid" | "tid" | "cpu") {
+            continue;
+        }
+        let text = raw.get();
+        let v = if text.starts_with('"') {
+            json_str(raw)?
+        } else if same_as_value(text) {
+            Cow::Borrowed(text)
+        } else {
+            Cow::Owned(serde_json::from_str::<Value>(text).ok()?.to_string())
+        };
+        metadata.insert(*k, v);
+    }
+    let sp = spans.at(pid, tid, ts);
+    let row = Row {
+        timestamp_ns: ts,
+        pid,
+        tid,
+        cpu,
+        event_type,
+        duration_ns,
+        service: sp.map(|s| s.service.as_str()).unwrap_or(""),
+        transaction_id: sp.map(|s| s.txn.as_str()).unwrap_or(""),
+        trace_id: sp.map(|s| hex::encode(s.trace_id)).unwrap_or_default(),
+        span_id: sp.map(|s| hex::encode(s.span_id)).unwrap_or_default(),
+        span_name: sp.map(|s| s.name.as_str()).unwrap_or(""),
+        metadata,
+    };
+    Some((serde_json::to_vec(&row).ok()?, !row.transaction_id.is_empty()))
+}
+
+/// One `kernel.*` message as its `kernel.enriched` row, serialized (the
+/// same row as [`enrich`], without building JSON trees for well-formed
+/// events), and whether it was tied to a transaction.
+pub fn enrich_message(msg: &[u8], spans: &SpanIndex) -> Result<(Vec<u8>, bool)> {
+    if let Some(r) = enrich_fast(msg, spans) {
+        return Ok(r);
+    }
+    let v: Value = serde_json::from_slice(msg).context("not JSON")?;
+    let row = enrich(&v, spans)?;
+    let tied = !row["transaction_id"].as_str().unwrap_or("").is_empty();
+    Ok((serde_json::to_vec(&row)?, tied))
+}
+
+/// The event time of a `kernel.*` message.
+fn message_ts(msg: &[u8]) -> Result<u64> {
+    #[derive(serde::Deserialize)]
+    struct Ts {
+        ts_ns: Option<Value>,
+    }
+    let t: Ts = serde_json::from_slice(msg).context("not a JSON object")?;
+    t.ts_ns.as_ref().and_then(Value::as_u64).context("`ts_ns`: missing or not a non-negative integer")
+}
+
 /// An event waiting for its window to close.
 struct Pending {
     ts: u64,
-    value: Value,
+    /// The message as consumed.
+    value: Vec<u8>,
     key: Vec<u8>,
     /// (topic-partition slot, offset)
     from: (usize, i64),
@@ -409,13 +524,10 @@ fn pump(
                 slots.len() - 1
             });
             slots[slot].next = slots[slot].next.max(m.offset() + 1);
-            let parsed: Result<(Value, u64)> = (|| {
-                let v: Value = serde_json::from_slice(m.payload().unwrap_or_default()).context("not JSON")?;
-                let ts = v.get("ts_ns").and_then(Value::as_u64).context("`ts_ns`: missing or not a non-negative integer")?;
-                Ok((v, ts))
-            })();
-            match parsed {
-                Ok((value, ts)) => {
+            let payload = m.payload().unwrap_or_default();
+            match message_ts(payload) {
+                Ok(ts) => {
+                    let value = payload.to_vec();
                     *slots[slot].pending.entry(m.offset()).or_default() += 1;
                     en.push(Pending { ts, value, key: m.key().unwrap_or_default().to_vec(), from: (slot, m.offset()) });
                 }
@@ -433,7 +545,7 @@ fn pump(
         if !ready.is_empty() {
             let mut done: Vec<(usize, i64)> = Vec::with_capacity(ready.len());
             for p in ready {
-                let row = match enrich(&p.value, &en.spans) {
+                let (payload, tied) = match enrich_message(&p.value, &en.spans) {
                     Ok(r) => r,
                     Err(e) => {
                         st.bad += 1;
@@ -443,10 +555,9 @@ fn pump(
                         continue;
                     }
                 };
-                if !row["transaction_id"].as_str().unwrap_or("").is_empty() {
+                if tied {
                     st.with_context += 1;
                 }
-                let payload = serde_json::to_vec(&row)?;
                 let mut rec = BaseRecord::<[u8], [u8]>::to(out_topic).key(&p.key[..]).payload(&payload[..]);
                 loop {
                     match producer.send(rec) {
@@ -647,10 +758,72 @@ mod tests {
     }
 
     #[test]
+    fn the_fast_path_gives_the_rows_of_the_json_tree_path() {
+        let mut ix = SpanIndex::default();
+        let mut msgs: Vec<Vec<u8>> = Vec::new();
+        for ev in kpl::synth::Synth::new(7).take(20_000) {
+            if let kpl::EventBody::Span(r) = &ev.body {
+                ix.add([Span::from_ref(r, ev.pid, ev.tid)]);
+            }
+            let mut v = kpl::json::event_to_json(&ev, None);
+            v["host"] = "node-1".into();
+            msgs.push(serde_json::to_vec(&v).unwrap());
+        }
+        // Escapes, whitespace, odd numbers: still the same row (or the slow path's error).
+        for m in [
+            r#"{"kind": "sched_switch", "ts_ns": 5, "pid": 1, "tid": 2, "cpu": 1, "prev_comm": "a\"b\\\u00e9", "args": [1, 2,  3]}"#,
+            r#"{"kind":"x\n","ts_ns":5,"pid":1,"tid":2,"cpu":1.5,"k\u0041":{"a": [true, null]},"duration_ns":7}"#,
+            r#"{"kind":"x","ts_ns":5,"pid":1,"tid":2,"delay_ns":9,"v":-3,"f":2.50}"#,
+        ] {
+            msgs.push(m.as_bytes().to_vec());
+        }
+        let mut tied = 0;
+        for m in &msgs {
+            let (fast, t) = enrich_message(m, &ix).unwrap();
+            let slow = enrich(&serde_json::from_slice(m).unwrap(), &ix).unwrap();
+            let fast: Value = serde_json::from_slice(&fast).unwrap();
+            assert_eq!(fast, slow, "{}", String::from_utf8_lossy(m));
+            tied += usize::from(t);
+        }
+        assert!(tied > 100, "{tied} rows tied to a span");
+        for (bad, field) in [(&br#"[1]"#[..], "object"), (br#"{"kind":"x","ts_ns":-1,"pid":1,"tid":2}"#, "ts_ns"), (b"nope", "not JSON")] {
+            let e = format!("{:#}", enrich_message(bad, &ix).unwrap_err());
+            assert!(e.contains(field), "{e}");
+        }
+        assert!(message_ts(br#"{"ts_ns": 12, "x": [1]}"#).unwrap() == 12 && message_ts(br#"{"ts_ns": "1"}"#).is_err());
+        for (t, same) in [("12", true), ("-3", true), ("[1,22,0]", true), ("[]", true), ("null", true), ("2.50", false), ("-0", false)] {
+            assert_eq!(same_as_value(t), same, "{t}");
+        }
+        for t in ["[1, 2]", "[-1]", "1e3", "[01]", "{}", "99999999999999999999"] {
+            assert!(!same_as_value(t), "{t}");
+        }
+    }
+
+    #[test]
+    fn span_lookup_matches_a_scan_of_every_span() {
+        // Spans added out of order, nested, one long span covering many short ones.
+        let mut all = vec![span(11, 0, 100_000, "long", 200)];
+        for i in 0..150u64 {
+            let a = (i * 7919) % 99_000;
+            all.push(span(11, a, a + 300 + (i % 5) * 100, "short", i as u8));
+        }
+        let mut ix = SpanIndex::default();
+        ix.add(all.iter().rev().cloned());
+        for ts in (0..101_000).step_by(37) {
+            let want = all
+                .iter()
+                .filter(|s| ix.seen.contains(&(s.trace_id, s.span_id)) && s.start_ns <= ts && ts <= s.end_ns)
+                .map(|s| s.start_ns)
+                .max();
+            assert_eq!(ix.at(10, 11, ts).map(|s| s.start_ns), want, "at {ts}");
+        }
+    }
+
+    #[test]
     fn windows_close_a_window_after_their_end() {
         let cfg = EngineConfig { window_ns: 100, ..EngineConfig::default() };
         let mut en = Enricher::new(&cfg, Duration::from_secs(3600));
-        let p = |ts| Pending { ts, value: Value::Null, key: vec![], from: (0, 0) };
+        let p = |ts| Pending { ts, value: Vec::new(), key: vec![], from: (0, 0) };
         en.push(p(10));
         en.push(p(150));
         assert!(en.ready(false).is_empty());

@@ -19,6 +19,8 @@ pub enum BenchCmd {
     Record(crate::cmd::bench_tracer::BenchRecordArgs),
     /// The gdb server on a replay next to gdbserver on the live program: stepi, breakpoint hits, reverse-continue.
     Gdb(crate::cmd::bench_gdb::BenchGdbArgs),
+    /// The causal engine: correlation events/s, `why` latency (cause index, Bolt server, re-analysis), accuracy per incident.
+    Engine(crate::cmd::bench_engine::BenchEngineArgs),
     /// Write/read throughput, bytes/event next to JSON+zstd, seek latency.
     Log {
         /// Events in the synthetic log.
@@ -45,6 +47,7 @@ pub fn run(cmd: BenchCmd) -> Result<ExitCode> {
         BenchCmd::Recorder(a) => crate::cmd::recorder::bench(a),
         BenchCmd::Record(a) => crate::cmd::bench_tracer::run(a),
         BenchCmd::Gdb(a) => crate::cmd::bench_gdb::run(a),
+        BenchCmd::Engine(a) => crate::cmd::bench_engine::run(a),
         BenchCmd::Log { events, output, baseline_events, seeks, seed } => {
             bench_log(events, output, baseline_events.min(events), seeks, seed)
         }

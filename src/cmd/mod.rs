@@ -1,6 +1,7 @@
 //! Subcommands.
 
 pub mod bench;
+pub mod bench_engine;
 pub mod bench_gdb;
 pub mod bench_tracer;
 pub mod engine;

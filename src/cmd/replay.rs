@@ -50,7 +50,7 @@ pub fn replay(a: ReplayArgs) -> Result<ExitCode> {
     }
     let mut until_event = a.until_event;
     if let Some(txn) = &a.break_at_cause {
-        until_event = Some(super::why::break_at_cause(&a.file, txn, None)?);
+        until_event = Some(super::why::break_at_cause(&a.file, txn)?);
     }
     let out = tracer::replay::replay(tracer::replay::ReplayOptions { log: a.file, quiet: a.quiet, until_event })?;
     if let Some(s) = &out.stopped {
@@ -76,14 +76,7 @@ struct Ready {
 
 /// The causal chain of `txn` from the log's cause index, and the event where it struck.
 fn cause(log: &Path, txn: &str) -> Result<gdbserver::Cause> {
-    let (seq, what) = engine::cause_for_replay(log, txn)?
-        .with_context(|| format!("{}: no cause of {txn:?} struck a task of this recording", log.display()))?;
-    let r = kpl::Reader::open(log).with_context(|| format!("opening {}", log.display()))?;
-    let mut text = match engine::index::read_graph(&r, txn)? {
-        Some(g) => engine::render::text(&g),
-        None => String::new(),
-    };
-    text.push_str(&format!("root cause struck at event {seq}: {what}\n"));
+    let (seq, text) = engine::index::replay_stop(log, txn)?;
     Ok(gdbserver::Cause { text, seq: Some(seq) })
 }
 

@@ -22,7 +22,7 @@ pub struct WhyArgs {
     #[arg(long, conflicts_with_all = ["txn", "pid"])]
     all: bool,
     /// Kernel recordings (.kpl): ptrace and/or eBPF, of the same machine and time. Repeatable.
-    #[arg(long = "log", required_unless_present = "kafka")]
+    #[arg(long = "log", required_unless_present_any = ["kafka", "from_neo4j"])]
     logs: Vec<PathBuf>,
     /// Read kernel events from the recorder's Kafka topics `kernel.*` (from the beginning) on these brokers.
     #[arg(long)]
@@ -58,7 +58,7 @@ pub struct WhyArgs {
     /// Store the graphs in a Neo4j-compatible graph server (Bolt URI, e.g. 127.0.0.1:7687).
     #[arg(long)]
     neo4j: Option<String>,
-    /// Answer from the graph server instead of the recordings.
+    /// Answer from the graph server instead of the recordings (no --log needed).
     #[arg(long, requires = "neo4j", requires = "txn")]
     from_neo4j: bool,
     /// Graph server user.
@@ -113,61 +113,24 @@ pub fn run(a: WhyArgs) -> Result<ExitCode> {
         print!("{}", engine::render::render(&g, a.format));
         return Ok(ExitCode::SUCCESS);
     }
-    // Fast path: a log with a cause index answers alone.
-    if let (Some(txn), [log], true, false, None, None) =
-        (&a.txn, a.logs.as_slice(), a.spans.is_empty(), a.recompute, &a.save_index, &a.kafka)
-    {
-        let r = kpl::Reader::open(log).with_context(|| format!("opening {}", log.display()))?;
-        if engine::index::has_index(&r) {
-            match engine::index::read_graph(&r, txn)? {
-                Some(g) => {
-                    print!("{}", engine::render::render(&g, a.format));
-                    return Ok(ExitCode::SUCCESS);
-                }
-                None => bail!("{}: the cause index has no transaction {txn:?}", log.display()),
-            }
+    // A log with a cause index answers alone (for a transaction, or all of
+    // them), unless asked to analyse again or to write a new index.
+    let indexed = match (a.logs.as_slice(), a.spans.is_empty(), a.recompute, &a.save_index, &a.kafka, a.pid) {
+        ([log], true, false, None, None, None) => {
+            let r = kpl::Reader::open(log).with_context(|| format!("opening {}", log.display()))?;
+            engine::index::has_index(&r).then_some(r)
         }
-    }
-    let mut store = engine::load(&a.logs, &a.spans, &cfg)?;
-    if let Some(brokers) = &a.kafka {
-        let mut o = engine::stream::KafkaOptions::new(brokers);
-        o.topic_prefix = a.topic_prefix.clone();
-        let n = engine::stream::load_topics(&o, &mut store)?;
-        if n == 0 {
-            bail!("no kernel events in {}kernel.* on {brokers}", o.topic_prefix);
-        }
-        store.finish();
-    }
-    let graphs: Vec<engine::CausalGraph> = if let Some(pid) = a.pid {
-        vec![engine::analyze::explain_pid(&store, &cfg, pid, a.slowest)?]
-    } else if let Some(txn) = &a.txn {
-        vec![engine::analyze::explain_txn(&store, &cfg, txn)?]
-    } else if a.all || a.save_index.is_some() || a.neo4j.is_some() {
-        let txns = engine::analyze::transactions(&store);
-        if txns.is_empty() {
-            bail!("no transactions in the spans given (attribute `{}`)", cfg.txn_attribute);
-        }
-        txns.iter().map(|t| engine::analyze::explain_txn(&store, &cfg, t)).collect::<Result<_>>()?
-    } else {
-        bail!("give a transaction id, --pid P, or --all");
+        _ => None,
     };
-    if let Some(out) = &a.save_index {
-        let all: Vec<engine::CausalGraph> = if a.all || a.txn.is_none() {
-            graphs.clone()
-        } else {
-            engine::analyze::transactions(&store).iter().map(|t| engine::analyze::explain_txn(&store, &cfg, t)).collect::<Result<_>>()?
-        };
-        let st = engine::index::write_index(&store, &all, out)?;
-        eprintln!(
-            "kprobe: wrote {} ({} events: {} copied from {}, {} causes of {} transactions)",
-            out.display(),
-            st.events,
-            st.base_events,
-            st.base,
-            st.causes,
-            st.transactions
-        );
-    }
+    let graphs: Vec<engine::CausalGraph> = match indexed {
+        Some(r) => match &a.txn {
+            Some(txn) => vec![engine::index::read_graph(&r, txn)?
+                .with_context(|| format!("{}: the cause index has no transaction {txn:?}", r.path().display()))?],
+            None if a.all || a.neo4j.is_some() => engine::index::read_all(&r)?,
+            None => bail!("give a transaction id, --pid P, or --all"),
+        },
+        None => analyse(&a, &cfg)?,
+    };
     if let Some(b) = &bolt {
         let mut s = engine::bolt::Store::connect_blocking(b)?;
         let n = s.save_blocking(&graphs)?;
@@ -195,18 +158,49 @@ pub fn run(a: WhyArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// For `kprobe replay --break-at-cause TXN`: prints the causal chain from
-/// the log's cause index and returns the event to stop before.
-pub fn break_at_cause(log: &std::path::Path, txn: &str, debugger: Option<&str>) -> Result<u64> {
-    if let Some(d) = debugger {
-        bail!("--debugger {d}: attaching a debugger needs the gdb remote-protocol server (issue 4), not in this build yet; replay without --debugger stops at the cause and says where");
+/// The graphs `why` prints or stores, from an analysis of the recordings
+/// (and Kafka topics); writes the cause index when asked.
+fn analyse(a: &WhyArgs, cfg: &EngineConfig) -> Result<Vec<engine::CausalGraph>> {
+    let mut store = engine::load(&a.logs, &a.spans, cfg)?;
+    if let Some(brokers) = &a.kafka {
+        let mut o = engine::stream::KafkaOptions::new(brokers);
+        o.topic_prefix = a.topic_prefix.clone();
+        let n = engine::stream::load_topics(&o, &mut store)?;
+        if n == 0 {
+            bail!("no kernel events in {}kernel.* on {brokers}", o.topic_prefix);
+        }
+        store.finish();
     }
-    let (seq, what) = engine::cause_for_replay(log, txn)?
-        .with_context(|| format!("{}: no cause of {txn:?} struck a task of this recording", log.display()))?;
-    let r = kpl::Reader::open(log).with_context(|| format!("opening {}", log.display()))?;
-    if let Some(g) = engine::index::read_graph(&r, txn)? {
-        eprint!("{}", engine::render::text(&g));
+    let every = || engine::analyze::explain_all(&store, cfg);
+    let graphs: Vec<engine::CausalGraph> = if let Some(pid) = a.pid {
+        vec![engine::analyze::explain_pid(&store, cfg, pid, a.slowest)?]
+    } else if let Some(txn) = &a.txn {
+        vec![engine::analyze::explain_txn(&store, cfg, txn)?]
+    } else if a.all || a.save_index.is_some() || a.neo4j.is_some() {
+        every()?
+    } else {
+        bail!("give a transaction id, --pid P, or --all");
+    };
+    if let Some(out) = &a.save_index {
+        let all = if a.pid.is_none() && a.txn.is_none() { graphs.clone() } else { every()? };
+        let st = engine::index::write_index(&store, &all, out)?;
+        eprintln!(
+            "kprobe: wrote {} ({} events: {} copied from {}, {} causes of {} transactions)",
+            out.display(),
+            st.events,
+            st.base_events,
+            st.base,
+            st.causes,
+            st.transactions
+        );
     }
-    eprintln!("kprobe: replaying to event {seq}, where the root cause struck: {what}");
+    Ok(graphs)
+}
+
+/// For `kprobe replay --break-at-cause TXN` (without a debugger): prints
+/// the causal chain from the log's cause index and returns the event to stop before.
+pub fn break_at_cause(log: &std::path::Path, txn: &str) -> Result<u64> {
+    let (seq, text) = engine::index::replay_stop(log, txn)?;
+    eprint!("{text}");
     Ok(seq)
 }

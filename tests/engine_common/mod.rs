@@ -27,9 +27,21 @@ pub fn root() {
 
 /// Runs an incident into `dir`; returns its `incident.env`.
 pub fn incident(kind: &str, dir: &Path, extra: &[&str]) -> HashMap<String, String> {
+    incident_with(kind, dir, extra, &[])
+}
+
+/// [`incident`] with environment variables for `run.sh` (e.g. `TXN_PREFIX`).
+pub fn incident_with(kind: &str, dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> HashMap<String, String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/incidents/run.sh");
-    let out =
-        Command::new("bash").arg(&script).arg(kind).arg(dir).args(extra).env("KPROBE_BIN", env!("CARGO_BIN_EXE_kprobe")).output().unwrap();
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(kind)
+        .arg(dir)
+        .args(extra)
+        .env("KPROBE_BIN", env!("CARGO_BIN_EXE_kprobe"))
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "incident {kind} failed: {}\n{}",
@@ -45,6 +57,22 @@ pub fn why(txn: &str, args: &[&std::ffi::OsStr]) -> Value {
     let out = kprobe().arg("why").arg(txn).arg("--format").arg("json").args(args).output().unwrap();
     assert!(out.status.success(), "kprobe why failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `kprobe why --all` over an incident's ptrace and eBPF recordings and spans, saving the cause index to `out`.
+pub fn save_index(dir: &Path, out: &Path) {
+    let res = kprobe()
+        .args(["why", "--all", "--log"])
+        .arg(dir.join("ledger.kpl"))
+        .arg("--log")
+        .arg(dir.join("kernel.kpl"))
+        .arg("--spans")
+        .arg(dir.join("spans.json"))
+        .arg("--save-index")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(res.status.success(), "why --all --save-index: {}", String::from_utf8_lossy(&res.stderr));
 }
 
 pub fn why_json(dir: &Path, txn: &str, logs: &[&str]) -> Value {
