@@ -26,6 +26,7 @@
 #define R_FORK 12
 #define R_EXIT 13
 #define R_DATA 14
+#define R_SIGNAL 15
 
 /* Replay-grade capture: output buffers go out in chunks of DATA_CHUNK bytes,
  * at most DATA_MAX_CHUNKS per syscall. */
@@ -106,7 +107,7 @@ struct rec_data_small {
 
 #define OUT_TRUNCATED 1 /* the buffer was longer than DATA_MAX_CHUNKS chunks */
 #define OUT_PATH 2      /* an R_DATA record with index PATH_INDEX follows: the opened path */
-#define OUT_STDOUT 4     /* a write to the recorder's own stdout (its bytes follow for write/pwrite64) */
+#define OUT_STDOUT 4     /* a write to the recorder's own stdout (its bytes follow: write, pwrite64, writev, pwritev(2)) */
 #define OUT_STDERR 8     /* the same for stderr */
 #define PATH_INDEX 0xffff
 
@@ -155,6 +156,18 @@ struct rec_exit {
 	__u32 group_dead;
 };
 
+/* A signal delivered to a selected task with a handler of its own
+ * (replay-grade). */
+#define SIG_IN_SYSCALL 1 /* delivered at the exit of the task's last syscall */
+#define SIG_SYNC 2       /* caused by the instruction itself (fault, trap) */
+struct rec_signal {
+	struct rec_hdr h;
+	__s32 signo;
+	__u32 flags;    /* SIG_IN_SYSCALL, SIG_SYNC */
+	__u64 regs[27]; /* the task's user registers, user_regs_struct order */
+	__u8 info[48];  /* struct kernel_siginfo */
+};
+
 struct rec_exec {
 	struct rec_hdr h;
 	char comm[16];
@@ -173,5 +186,6 @@ _Static_assert(sizeof(struct rec_fault) == 72, "rec_fault");
 _Static_assert(sizeof(struct rec_fork) == 40, "rec_fork");
 _Static_assert(sizeof(struct rec_exit) == 40, "rec_exit");
 _Static_assert(sizeof(struct rec_exec) == 304, "rec_exec");
+_Static_assert(sizeof(struct rec_signal) == 304, "rec_signal");
 
 #endif

@@ -2,7 +2,8 @@
 //! (`bpf/recorder.h`), decoded into `.kpl` events.
 
 use kpl::event::{
-    Exec, Exit, FdType, FileRef, Fork, ForkKind, PageFault, SchedDelay, SchedMigrate, SchedSwitch, SchedWakeup, Syscall, Tcp, Tuple,
+    Exec, Exit, FdType, FileRef, Fork, ForkKind, Landing, PageFault, SchedDelay, SchedMigrate, SchedSwitch, SchedWakeup, Signal, Syscall,
+    Tcp, Tuple,
 };
 use kpl::{Event, EventBody};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -24,6 +25,7 @@ const R_EXEC: u16 = 11;
 const R_FORK: u16 = 12;
 const R_EXIT: u16 = 13;
 const R_DATA: u16 = 14;
+const R_SIGNAL: u16 = 15;
 const DATA_CHUNK: usize = 4096;
 
 /// A buffer the kernel wrote during a syscall (replay-grade capture); its
@@ -201,7 +203,7 @@ pub fn decode(buf: &[u8], clock_offset: i128) -> Result<(Event, usize), BadRecor
         R_TCP_SEND | R_TCP_RECV | R_TCP_RETRANS | R_TCP_STATE => 96,
         R_FAULT => 72,
         R_FORK | R_EXIT => 40,
-        R_EXEC => 304,
+        R_EXEC | R_SIGNAL => 304,
         _ => return Err(bad(kind, "unknown record kind")),
     };
     if buf.len() < need {
@@ -325,11 +327,35 @@ pub fn decode(buf: &[u8], clock_offset: i128) -> Result<(Event, usize), BadRecor
             }),
             4,
         ),
+        R_SIGNAL => (EventBody::Signal(signal(&r)), 4),
         _ => unreachable!(),
     };
     let mut ev = Event::new(ts, pid, tid, cpu, body);
     ev.cgroup = r.u64(8);
     Ok((ev, hook))
+}
+
+/// A signal record (`struct rec_signal`) as the `Signal` event the ptrace
+/// recorder writes: the 48 bytes of the kernel's siginfo padded to the
+/// 128 of a user `siginfo_t`, and the user registers where it was
+/// delivered. `landing.in_syscall`: the registers were still exactly as the
+/// task's last syscall left them, so it was delivered at that syscall's
+/// exit (the replay delivers it there). Otherwise, for an asynchronous
+/// signal, it landed in user code: there is no instruction count without a
+/// PMU, so the replay cannot place it (and says so). The fingerprint is
+/// left 0: replays place eBPF signals by their syscall, never by a hash.
+fn signal(r: &R) -> Signal {
+    let signo = r.u32(32) as i32;
+    let flags = r.u32(36);
+    let regs: Vec<u64> = (0..27).map(|i| r.u64(40 + 8 * i)).collect();
+    let mut siginfo = r.0[256..304].to_vec();
+    siginfo.resize(128, 0);
+    let code = i32::from_le_bytes(siginfo[8..12].try_into().unwrap());
+    let synchronous = flags & 2 != 0;
+    let sender_pid = if code <= 0 || code == 0x80 { u32::from_le_bytes(siginfo[16..20].try_into().unwrap()) } else { 0 };
+    let addr = if synchronous { u64::from_le_bytes(siginfo[16..24].try_into().unwrap()) } else { 0 };
+    let landing = Landing { ip: regs[16], fingerprint: 0, passes: 0, in_syscall: flags & 1 != 0, regs };
+    Signal { signo, code, sender_pid, addr, landing, synchronous, siginfo }
 }
 
 #[cfg(test)]

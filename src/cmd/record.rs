@@ -70,8 +70,8 @@ fn record_ebpf(argv: &[String], output: &std::path::Path) -> Result<ExitCode> {
         recorder::record_command(argv, cfg, &mut sink).context("recording with the eBPF recorder (it needs root, BTF and tracepoints)")?;
     let bytes = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
     eprintln!("kprobe: recorded {} events ({bytes} bytes) to {} (eBPF, {} dropped)", summary.events, output.display(), summary.dropped());
-    if summary.dropped() > 0 {
-        eprintln!("kprobe: warning: the ring buffer dropped {} records: the log cannot replay in full", summary.dropped());
+    for w in summary.replay_warnings() {
+        eprintln!("kprobe: warning: {w}");
     }
     Ok(match status.code() {
         Some(c) => ExitCode::from(c as u8),

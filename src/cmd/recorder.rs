@@ -129,6 +129,7 @@ fn summary_json(s: &Summary) -> serde_json::Value {
         "events": s.events,
         "dropped": s.dropped(),
         "decode_errors": s.decode_errors,
+        "async_signals": s.async_signals,
         "hooks": hooks,
         "sink": s.sink,
         "max_rss_kb": max_rss_kb(),
@@ -156,6 +157,11 @@ fn report(a: &RecorderArgs, summary: &Summary) -> Result<()> {
         let h = summary.hooks[i];
         if h.events + h.drops > 0 {
             eprintln!("  {n:8} {:>10} events {:>8} dropped", h.events, h.drops);
+        }
+    }
+    if a.replay_grade {
+        for w in summary.replay_warnings().iter().filter(|w| w.contains("signal")) {
+            eprintln!("kprobe recorder: warning: {w}");
         }
     }
     if let Some(p) = &a.summary {
