@@ -592,6 +592,22 @@ static __always_inline __u64 out_buffer(struct sys_entry *e, long ret, __u64 sp,
 	return len;
 }
 
+/* Reserves a chunk record of type T (struct rec_data or rec_data_big) and
+ * sends in it the n bytes at user address `at` (len 0: unreadable). */
+#define SEND_CHUNK(T, at, idx, n, mask, now)                                        \
+	do {                                                                         \
+		T *d_ = reserve(HOOK_SYSCALL, sizeof(T));                            \
+		if (d_) {                                                            \
+			hdr_current(&d_->h, R_DATA, sizeof(T), (now));               \
+			d_->addr = (at);                                             \
+			d_->index = (idx);                                           \
+			d_->len = (n);                                               \
+			if (bpf_probe_read_user(d_->data, (n) & (mask), (void *)(at))) \
+				d_->len = 0;                                         \
+			submit(HOOK_SYSCALL, d_);                                    \
+		}                                                                    \
+	} while (0)
+
 /* The writev family: bytes of the first IOV_MAX_CAPTURE iovecs, at most
  * DATA_MAX_CHUNKS chunks in all. */
 #define IOV_MAX_CAPTURE 16
@@ -665,16 +681,7 @@ static long iov_step(__u64 step, void *ctx)
 	__u64 m = w->n - w->off;
 	if (m > DATA_CHUNK)
 		m = DATA_CHUNK;
-	struct rec_data *d = reserve(HOOK_SYSCALL, sizeof(*d));
-	if (d) {
-		hdr_current(&d->h, R_DATA, sizeof(*d), w->now);
-		d->addr = w->base + w->off;
-		d->index = w->index;
-		d->len = m;
-		if (bpf_probe_read_user(d->data, m & (2 * DATA_CHUNK - 1), (void *)(w->base + w->off)))
-			d->len = 0;
-		submit(HOOK_SYSCALL, d);
-	}
+	SEND_CHUNK(struct rec_data, w->base + w->off, w->index, m, 2 * DATA_CHUNK - 1, w->now);
 	w->off += m;
 	w->index++;
 	return 0;
@@ -686,109 +693,171 @@ static __always_inline void iov_emit(__u64 iov, __u64 cnt, __u64 total, __u32 ch
 	bpf_loop(IOV_MAX_CAPTURE + DATA_MAX_CHUNKS + 1, iov_step, &w, 0);
 }
 
+/* Chunks of the first `len` bytes of a buffer: DATA_BIG ones, then DATA_CHUNK ones. */
+static __always_inline __u32 chunks_of(__u64 len)
+{
+	return len / DATA_BIG + ((len % DATA_BIG) + DATA_CHUNK - 1) / DATA_CHUNK;
+}
+
+/* Sends the path an open call opened (capture policy, mmap snapshots): in a
+ * small record when it fits. */
+static __always_inline void send_path(__u64 path, __u64 now)
+{
+	struct rec_data_small *s = reserve(HOOK_SYSCALL, sizeof(*s));
+	if (s) {
+		long n = bpf_probe_read_user_str(s->data, DATA_SMALL, (void *)path);
+		if (n < DATA_SMALL) {
+			hdr_current(&s->h, R_DATA, sizeof(*s), now);
+			s->addr = path;
+			s->index = PATH_INDEX;
+			s->len = n > 0 ? n - 1 : 0;
+			submit(HOOK_SYSCALL, s);
+			return;
+		}
+		bpf_ringbuf_discard(s, BPF_RB_NO_WAKEUP);
+	}
+	struct rec_data *d = reserve(HOOK_SYSCALL, sizeof(*d));
+	if (d) {
+		hdr_current(&d->h, R_DATA, sizeof(*d), now);
+		d->addr = path;
+		d->index = PATH_INDEX;
+		long n = bpf_probe_read_user_str(d->data, DATA_CHUNK, (void *)path);
+		d->len = n > 0 ? n - 1 : 0;
+		submit(HOOK_SYSCALL, d);
+	}
+}
+
+/* Sending the first `len` bytes at `addr` as `chunks` chunks (chunks_of),
+ * one bpf_loop step a chunk. */
+struct chunk_walk {
+	__u64 addr;
+	__u64 len;
+	__u64 off;
+	__u64 now;
+	__u32 chunks;
+	__u32 pad;
+};
+
+static long chunk_step(__u64 i, void *ctx)
+{
+	struct chunk_walk *w = ctx;
+	if (i >= w->chunks || w->off >= w->len)
+		return 1;
+	__u64 left = w->len - w->off, at = w->addr + w->off;
+	if (left >= DATA_BIG) {
+		SEND_CHUNK(struct rec_data_big, at, i, DATA_BIG, 2 * DATA_BIG - 1, w->now);
+		w->off += DATA_BIG;
+		return 0;
+	}
+	__u64 n = left > DATA_CHUNK ? DATA_CHUNK : left;
+	SEND_CHUNK(struct rec_data, at, i, n, 2 * DATA_CHUNK - 1, w->now);
+	w->off += n;
+	return 0;
+}
+
+static __always_inline void send_chunks(__u64 addr, __u64 len, __u32 chunks, __u64 now)
+{
+	struct chunk_walk w = { .addr = addr, .len = len, .now = now, .chunks = chunks };
+	bpf_loop(DATA_MAX_CHUNKS, chunk_step, &w, 0);
+}
+
+/* The syscall record of the call that entered at `ts` and returned `ret` now. */
+static __always_inline void fill_syscall(struct rec_syscall *r, struct sys_entry *e, __u64 ts, long ret, __u64 now, __u32 size)
+{
+	hdr_current(&r->h, R_SYSCALL, size, ts);
+	__builtin_memcpy(r->args, e->args, sizeof(r->args));
+	r->ret = ret;
+	r->duration_ns = now - ts;
+	r->nr = e->nr;
+	r->fd_type = e->fd_type;
+}
+
 SEC("tp_btf/sys_exit")
 int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 {
 	struct sys_entry *e = bpf_task_storage_get(&sys_inflight, bpf_get_current_task_btf(), 0, 0);
 	if (!e || !e->ts)
 		return 0;
-	if (cfg_replay) {
-		e->exit_ip = regs->ip;
-		e->exit_sp = regs->sp;
-		e->exit_ret = ret;
-		e->exit_nr = e->nr;
-		e->exit_valid = 1;
-		if (e->nr == 15)
-			e->exit_hash = regs_hash((__u64 *)regs);
-	}
-	__u64 now = bpf_ktime_get_ns();
-	struct rec_syscall *r = (cfg_emit_syscalls || cfg_replay) ? reserve(HOOK_SYSCALL, sizeof(*r)) : NULL;
-	if (!r) {
-		e->ts = 0;
+	__u64 now = bpf_ktime_get_ns(), ts = e->ts;
+	e->ts = 0;
+	if (!cfg_replay) {
+		/* the syscall hook (not replay-grade): one record, nothing else */
+		struct rec_syscall *r = cfg_emit_syscalls ? reserve(HOOK_SYSCALL, sizeof(*r)) : NULL;
+		if (r) {
+			fill_syscall(r, e, ts, ret, now, sizeof(*r));
+			r->out_addr = 0;
+			r->out_len = 0;
+			r->chunks = 0;
+			r->flags = 0;
+			submit(HOOK_SYSCALL, r);
+		}
 		return 0;
 	}
-	hdr_current(&r->h, R_SYSCALL, sizeof(*r), e->ts);
-	__builtin_memcpy(r->args, e->args, sizeof(r->args));
-	r->ret = ret;
-	r->duration_ns = now - e->ts;
-	r->nr = e->nr;
-	r->fd_type = e->fd_type;
-	__u64 addr = 0, len = cfg_replay ? out_buffer(e, ret, regs->sp, &addr) : 0;
-	__u32 chunks = (len + DATA_CHUNK - 1) / DATA_CHUNK;
-	r->flags = chunks > DATA_MAX_CHUNKS ? OUT_TRUNCATED : 0;
-	if (chunks > DATA_MAX_CHUNKS)
-		chunks = DATA_MAX_CHUNKS;
+	e->exit_ip = regs->ip;
+	e->exit_sp = regs->sp;
+	e->exit_ret = ret;
+	e->exit_nr = e->nr;
+	e->exit_valid = 1;
+	if (e->nr == 15)
+		e->exit_hash = regs_hash((__u64 *)regs);
+	__u64 addr = 0, len = out_buffer(e, ret, regs->sp, &addr);
+	__u32 flags = e->shown, chunks = 0;
 	/* readv family (what the kernel wrote), writev family to the recorder's
 	 * stdout/stderr (what the user saw): the bytes of each iovec */
-	bool vec = cfg_replay && ret > 0 &&
-		   ((e->shown && (e->nr == 20 || e->nr == 296 || e->nr == 328)) || e->nr == 19 || e->nr == 295 || e->nr == 327);
+	bool vec = ret > 0 && ((e->shown && (e->nr == 20 || e->nr == 296 || e->nr == 328)) || e->nr == 19 || e->nr == 295 ||
+			       e->nr == 327);
+	__u64 cap = len > OUT_MAX ? OUT_MAX : len;
+	if (len > OUT_MAX)
+		flags |= OUT_TRUNCATED;
 	if (vec) {
 		bool cut = false;
 		chunks = iov_chunks(e->args[1], e->args[2], ret, &cut);
 		addr = 0;
 		len = ret;
 		if (cut)
-			r->flags |= OUT_TRUNCATED;
+			flags |= OUT_TRUNCATED;
+	} else if (len > DATA_SMALL) {
+		chunks = chunks_of(cap);
 	}
 	/* open/openat/openat2 that returned an fd: send the path (for the capture policy) */
 	__u64 path = 0;
-	if (cfg_replay && ret >= 0 && (e->nr == 2 || e->nr == 257 || e->nr == 437))
+	if (ret >= 0 && (e->nr == 2 || e->nr == 257 || e->nr == 437))
 		path = e->nr == 2 ? e->args[0] : e->args[1];
 	if (path)
-		r->flags |= OUT_PATH;
-	r->flags |= e->shown;
+		flags |= OUT_PATH;
+	if (!vec && len && len <= DATA_SMALL) {
+		/* a small buffer: inline, one reservation */
+		struct rec_syscall_out *o = reserve(HOOK_SYSCALL, sizeof(*o));
+		if (!o)
+			return 0;
+		fill_syscall(&o->s, e, ts, ret, now, sizeof(*o));
+		o->s.out_addr = addr;
+		o->s.out_len = len;
+		o->s.chunks = 0;
+		if (bpf_probe_read_user(o->data, len & (2 * DATA_SMALL - 1), (void *)addr))
+			flags |= OUT_TRUNCATED;
+		o->s.flags = flags | OUT_INLINE;
+		submit(HOOK_SYSCALL, o);
+		if (path)
+			send_path(path, now);
+		return 0;
+	}
+	struct rec_syscall *r = reserve(HOOK_SYSCALL, sizeof(*r));
+	if (!r)
+		return 0;
+	fill_syscall(r, e, ts, ret, now, sizeof(*r));
 	r->out_addr = addr;
 	r->out_len = len;
 	r->chunks = chunks;
-	e->ts = 0;
+	r->flags = flags;
 	submit(HOOK_SYSCALL, r);
 	if (vec) {
 		iov_emit(e->args[1], e->args[2], ret, chunks, now);
 		return 0;
 	}
-	if (path) {
-		struct rec_data *d = reserve(HOOK_SYSCALL, sizeof(*d));
-		if (d) {
-			hdr_current(&d->h, R_DATA, sizeof(*d), now);
-			d->addr = path;
-			d->index = PATH_INDEX;
-			long n = bpf_probe_read_user_str(d->data, DATA_CHUNK, (void *)path);
-			d->len = n > 0 ? n - 1 : 0;
-			submit(HOOK_SYSCALL, d);
-		}
-	}
-	if (chunks == 1 && len <= DATA_SMALL) {
-		/* a small buffer: a small record, not 4 KiB of ring */
-		struct rec_data_small *d = reserve(HOOK_SYSCALL, sizeof(*d));
-		if (d) {
-			hdr_current(&d->h, R_DATA, sizeof(*d), now);
-			d->addr = addr;
-			d->index = 0;
-			d->len = len;
-			if (bpf_probe_read_user(d->data, len & (2 * DATA_SMALL - 1), (void *)addr))
-				d->len = 0;
-			submit(HOOK_SYSCALL, d);
-		}
-		return 0;
-	}
-	for (__u32 i = 0; i < DATA_MAX_CHUNKS; i++) {
-		if (i >= chunks)
-			break;
-		__u64 off = (__u64)i * DATA_CHUNK;
-		__u64 n = len - off;
-		if (n > DATA_CHUNK)
-			n = DATA_CHUNK;
-		struct rec_data *d = reserve(HOOK_SYSCALL, sizeof(*d));
-		if (!d)
-			continue;
-		hdr_current(&d->h, R_DATA, sizeof(*d), now);
-		d->addr = addr + off;
-		d->index = i;
-		d->len = n;
-		if (bpf_probe_read_user(d->data, n & (2 * DATA_CHUNK - 1), (void *)(addr + off)))
-			d->len = 0;
-		submit(HOOK_SYSCALL, d);
-	}
+	if (path)
+		send_path(path, now);
+	send_chunks(addr, cap, chunks, now);
 	return 0;
 }
 

@@ -481,7 +481,7 @@ impl Recorder {
         ev.seq = self.seq;
         self.seq += 1;
         let cid = self.containers.get(&ev.cgroup).map(String::as_str).unwrap_or("");
-        sink.send(&ev, &EventMeta { container_id: cid, host: &self.host })
+        sink.send_owned(ev, &EventMeta { container_id: cid, host: &self.host })
     }
 
     fn note(&mut self, sink: &mut dyn Sink, text: String) -> Result<()> {
@@ -538,20 +538,30 @@ impl Recorder {
                 raw::Record::Event(ev, hook, out) => {
                     self.received[hook] += 1;
                     match out {
-                        Some(out) if out.chunks > 0 || out.path => {
+                        Some(mut out) if out.chunks > 0 || out.path => {
                             tracing::debug!("output buffer of {:?}: {out:?}", ev.body.kind());
                             if let Some(p) = self.pending.remove(&ev.tid) {
                                 self.finish_pending(sink, p, true)?;
                             }
-                            let p = Pending::new(ev, out, false);
+                            let inline = std::mem::take(&mut out.inline);
+                            let mut p = Pending::new(ev, out, false);
+                            if !inline.is_empty() {
+                                p.add(p.out.addr, &inline);
+                            }
                             self.pending.insert(p.ev.tid, p);
                         }
-                        Some(out) => {
-                            // no chunks: a buffer too large for any chunk (nothing
-                            // captured), or a write shown on stdout whose bytes are
-                            // not captured (writev) or empty
-                            let incomplete = out.truncated || out.len > 0 || (out.shown != 0 && s_ret(&ev) > 0);
-                            let p = Pending::new(ev, out, incomplete);
+                        Some(mut out) => {
+                            // no chunks: a small buffer inline, or nothing captured (a
+                            // buffer that could not be read, a write shown on stdout
+                            // that was empty)
+                            let inline = std::mem::take(&mut out.inline);
+                            let incomplete = out.truncated
+                                || (out.len as usize > inline.len())
+                                || (out.shown != 0 && s_ret(&ev) > 0 && inline.is_empty());
+                            let mut p = Pending::new(ev, out, incomplete);
+                            if !inline.is_empty() {
+                                p.add(p.out.addr, &inline);
+                            }
                             self.finish_pending(sink, p, false)?;
                         }
                         None => {

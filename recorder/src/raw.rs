@@ -26,11 +26,14 @@ const R_FORK: u16 = 12;
 const R_EXIT: u16 = 13;
 const R_DATA: u16 = 14;
 const R_SIGNAL: u16 = 15;
-const DATA_CHUNK: usize = 4096;
+const DATA_BIG: usize = 32768;
+const DATA_SMALL: usize = 256;
+const OUT_INLINE: u32 = 16;
 
 /// A buffer the kernel wrote during a syscall (replay-grade capture); its
-/// bytes follow in [`Record::Data`] chunks of the same thread.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// bytes are `inline` (small buffers) or follow in [`Record::Data`] chunks
+/// of the same thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutBuf {
     /// Address in the process.
     pub addr: u64,
@@ -45,6 +48,9 @@ pub struct OutBuf {
     /// `Syscall::FLAG_STDOUT` or `FLAG_STDERR`: a write to the recorder's
     /// own stdout or stderr (the chunks carry the bytes written), else 0.
     pub shown: u32,
+    /// The bytes of a small buffer, sent in the syscall record itself
+    /// (`chunks` is then 0); empty otherwise.
+    pub inline: Vec<u8>,
 }
 
 /// Index of the chunk that carries the path of an `open`/`openat`/`openat2`.
@@ -152,7 +158,7 @@ fn fd_type(v: u32) -> FdType {
 pub fn decode_record(buf: &[u8], clock_offset: i128) -> Result<Record, BadRecord> {
     if buf.len() >= 48 && u16::from_le_bytes([buf[24], buf[25]]) == R_DATA {
         let r = R(buf);
-        let len = (r.u32(40) as usize).min(DATA_CHUNK);
+        let len = (r.u32(40) as usize).min(DATA_BIG);
         if buf.len() < 48 + len {
             return Err(BadRecord { len: buf.len(), kind: R_DATA, reason: "data chunk shorter than its length" });
         }
@@ -163,10 +169,17 @@ pub fn decode_record(buf: &[u8], clock_offset: i128) -> Result<Record, BadRecord
         let r = R(buf);
         let chunks = r.u32(120);
         let flags = r.u32(124);
+        let len = r.u64(112);
+        let inline = if flags & OUT_INLINE != 0 && buf.len() >= 128 + DATA_SMALL {
+            buf[128..128 + (len as usize).min(DATA_SMALL)].to_vec()
+        } else {
+            Vec::new()
+        };
         (chunks > 0 || flags != 0).then(|| OutBuf {
             addr: r.u64(104),
-            len: r.u64(112),
+            len,
             chunks,
+            inline,
             truncated: flags & 1 != 0,
             path: flags & 2 != 0,
             shown: match flags & 12 {

@@ -29,6 +29,11 @@ pub struct Lag {
 pub trait Sink {
     /// Takes one event (its `seq` is already assigned).
     fn send(&mut self, ev: &Event, meta: &EventMeta) -> Result<()>;
+    /// Takes one event by value (sinks that keep events override it to
+    /// avoid copying their buffers).
+    fn send_owned(&mut self, ev: Event, meta: &EventMeta) -> Result<()> {
+        self.send(&ev, meta)
+    }
     /// Called once per reader cycle: deliver, flush, retry.
     fn tick(&mut self) -> Result<()> {
         Ok(())
@@ -62,40 +67,142 @@ pub fn event_json(ev: &Event, meta: &EventMeta) -> Value {
     v
 }
 
-/// Writes a `.kpl` log.
+/// Writes a `.kpl` log. The writer (encoding, zstd, file I/O) runs on a
+/// thread of its own at a lower CPU priority (nice 10) while recording, so
+/// the reader keeps draining the ring buffer and a recorded program on a
+/// busy machine gets the CPU first; events go to it in batches (one per
+/// reader cycle, or per MiB: no thread hand-off per event) through a
+/// bounded queue (a full queue makes the reader wait, and then the ring
+/// buffer counts drops). At [`Sink::finish`] it gets normal priority back
+/// and drains.
 pub struct KplSink {
     path: PathBuf,
-    w: Option<Writer>,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<Job>>>,
+    batch: Vec<Job>,
+    batch_bytes: usize,
+    worker: Option<std::thread::JoinHandle<Result<kpl::WriteStats>>>,
+    /// The worker's thread id (for its priority).
+    worker_tid: std::sync::Arc<std::sync::atomic::AtomicI32>,
+    files: std::collections::HashSet<kpl::FileHash>,
     events: u64,
 }
+
+/// Work for the writer thread of a [`KplSink`].
+enum Job {
+    Event(Event),
+    File(Vec<u8>),
+}
+
+/// Batches the writer thread's queue holds at most.
+const KPL_QUEUE: usize = 64;
+/// Bytes of buffers at which a batch goes to the writer before the reader's cycle ends.
+const KPL_BATCH_BYTES: usize = 1 << 20;
 
 impl KplSink {
     /// Creates `path` with recorder metadata.
     pub fn create(path: &Path, command: Vec<String>) -> Result<KplSink> {
         let mut meta = Metadata::for_this_host("ebpf", command);
         meta.extra.extend(crate::clock_facts());
-        let w = Writer::create(path, &meta).with_context(|| format!("creating {}", path.display()))?;
-        Ok(KplSink { path: path.to_owned(), w: Some(w), events: 0 })
+        let mut w = Writer::create(path, &meta).with_context(|| format!("creating {}", path.display()))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Job>>(KPL_QUEUE);
+        let worker_tid = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let (name, tid) = (path.to_owned(), worker_tid.clone());
+        let worker = std::thread::Builder::new()
+            .name("kpl-writer".into())
+            .spawn(move || -> Result<kpl::WriteStats> {
+                // SAFETY: gettid and setpriority on this thread only.
+                unsafe {
+                    let me = libc::gettid();
+                    tid.store(me, std::sync::atomic::Ordering::Relaxed);
+                    libc::setpriority(libc::PRIO_PROCESS, me as libc::id_t, 10);
+                }
+                for job in rx.into_iter().flatten() {
+                    match job {
+                        Job::Event(ev) => w.append(ev).map(|_| ()),
+                        Job::File(b) => w.store_file(&b).map(|_| ()),
+                    }
+                    .with_context(|| format!("writing {}", name.display()))?;
+                }
+                let (_, st) = w.finish().with_context(|| format!("finishing {}", name.display()))?;
+                Ok(st)
+            })
+            .context("starting the log writer thread")?;
+        Ok(KplSink {
+            path: path.to_owned(),
+            tx: Some(tx),
+            batch: Vec::new(),
+            batch_bytes: 0,
+            worker: Some(worker),
+            worker_tid,
+            files: Default::default(),
+            events: 0,
+        })
+    }
+
+    fn queue(&mut self, job: Job, bytes: usize) -> Result<()> {
+        self.batch.push(job);
+        self.batch_bytes += bytes;
+        if self.batch_bytes >= KPL_BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the batch to the writer thread.
+    fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let tx = self.tx.as_ref().context("kpl sink already finished")?;
+        self.batch_bytes = 0;
+        if tx.send(std::mem::take(&mut self.batch)).is_err() {
+            // the writer stopped on an error: it is in its result
+            return Err(self.join().err().unwrap_or_else(|| anyhow::anyhow!("the writer of {} stopped", self.path.display())));
+        }
+        Ok(())
+    }
+
+    fn join(&mut self) -> Result<kpl::WriteStats> {
+        self.tx = None;
+        let w = self.worker.take().context("kpl sink already finished")?;
+        w.join().map_err(|_| anyhow::anyhow!("the writer thread of {} panicked", self.path.display()))?
     }
 }
 
 impl Sink for KplSink {
-    fn send(&mut self, ev: &Event, _meta: &EventMeta) -> Result<()> {
-        let w = self.w.as_mut().context("kpl sink already finished")?;
-        w.append(ev.clone()).with_context(|| format!("writing {}", self.path.display()))?;
+    fn send(&mut self, ev: &Event, meta: &EventMeta) -> Result<()> {
+        self.send_owned(ev.clone(), meta)
+    }
+    fn send_owned(&mut self, ev: Event, _meta: &EventMeta) -> Result<()> {
         self.events += 1;
-        Ok(())
+        let mut bytes = 64;
+        if let EventBody::Syscall(s) = &ev.body {
+            bytes += s.writes.iter().map(|w| w.data.len()).sum::<usize>();
+        }
+        self.queue(Job::Event(ev), bytes)
+    }
+    fn tick(&mut self) -> Result<()> {
+        self.flush()
     }
     fn store_file(&mut self, content: &[u8]) -> Result<Option<kpl::FileHash>> {
-        let w = self.w.as_mut().context("kpl sink already finished")?;
-        Ok(Some(w.store_file(content).with_context(|| format!("writing {}", self.path.display()))?))
+        let hash = kpl::FileHash::of(content);
+        if self.files.insert(hash) {
+            self.queue(Job::File(content.to_vec()), content.len())?;
+        }
+        Ok(Some(hash))
     }
     fn finish(&mut self) -> Result<String> {
-        if let Some(w) = self.w.take() {
-            let (_, st) = w.finish().with_context(|| format!("finishing {}", self.path.display()))?;
-            return Ok(format!("{}: {} events, {} bytes", self.path.display(), st.events, st.bytes));
+        if self.worker.is_none() {
+            return Ok(String::new());
         }
-        Ok(String::new())
+        self.flush()?;
+        let tid = self.worker_tid.load(std::sync::atomic::Ordering::Relaxed);
+        if tid > 0 {
+            // SAFETY: setpriority on our own writer thread.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 0) };
+        }
+        let st = self.join()?;
+        Ok(format!("{}: {} events, {} bytes", self.path.display(), st.events, st.bytes))
     }
 }
 

@@ -64,7 +64,14 @@ pub fn record(a: RecordArgs) -> Result<ExitCode> {
 /// recorder's replay-grade capture from its exec on.
 fn record_ebpf(argv: &[String], output: &std::path::Path) -> Result<ExitCode> {
     use anyhow::Context;
-    let cfg = recorder::Config { hooks: recorder::Hooks::parse("syscall")?, replay_grade: true, ..recorder::Config::default() };
+    // One program, every byte it reads: a 64 MiB ring absorbs its bursts
+    // (the daemon's default of 4 MiB is sized for kernel events).
+    let cfg = recorder::Config {
+        hooks: recorder::Hooks::parse("syscall")?,
+        replay_grade: true,
+        ring_buffer_kb: 64 * 1024,
+        ..recorder::Config::default()
+    };
     let mut sink = recorder::sink::KplSink::create(output, argv.to_vec())?;
     let (status, summary) =
         recorder::record_command(argv, cfg, &mut sink).context("recording with the eBPF recorder (it needs root, BTF and tracepoints)")?;
