@@ -261,3 +261,31 @@ fn asynchronous_signals_in_user_code_are_reported() {
     assert_ne!(rep.status.code(), Some(0), "{rerr}");
     assert!(rerr.contains("SIGALRM landed in user code") && rerr.contains("no instruction count"), "{rerr}");
 }
+
+#[test]
+fn reads_the_recorder_could_not_capture_stop_the_replay() {
+    root();
+    let d = dir("tiny-ring");
+    std::fs::write(d.join("big.txt"), "settlement record\n".repeat(20_000)).unwrap();
+    let log = d.join("tiny.kpl");
+    // a 32 KiB ring holds 4 KiB chunks but never a 32 KiB one: grep's large
+    // reads lose their bytes (counted as drops), the rest is captured
+    let mut c = kprobe();
+    c.args(["recorder", "--replay-grade", "--hooks", "syscall", "--ring-kb", "32", "-o"])
+        .arg(&log)
+        .args(["--", "grep", "-c", "record", "big.txt"]);
+    let out = run_in(c, &d);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("dropped in the kernel") && !err.contains("events, 0 dropped"), "{err}");
+    // the replay stops at the first read it cannot serve or where the loss is reported, never a silent success
+    let rep = replay(&log, &d);
+    let rerr = String::from_utf8_lossy(&rep.stderr);
+    assert_ne!(rep.status.code(), Some(0), "{rerr}");
+    assert!(rerr.contains("the eBPF recorder lost records in this log"), "{rerr}");
+    assert!(
+        rerr.contains("could not capture all the memory the kernel wrote for read")
+            || rerr.contains("the recorder lost")
+            || rerr.contains("replay diverged at event"),
+        "{rerr}"
+    );
+}

@@ -123,11 +123,20 @@ static __always_inline void *reserve(__u32 hook, __u32 size)
 	return r;
 }
 
+/* Submits a record and counts it; every 16th record of a CPU checks the
+ * fill level and wakes the reader past cfg_wakeup_bytes (the others skip
+ * the query: the reader also polls on a short timer). */
 static __always_inline void submit(__u32 hook, void *r)
 {
-	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	bpf_ringbuf_submit(r, avail >= cfg_wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
-	count(hook, 0);
+	__u32 k = 2 * hook;
+	__u64 *v = bpf_map_lookup_elem(&stats, &k);
+	__u64 n = 0;
+	if (v)
+		n = ++*v;
+	__u64 flags = BPF_RB_NO_WAKEUP;
+	if ((n & 15) == 0 && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg_wakeup_bytes)
+		flags = BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(r, flags);
 }
 
 static __always_inline __u64 task_cgroup(struct task_struct *t)
@@ -775,6 +784,9 @@ static __always_inline void fill_syscall(struct rec_syscall *r, struct sys_entry
 SEC("tp_btf/sys_exit")
 int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 {
+	/* Not replay-grade: only the read/write family has an entry (no lookup for the rest). */
+	if (!cfg_replay && !rw_family(regs->orig_ax))
+		return 0;
 	struct sys_entry *e = bpf_task_storage_get(&sys_inflight, bpf_get_current_task_btf(), 0, 0);
 	if (!e || !e->ts)
 		return 0;

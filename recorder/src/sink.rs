@@ -85,6 +85,8 @@ pub struct KplSink {
     worker_tid: std::sync::Arc<std::sync::atomic::AtomicI32>,
     files: std::collections::HashSet<kpl::FileHash>,
     events: u64,
+    /// Events the writer thread has written.
+    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Work for the writer thread of a [`KplSink`].
@@ -106,7 +108,8 @@ impl KplSink {
         let mut w = Writer::create(path, &meta).with_context(|| format!("creating {}", path.display()))?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Job>>(KPL_QUEUE);
         let worker_tid = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
-        let (name, tid) = (path.to_owned(), worker_tid.clone());
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (name, tid, done) = (path.to_owned(), worker_tid.clone(), written.clone());
         let worker = std::thread::Builder::new()
             .name("kpl-writer".into())
             .spawn(move || -> Result<kpl::WriteStats> {
@@ -118,7 +121,10 @@ impl KplSink {
                 }
                 for job in rx.into_iter().flatten() {
                     match job {
-                        Job::Event(ev) => w.append(ev).map(|_| ()),
+                        Job::Event(ev) => {
+                            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            w.append(ev).map(|_| ())
+                        }
                         Job::File(b) => w.store_file(&b).map(|_| ()),
                     }
                     .with_context(|| format!("writing {}", name.display()))?;
@@ -136,6 +142,7 @@ impl KplSink {
             worker_tid,
             files: Default::default(),
             events: 0,
+            written,
         })
     }
 
@@ -183,6 +190,9 @@ impl Sink for KplSink {
     }
     fn tick(&mut self) -> Result<()> {
         self.flush()
+    }
+    fn lag(&self) -> Lag {
+        Lag { events: self.events.saturating_sub(self.written.load(std::sync::atomic::Ordering::Relaxed)), spool_bytes: 0 }
     }
     fn store_file(&mut self, content: &[u8]) -> Result<Option<kpl::FileHash>> {
         let hash = kpl::FileHash::of(content);

@@ -557,6 +557,11 @@ impl Replayer {
                 regs.rdx = x.regs[3] as u64;
                 regs.rip += 2;
             }),
+            // eBPF logs: records the recorder dropped.
+            EventBody::Lost(l) if self.virt.is_some() => match crate::virt::lost_records(l) {
+                Some(why) => Err(Error::Replay { seq: self.seq, tid: ev.tid, why }),
+                None => Ok(()),
+            },
             // Kernel-level and engine events do not drive the program.
             _ => Ok(()),
         }
@@ -621,6 +626,9 @@ impl Replayer {
         }
         match class {
             Class::Emulate | Class::Refuse | Class::Unsupported(_) => {
+                if let Some(why) = self.virt.as_ref().and_then(|_| crate::virt::incomplete_capture(sc)) {
+                    return Err(Error::Replay { seq: self.seq, tid, why });
+                }
                 self.skip_syscall(tid, real, sc)?;
                 if let Some(v) = &self.virt {
                     v.after_served(ev, sc, &self.proc_of(tid)?.mem).map_err(|why| Error::Replay { seq: self.seq, tid, why })?;

@@ -70,6 +70,42 @@ pub fn unplaceable_signal(s: &kpl::event::Signal) -> Option<String> {
     })
 }
 
+/// Why a syscall of an eBPF log cannot be served faithfully, if it cannot:
+/// the recorder could not capture all the memory the kernel wrote for it
+/// (`FLAG_TRUNCATED`: ring buffer full, unreadable memory, more than the
+/// per-call limit), so serving it would hand the program other bytes. A
+/// write to the recorder's stdout/stderr whose bytes were cut only shows
+/// less output: a warning, not an error.
+pub fn incomplete_capture(s: &kpl::event::Syscall) -> Option<String> {
+    use kpl::event::Syscall;
+    if s.flags & Syscall::FLAG_TRUNCATED == 0 {
+        return None;
+    }
+    if s.flags & (Syscall::FLAG_STDOUT | Syscall::FLAG_STDERR) != 0 {
+        tracing::warn!("the log holds only part of what {} showed (the recorder could not capture it all)", s.name());
+        return None;
+    }
+    Some(format!(
+        "the recorder could not capture all the memory the kernel wrote for {} (ring buffer full, unreadable memory or over \
+         the per-call limit): serving it would hand the program other data",
+        s.name()
+    ))
+}
+
+/// Why the replay of an eBPF log cannot go past a `Lost` event, if it
+/// cannot: the recorder's ring buffer dropped syscall or process records
+/// (counted in the kernel, reported here, where the recorder noticed), so
+/// what the program did around here is not all in the log.
+pub fn lost_records(l: &kpl::event::Lost) -> Option<String> {
+    matches!(l.source.as_str(), "syscall" | "proc").then(|| {
+        format!(
+            "the recorder lost {} {} records (its ring buffer was full) before this point: the log does not hold all the \
+             program did, so the replay cannot go on faithfully (record again with a larger ring buffer, --ring-kb)",
+            l.count, l.source
+        )
+    })
+}
+
 /// A task of the replay at a stop.
 pub struct Stopped<'a> {
     /// The log.
