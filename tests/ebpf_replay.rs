@@ -20,9 +20,13 @@ fn run_in(mut c: Command, dir: &Path) -> Output {
     let deadline = Instant::now() + Duration::from_secs(300);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
+            // where everything was when it hung
+            let ps = Command::new("ps").args(["-e", "--forest", "-L", "-o", "pid,tid,stat,wchan:32,comm"]).output().unwrap();
+            let ps = String::from_utf8_lossy(&ps.stdout);
+            let tree: Vec<&str> = ps.lines().filter(|l| l.contains("kprobe") || l.contains("grep") || l.contains("kpl-writer")).collect();
             let _ = child.kill();
             let out = child.wait_with_output().unwrap();
-            panic!("timed out: {c:?}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+            panic!("timed out: {c:?}\nstderr: {}\ntasks:\n{}", String::from_utf8_lossy(&out.stderr), tree.join("\n"));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -283,7 +287,7 @@ fn reads_the_recorder_could_not_capture_stop_the_replay() {
     assert_ne!(rep.status.code(), Some(0), "{rerr}");
     assert!(rerr.contains("the eBPF recorder lost records in this log"), "{rerr}");
     assert!(
-        rerr.contains("could not capture all the memory the kernel wrote for read")
+        rerr.contains("could not capture all the memory the kernel wrote for")
             || rerr.contains("the recorder lost")
             || rerr.contains("replay diverged at event"),
         "{rerr}"

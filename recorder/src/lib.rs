@@ -650,10 +650,12 @@ impl Recorder {
 
     /// Emits a replay-grade syscall with the memory the kernel wrote.
     fn finish_pending(&mut self, sink: &mut dyn Sink, mut p: Pending, cut: bool) -> Result<()> {
-        let short = p.bytes() < p.out.len;
+        // Bytes missing (a chunk dropped or cut off by the task's next record);
+        // a lost path record (open calls) loses no memory the kernel wrote.
+        let short = p.bytes() < p.out.len || (cut && p.got < p.out.chunks);
         if let EventBody::Syscall(s) = &mut p.ev.body {
             let s: &mut Syscall = s;
-            if cut || p.incomplete || p.out.truncated || short {
+            if p.incomplete || p.out.truncated || short {
                 s.flags |= Syscall::FLAG_TRUNCATED;
             }
             s.flags |= p.out.shown;

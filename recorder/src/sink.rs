@@ -68,21 +68,19 @@ pub fn event_json(ev: &Event, meta: &EventMeta) -> Value {
 }
 
 /// Writes a `.kpl` log. The writer (encoding, zstd, file I/O) runs on a
-/// thread of its own at a lower CPU priority (nice 10) while recording, so
-/// the reader keeps draining the ring buffer and a recorded program on a
-/// busy machine gets the CPU first; events go to it in batches (one per
-/// reader cycle, or per MiB: no thread hand-off per event) through a
-/// bounded queue (a full queue makes the reader wait, and then the ring
-/// buffer counts drops). At [`Sink::finish`] it gets normal priority back
-/// and drains.
+/// thread of its own, so the reader keeps draining the ring buffer while
+/// a block is compressed; events go to it in batches (one per reader
+/// cycle, or per MiB: no thread hand-off per event) through a bounded
+/// queue (at most about 16 MiB wait; a full queue makes the reader wait,
+/// and then the ring buffer counts drops). A lower priority for the writer
+/// was tried: on a busy machine it fell behind and the ring dropped
+/// records, so it runs at the recorder's priority.
 pub struct KplSink {
     path: PathBuf,
     tx: Option<std::sync::mpsc::SyncSender<Vec<Job>>>,
     batch: Vec<Job>,
     batch_bytes: usize,
     worker: Option<std::thread::JoinHandle<Result<kpl::WriteStats>>>,
-    /// The worker's thread id (for its priority).
-    worker_tid: std::sync::Arc<std::sync::atomic::AtomicI32>,
     files: std::collections::HashSet<kpl::FileHash>,
     events: u64,
     /// Events the writer thread has written.
@@ -96,7 +94,7 @@ enum Job {
 }
 
 /// Batches the writer thread's queue holds at most.
-const KPL_QUEUE: usize = 64;
+const KPL_QUEUE: usize = 16;
 /// Bytes of buffers at which a batch goes to the writer before the reader's cycle ends.
 const KPL_BATCH_BYTES: usize = 1 << 20;
 
@@ -107,18 +105,11 @@ impl KplSink {
         meta.extra.extend(crate::clock_facts());
         let mut w = Writer::create(path, &meta).with_context(|| format!("creating {}", path.display()))?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Job>>(KPL_QUEUE);
-        let worker_tid = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
         let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (name, tid, done) = (path.to_owned(), worker_tid.clone(), written.clone());
+        let (name, done) = (path.to_owned(), written.clone());
         let worker = std::thread::Builder::new()
             .name("kpl-writer".into())
             .spawn(move || -> Result<kpl::WriteStats> {
-                // SAFETY: gettid and setpriority on this thread only.
-                unsafe {
-                    let me = libc::gettid();
-                    tid.store(me, std::sync::atomic::Ordering::Relaxed);
-                    libc::setpriority(libc::PRIO_PROCESS, me as libc::id_t, 10);
-                }
                 for job in rx.into_iter().flatten() {
                     match job {
                         Job::Event(ev) => {
@@ -139,7 +130,6 @@ impl KplSink {
             batch: Vec::new(),
             batch_bytes: 0,
             worker: Some(worker),
-            worker_tid,
             files: Default::default(),
             events: 0,
             written,
@@ -206,11 +196,6 @@ impl Sink for KplSink {
             return Ok(String::new());
         }
         self.flush()?;
-        let tid = self.worker_tid.load(std::sync::atomic::Ordering::Relaxed);
-        if tid > 0 {
-            // SAFETY: setpriority on our own writer thread.
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 0) };
-        }
         let st = self.join()?;
         Ok(format!("{}: {} events, {} bytes", self.path.display(), st.events, st.bytes))
     }
