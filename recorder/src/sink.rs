@@ -71,7 +71,7 @@ pub fn event_json(ev: &Event, meta: &EventMeta) -> Value {
 /// thread of its own, so the reader keeps draining the ring buffer while
 /// a block is compressed; events go to it in batches (one per reader
 /// cycle, or per MiB: no thread hand-off per event) through a bounded
-/// queue (at most about 16 MiB wait; a full queue makes the reader wait,
+/// queue (at most about 64 MiB wait; a full queue makes the reader wait,
 /// and then the ring buffer counts drops). A lower priority for the writer
 /// was tried: on a busy machine it fell behind and the ring dropped
 /// records, so it runs at the recorder's priority.
@@ -93,8 +93,10 @@ enum Job {
     File(Vec<u8>),
 }
 
-/// Batches the writer thread's queue holds at most.
-const KPL_QUEUE: usize = 16;
+/// Batches the writer thread's queue holds at most (each about a MiB at
+/// most: a program reading fast outruns zstd, and the queue and the ring
+/// buffer must absorb its burst).
+const KPL_QUEUE: usize = 64;
 /// Bytes of buffers at which a batch goes to the writer before the reader's cycle ends.
 const KPL_BATCH_BYTES: usize = 1 << 20;
 
@@ -172,7 +174,7 @@ impl Sink for KplSink {
     }
     fn send_owned(&mut self, ev: Event, _meta: &EventMeta) -> Result<()> {
         self.events += 1;
-        let mut bytes = 64;
+        let mut bytes = std::mem::size_of::<Event>() + 64;
         if let EventBody::Syscall(s) = &ev.body {
             bytes += s.writes.iter().map(|w| w.data.len()).sum::<usize>();
         }
