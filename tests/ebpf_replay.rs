@@ -33,11 +33,30 @@ fn run_in(mut c: Command, dir: &Path) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn dir(name: &str) -> PathBuf {
+/// A test's scratch directory: removed when the test passed, kept (for a
+/// look at the logs) when it failed.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn dir(name: &str) -> Scratch {
     let d = std::env::temp_dir().join(format!("kprobe-ebpf-replay-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Scratch(d)
 }
 
 fn fixture(name: &str) -> String {
