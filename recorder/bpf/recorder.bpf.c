@@ -74,7 +74,15 @@ struct sys_entry {
 	__u32 nr;
 	__u32 fd_type;
 	__u32 shown; /* OUT_STDOUT or OUT_STDERR: a write to the recorder's own stdout/stderr */
-	__u32 pad;
+	__u32 exit_valid; /* the exit_* fields describe the task's last syscall exit */
+	/* Where the last syscall returned to user code (replay-grade): a signal
+	 * delivered with the task's registers still exactly so was delivered at
+	 * that syscall's exit. */
+	__u64 exit_ip;
+	__u64 exit_sp;
+	__u64 exit_ret;
+	__u64 exit_nr;
+	__u64 exit_hash; /* after rt_sigreturn: a hash of all the registers it restored */
 };
 
 /* The syscall in progress, per task (task-local storage: no hashing, no lock). */
@@ -115,11 +123,20 @@ static __always_inline void *reserve(__u32 hook, __u32 size)
 	return r;
 }
 
+/* Submits a record and counts it; every 16th record of a CPU checks the
+ * fill level and wakes the reader past cfg_wakeup_bytes (the others skip
+ * the query: the reader also polls on a short timer). */
 static __always_inline void submit(__u32 hook, void *r)
 {
-	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	bpf_ringbuf_submit(r, avail >= cfg_wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
-	count(hook, 0);
+	__u32 k = 2 * hook;
+	__u64 *v = bpf_map_lookup_elem(&stats, &k);
+	__u64 n = 0;
+	if (v)
+		n = ++*v;
+	__u64 flags = BPF_RB_NO_WAKEUP;
+	if ((n & 15) == 0 && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg_wakeup_bytes)
+		flags = BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(r, flags);
 }
 
 static __always_inline __u64 task_cgroup(struct task_struct *t)
@@ -414,6 +431,13 @@ static __always_inline __u32 shown_fd(long fd)
 	return 0;
 }
 
+/* write, pwrite64, writev, pwritev, pwritev2: calls whose bytes are kept
+ * when they go to the recorder's own stdout/stderr. */
+static __always_inline bool is_write_out(long nr)
+{
+	return nr == 1 || nr == 18 || nr == 20 || nr == 296 || nr == 328;
+}
+
 SEC("tp_btf/sys_enter")
 int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 {
@@ -435,9 +459,29 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 	e->args[5] = regs->r9;
 	e->fd_type = cfg_emit_syscalls ? fd_type_of(e->args[0]) : 0;
 	e->shown = 0;
-	if (cfg_replay && (id == 1 || id == 18 || id == 20) && (e->args[0] == 1 || e->args[0] == 2))
+	e->exit_valid = 0;
+	if (cfg_replay && is_write_out(id) && (e->args[0] == 1 || e->args[0] == 2))
 		e->shown = shown_fd(e->args[0]);
 	return 0;
+}
+
+/* A hash of the 21 words of a pt_regs but orig_ax (rt_sigreturn sets it to -1). */
+static __always_inline __u64 regs_hash(const __u64 *r)
+{
+	__u64 h = 0;
+#pragma unroll
+	for (int i = 0; i < 21; i++) {
+		if (i != 15)
+			h = h * 1000003 + r[i];
+	}
+	return h;
+}
+
+/* The buffer at `where` of `len` bytes (none when `where` is NULL). */
+static __always_inline __u64 buf(__u64 *addr, __u64 where, __u64 len)
+{
+	*addr = where;
+	return where ? len : 0;
 }
 
 /* Replay-grade: the user buffer a syscall's result was written to. */
@@ -461,88 +505,78 @@ static __always_inline __u64 out_buffer(struct sys_entry *e, long ret, __u64 sp,
 	case 45:  /* recvfrom */
 	case 217: /* getdents64 */
 	case 89:  /* readlink */
-		*addr = a[1];
-		len = ret;
-		break;
+		return buf(addr, a[1], ret);
 	case 267: /* readlinkat */
-		*addr = a[2];
-		len = ret;
-		break;
+		return buf(addr, a[2], ret);
 	case 318: /* getrandom */
 	case 79:  /* getcwd */
-		*addr = a[0];
-		len = ret;
-		break;
+		return buf(addr, a[0], ret);
 	case 228: /* clock_gettime */
-	case 14:  /* rt_sigprocmask: old set */
-		*addr = e->nr == 14 ? a[2] : a[1];
-		len = e->nr == 14 ? 8 : 16;
-		break;
+		return buf(addr, a[1], 16);
+	case 14: /* rt_sigprocmask: old set */
+		return buf(addr, a[2], 8);
 	case 96:  /* gettimeofday */
-		*addr = a[0];
-		len = 16;
-		break;
+		return buf(addr, a[0], 16);
 	case 201: /* time */
 	case 22:  /* pipe */
 	case 293: /* pipe2 */
-		*addr = a[0];
-		len = 8;
-		break;
+		return buf(addr, a[0], 8);
 	case 4: /* stat */
 	case 5: /* fstat */
 	case 6: /* lstat */
-		*addr = a[1];
-		len = 144;
-		break;
+		return buf(addr, a[1], 144);
 	case 262: /* newfstatat */
-		*addr = a[2];
-		len = 144;
-		break;
+		return buf(addr, a[2], 144);
 	case 332: /* statx */
-		*addr = a[4];
-		len = 256;
-		break;
+		return buf(addr, a[4], 256);
 	case 53: /* socketpair */
-		*addr = a[3];
-		len = 8;
-		break;
+		return buf(addr, a[3], 8);
 	case 63: /* uname */
-		*addr = a[0];
-		len = 390;
-		break;
+		return buf(addr, a[0], 390);
 	case 232: /* epoll_wait */
 	case 281: /* epoll_pwait */
-		*addr = a[1];
-		len = ret * 12;
-		break;
+		return buf(addr, a[1], ret * 12);
 	case 7: /* poll */
-		*addr = a[0];
-		len = a[1] * 8;
-		break;
+		return buf(addr, a[0], a[1] * 8);
 	case 61: /* wait4: status */
-		*addr = a[1];
-		len = 4;
-		break;
+		return buf(addr, a[1], 4);
 	case 99: /* sysinfo */
-		*addr = a[0];
-		len = 112;
-		break;
+		return buf(addr, a[0], 112);
 	case 97: /* getrlimit */
-		*addr = a[1];
-		len = 16;
-		break;
+		return buf(addr, a[1], 16);
 	case 302: /* prlimit64: old limit */
-		*addr = a[3];
-		len = 16;
-		break;
+		return buf(addr, a[3], 16);
 	case 98: /* getrusage */
-		*addr = a[1];
-		len = 144;
-		break;
+		return buf(addr, a[1], 144);
 	case 13: /* rt_sigaction: old action */
-		*addr = a[2];
-		len = 32;
-		break;
+		return buf(addr, a[2], 32);
+	case 204: /* sched_getaffinity: the CPU mask (ret bytes) */
+		return buf(addr, a[2], ret);
+	case 137: /* statfs */
+	case 138: /* fstatfs */
+		return buf(addr, a[1], 120);
+	case 191: /* getxattr */
+	case 192: /* lgetxattr */
+	case 193: /* fgetxattr */
+		return buf(addr, a[2], ret);
+	case 194: /* listxattr */
+	case 195: /* llistxattr */
+	case 196: /* flistxattr */
+		return buf(addr, a[1], ret);
+	case 115: /* getgroups: ret gids of 4 bytes */
+		return buf(addr, a[1], ret * 4);
+	case 36: /* getitimer */
+		return buf(addr, a[1], 32);
+	case 38: /* setitimer: old value */
+		return buf(addr, a[2], 32);
+	case 100: /* times */
+		return buf(addr, a[0], 32);
+	case 127: /* rt_sigpending */
+		return buf(addr, a[0], 8);
+	case 128: /* rt_sigtimedwait: siginfo */
+		return buf(addr, a[1], 128);
+	case 247: /* waitid: siginfo */
+		return buf(addr, a[2], 128);
 	case 59:  /* execve */
 	case 322: /* execveat */
 		if (ret == 0) {
@@ -567,84 +601,275 @@ static __always_inline __u64 out_buffer(struct sys_entry *e, long ret, __u64 sp,
 	return len;
 }
 
+/* Reserves a chunk record of type T (struct rec_data or rec_data_big) and
+ * sends in it the n bytes at user address `at` (len 0: unreadable). */
+#define SEND_CHUNK(T, at, idx, n, mask, now)                                        \
+	do {                                                                         \
+		T *d_ = reserve(HOOK_SYSCALL, sizeof(T));                            \
+		if (d_) {                                                            \
+			hdr_current(&d_->h, R_DATA, sizeof(T), (now));               \
+			d_->addr = (at);                                             \
+			d_->index = (idx);                                           \
+			d_->len = (n);                                               \
+			if (bpf_probe_read_user(d_->data, (n) & (mask), (void *)(at))) \
+				d_->len = 0;                                         \
+			submit(HOOK_SYSCALL, d_);                                    \
+		}                                                                    \
+	} while (0)
+
+/* The writev family: bytes of the first IOV_MAX_CAPTURE iovecs, at most
+ * DATA_MAX_CHUNKS chunks in all. */
+#define IOV_MAX_CAPTURE 16
+
+struct iov {
+	__u64 base;
+	__u64 len;
+};
+
+/* Chunks the first `total` bytes of the iovec array take (*cut: more than
+ * the capture limits carry). */
+static __always_inline __u32 iov_chunks(__u64 iov, __u64 cnt, __u64 total, bool *cut)
+{
+	__u32 chunks = 0;
+	for (__u32 i = 0; i < IOV_MAX_CAPTURE; i++) {
+		if (i >= cnt || !total)
+			break;
+		struct iov v;
+		if (bpf_probe_read_user(&v, sizeof(v), (void *)(iov + i * sizeof(v)))) {
+			*cut = true;
+			return chunks;
+		}
+		__u64 n = v.len < total ? v.len : total;
+		total -= n;
+		chunks += (n + DATA_CHUNK - 1) / DATA_CHUNK;
+	}
+	if (total)
+		*cut = true;
+	if (chunks > DATA_MAX_CHUNKS) {
+		*cut = true;
+		chunks = DATA_MAX_CHUNKS;
+	}
+	return chunks;
+}
+
+/* Sends the chunks iov_chunks counted, in order (index 0, 1, ...): one
+ * bpf_loop step either moves to the next iovec or sends one chunk (the
+ * verifier checks the step once, not every path through nested loops). */
+struct iov_walk {
+	__u64 iov;    /* the iovec array */
+	__u64 cnt;    /* its entries */
+	__u64 total;  /* bytes written not yet walked */
+	__u64 now;    /* timestamp of the chunks */
+	__u64 base;   /* the current iovec */
+	__u64 n;      /* its bytes that were written */
+	__u64 off;    /* bytes of it sent */
+	__u32 iv;     /* index of the next iovec to read */
+	__u32 index;  /* next chunk index */
+	__u32 chunks; /* chunks to send */
+	__u32 pad;
+};
+
+static long iov_step(__u64 step, void *ctx)
+{
+	struct iov_walk *w = ctx;
+	if (w->index >= w->chunks)
+		return 1;
+	if (w->off >= w->n) {
+		if (w->iv >= w->cnt || w->iv >= IOV_MAX_CAPTURE || !w->total)
+			return 1;
+		struct iov v;
+		if (bpf_probe_read_user(&v, sizeof(v), (void *)(w->iov + (__u64)w->iv * sizeof(v))))
+			return 1;
+		w->iv++;
+		w->base = v.base;
+		w->n = v.len < w->total ? v.len : w->total;
+		w->total -= w->n;
+		w->off = 0;
+		return 0;
+	}
+	__u64 m = w->n - w->off;
+	if (m > DATA_CHUNK)
+		m = DATA_CHUNK;
+	SEND_CHUNK(struct rec_data, w->base + w->off, w->index, m, 2 * DATA_CHUNK - 1, w->now);
+	w->off += m;
+	w->index++;
+	return 0;
+}
+
+static __always_inline void iov_emit(__u64 iov, __u64 cnt, __u64 total, __u32 chunks, __u64 now)
+{
+	struct iov_walk w = { .iov = iov, .cnt = cnt, .total = total, .now = now, .chunks = chunks };
+	bpf_loop(IOV_MAX_CAPTURE + DATA_MAX_CHUNKS + 1, iov_step, &w, 0);
+}
+
+/* Chunks of the first `len` bytes of a buffer: DATA_BIG ones, then DATA_CHUNK ones. */
+static __always_inline __u32 chunks_of(__u64 len)
+{
+	return len / DATA_BIG + ((len % DATA_BIG) + DATA_CHUNK - 1) / DATA_CHUNK;
+}
+
+/* Sends the path an open call opened (capture policy, mmap snapshots): in a
+ * small record when it fits. */
+static __always_inline void send_path(__u64 path, __u64 now)
+{
+	struct rec_data_small *s = reserve(HOOK_SYSCALL, sizeof(*s));
+	if (s) {
+		long n = bpf_probe_read_user_str(s->data, DATA_SMALL, (void *)path);
+		if (n < DATA_SMALL) {
+			hdr_current(&s->h, R_DATA, sizeof(*s), now);
+			s->addr = path;
+			s->index = PATH_INDEX;
+			s->len = n > 0 ? n - 1 : 0;
+			submit(HOOK_SYSCALL, s);
+			return;
+		}
+		bpf_ringbuf_discard(s, BPF_RB_NO_WAKEUP);
+	}
+	struct rec_data *d = reserve(HOOK_SYSCALL, sizeof(*d));
+	if (d) {
+		hdr_current(&d->h, R_DATA, sizeof(*d), now);
+		d->addr = path;
+		d->index = PATH_INDEX;
+		long n = bpf_probe_read_user_str(d->data, DATA_CHUNK, (void *)path);
+		d->len = n > 0 ? n - 1 : 0;
+		submit(HOOK_SYSCALL, d);
+	}
+}
+
+/* Sending the first `len` bytes at `addr` as `chunks` chunks (chunks_of),
+ * one bpf_loop step a chunk. */
+struct chunk_walk {
+	__u64 addr;
+	__u64 len;
+	__u64 off;
+	__u64 now;
+	__u32 chunks;
+	__u32 pad;
+};
+
+static long chunk_step(__u64 i, void *ctx)
+{
+	struct chunk_walk *w = ctx;
+	if (i >= w->chunks || w->off >= w->len)
+		return 1;
+	__u64 left = w->len - w->off, at = w->addr + w->off;
+	if (left >= DATA_BIG) {
+		SEND_CHUNK(struct rec_data_big, at, i, DATA_BIG, 2 * DATA_BIG - 1, w->now);
+		w->off += DATA_BIG;
+		return 0;
+	}
+	__u64 n = left > DATA_CHUNK ? DATA_CHUNK : left;
+	SEND_CHUNK(struct rec_data, at, i, n, 2 * DATA_CHUNK - 1, w->now);
+	w->off += n;
+	return 0;
+}
+
+static __always_inline void send_chunks(__u64 addr, __u64 len, __u32 chunks, __u64 now)
+{
+	struct chunk_walk w = { .addr = addr, .len = len, .now = now, .chunks = chunks };
+	bpf_loop(DATA_MAX_CHUNKS, chunk_step, &w, 0);
+}
+
+/* The syscall record of the call that entered at `ts` and returned `ret` now. */
+static __always_inline void fill_syscall(struct rec_syscall *r, struct sys_entry *e, __u64 ts, long ret, __u64 now, __u32 size)
+{
+	hdr_current(&r->h, R_SYSCALL, size, ts);
+	__builtin_memcpy(r->args, e->args, sizeof(r->args));
+	r->ret = ret;
+	r->duration_ns = now - ts;
+	r->nr = e->nr;
+	r->fd_type = e->fd_type;
+}
+
 SEC("tp_btf/sys_exit")
 int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 {
+	/* Not replay-grade: only the read/write family has an entry (no lookup for the rest). */
+	if (!cfg_replay && !rw_family(regs->orig_ax))
+		return 0;
 	struct sys_entry *e = bpf_task_storage_get(&sys_inflight, bpf_get_current_task_btf(), 0, 0);
 	if (!e || !e->ts)
 		return 0;
-	__u64 now = bpf_ktime_get_ns();
-	struct rec_syscall *r = (cfg_emit_syscalls || cfg_replay) ? reserve(HOOK_SYSCALL, sizeof(*r)) : NULL;
-	if (!r) {
-		e->ts = 0;
+	__u64 now = bpf_ktime_get_ns(), ts = e->ts;
+	e->ts = 0;
+	if (!cfg_replay) {
+		/* the syscall hook (not replay-grade): one record, nothing else */
+		struct rec_syscall *r = cfg_emit_syscalls ? reserve(HOOK_SYSCALL, sizeof(*r)) : NULL;
+		if (r) {
+			fill_syscall(r, e, ts, ret, now, sizeof(*r));
+			r->out_addr = 0;
+			r->out_len = 0;
+			r->chunks = 0;
+			r->flags = 0;
+			submit(HOOK_SYSCALL, r);
+		}
 		return 0;
 	}
-	hdr_current(&r->h, R_SYSCALL, sizeof(*r), e->ts);
-	__builtin_memcpy(r->args, e->args, sizeof(r->args));
-	r->ret = ret;
-	r->duration_ns = now - e->ts;
-	r->nr = e->nr;
-	r->fd_type = e->fd_type;
-	__u64 addr = 0, len = cfg_replay ? out_buffer(e, ret, regs->sp, &addr) : 0;
-	__u32 chunks = (len + DATA_CHUNK - 1) / DATA_CHUNK;
-	r->flags = chunks > DATA_MAX_CHUNKS ? OUT_TRUNCATED : 0;
-	if (chunks > DATA_MAX_CHUNKS)
-		chunks = DATA_MAX_CHUNKS;
+	e->exit_ip = regs->ip;
+	e->exit_sp = regs->sp;
+	e->exit_ret = ret;
+	e->exit_nr = e->nr;
+	e->exit_valid = 1;
+	if (e->nr == 15)
+		e->exit_hash = regs_hash((__u64 *)regs);
+	__u64 addr = 0, len = out_buffer(e, ret, regs->sp, &addr);
+	__u32 flags = e->shown, chunks = 0;
+	/* readv family (what the kernel wrote), writev family to the recorder's
+	 * stdout/stderr (what the user saw): the bytes of each iovec */
+	bool vec = ret > 0 && ((e->shown && (e->nr == 20 || e->nr == 296 || e->nr == 328)) || e->nr == 19 || e->nr == 295 ||
+			       e->nr == 327);
+	__u64 cap = len > OUT_MAX ? OUT_MAX : len;
+	if (len > OUT_MAX)
+		flags |= OUT_TRUNCATED;
+	if (vec) {
+		bool cut = false;
+		chunks = iov_chunks(e->args[1], e->args[2], ret, &cut);
+		addr = 0;
+		len = ret;
+		if (cut)
+			flags |= OUT_TRUNCATED;
+	} else if (len > DATA_SMALL) {
+		chunks = chunks_of(cap);
+	}
 	/* open/openat/openat2 that returned an fd: send the path (for the capture policy) */
 	__u64 path = 0;
-	if (cfg_replay && ret >= 0 && (e->nr == 2 || e->nr == 257 || e->nr == 437))
+	if (ret >= 0 && (e->nr == 2 || e->nr == 257 || e->nr == 437))
 		path = e->nr == 2 ? e->args[0] : e->args[1];
 	if (path)
-		r->flags |= OUT_PATH;
-	r->flags |= e->shown;
+		flags |= OUT_PATH;
+	if (!vec && len && len <= DATA_SMALL) {
+		/* a small buffer: inline, one reservation */
+		struct rec_syscall_out *o = reserve(HOOK_SYSCALL, sizeof(*o));
+		if (!o)
+			return 0;
+		fill_syscall(&o->s, e, ts, ret, now, sizeof(*o));
+		o->s.out_addr = addr;
+		o->s.out_len = len;
+		o->s.chunks = 0;
+		if (bpf_probe_read_user(o->data, len & (2 * DATA_SMALL - 1), (void *)addr))
+			flags |= OUT_TRUNCATED;
+		o->s.flags = flags | OUT_INLINE;
+		submit(HOOK_SYSCALL, o);
+		if (path)
+			send_path(path, now);
+		return 0;
+	}
+	struct rec_syscall *r = reserve(HOOK_SYSCALL, sizeof(*r));
+	if (!r)
+		return 0;
+	fill_syscall(r, e, ts, ret, now, sizeof(*r));
 	r->out_addr = addr;
 	r->out_len = len;
 	r->chunks = chunks;
-	e->ts = 0;
+	r->flags = flags;
 	submit(HOOK_SYSCALL, r);
-	if (path) {
-		struct rec_data *d = reserve(HOOK_SYSCALL, sizeof(*d));
-		if (d) {
-			hdr_current(&d->h, R_DATA, sizeof(*d), now);
-			d->addr = path;
-			d->index = PATH_INDEX;
-			long n = bpf_probe_read_user_str(d->data, DATA_CHUNK, (void *)path);
-			d->len = n > 0 ? n - 1 : 0;
-			submit(HOOK_SYSCALL, d);
-		}
-	}
-	if (chunks == 1 && len <= DATA_SMALL) {
-		/* a small buffer: a small record, not 4 KiB of ring */
-		struct rec_data_small *d = reserve(HOOK_SYSCALL, sizeof(*d));
-		if (d) {
-			hdr_current(&d->h, R_DATA, sizeof(*d), now);
-			d->addr = addr;
-			d->index = 0;
-			d->len = len;
-			if (bpf_probe_read_user(d->data, len & (2 * DATA_SMALL - 1), (void *)addr))
-				d->len = 0;
-			submit(HOOK_SYSCALL, d);
-		}
+	if (vec) {
+		iov_emit(e->args[1], e->args[2], ret, chunks, now);
 		return 0;
 	}
-	for (__u32 i = 0; i < DATA_MAX_CHUNKS; i++) {
-		if (i >= chunks)
-			break;
-		__u64 off = (__u64)i * DATA_CHUNK;
-		__u64 n = len - off;
-		if (n > DATA_CHUNK)
-			n = DATA_CHUNK;
-		struct rec_data *d = reserve(HOOK_SYSCALL, sizeof(*d));
-		if (!d)
-			continue;
-		hdr_current(&d->h, R_DATA, sizeof(*d), now);
-		d->addr = addr + off;
-		d->index = i;
-		d->len = n;
-		if (bpf_probe_read_user(d->data, n & (2 * DATA_CHUNK - 1), (void *)(addr + off)))
-			d->len = 0;
-		submit(HOOK_SYSCALL, d);
-	}
+	if (path)
+		send_path(path, now);
+	send_chunks(addr, cap, chunks, now);
 	return 0;
 }
 
@@ -819,6 +1044,67 @@ int BPF_PROG(on_page_fault_user, unsigned long address, struct pt_regs *regs, un
 	r->major = 2;
 	r->pad = 0;
 	submit(HOOK_FAULT, r);
+	return 0;
+}
+
+/* --------------------------------------------------------------- signals */
+
+#define SIGILL 4
+#define SIGTRAP 5
+#define SIGBUS 7
+#define SIGFPE 8
+#define SIGSEGV 11
+
+/* Replay-grade: a signal delivered to a selected task that has a handler
+ * for it (default actions and ignored signals change nothing the replay
+ * must reproduce: the exit, if any, is an event of its own). Fires in
+ * get_signal(), before the kernel sets up the handler's frame or adjusts a
+ * restarted syscall, so the task's user registers are still those it
+ * entered the kernel with. */
+SEC("tp_btf/signal_deliver")
+int BPF_PROG(on_signal_deliver, int sig, struct kernel_siginfo *info, struct k_sigaction *ka)
+{
+	if (!cfg_replay || !wanted_current())
+		return 0;
+	if (!ka || (unsigned long)ka->sa.sa_handler <= 1 /* SIG_DFL, SIG_IGN */)
+		return 0;
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(t);
+	if (!regs)
+		return 0;
+	struct rec_signal *r = reserve(HOOK_PROC, sizeof(*r));
+	if (!r)
+		return 0;
+	hdr_current(&r->h, R_SIGNAL, sizeof(*r), bpf_ktime_get_ns());
+	r->signo = sig;
+	r->flags = 0;
+	__builtin_memset(r->regs, 0, sizeof(r->regs));
+	bpf_probe_read_kernel(r->regs, 21 * 8, regs);
+	r->regs[21] = BPF_CORE_READ(t, thread.fsbase);
+	r->regs[22] = BPF_CORE_READ(t, thread.gsbase);
+	r->regs[23] = BPF_CORE_READ(t, thread.ds);
+	r->regs[24] = BPF_CORE_READ(t, thread.es);
+	r->regs[25] = BPF_CORE_READ(t, thread.fsindex);
+	r->regs[26] = BPF_CORE_READ(t, thread.gsindex);
+	__builtin_memset(r->info, 0, sizeof(r->info));
+	if (info)
+		bpf_probe_read_kernel(r->info, sizeof(r->info), info);
+	int code = *(int *)&r->info[8];
+	if ((sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE || sig == SIGTRAP) && code > 0 && code != 0x80)
+		r->flags |= SIG_SYNC;
+	/* At its last syscall's exit: the registers are exactly as the syscall
+	 * left them (the syscall number still in orig_ax: an interrupt or
+	 * exception taken in user code since would have replaced it). */
+	struct sys_entry *e = bpf_task_storage_get(&sys_inflight, t, 0, 0);
+	if (e && e->exit_valid && r->regs[16] == e->exit_ip && r->regs[19] == e->exit_sp && r->regs[10] == e->exit_ret) {
+		/* After rt_sigreturn (a second signal pending when the first
+		 * handler returned) orig_ax is -1 and rcx whatever the restored
+		 * context held: all the registers must be those it restored. */
+		if (e->exit_nr == 15 ? r->regs[15] == (__u64)-1 && regs_hash(r->regs) == e->exit_hash
+				     : r->regs[15] == e->exit_nr && r->regs[11] == e->exit_ip)
+			r->flags |= SIG_IN_SYSCALL;
+	}
+	submit(HOOK_PROC, r);
 	return 0;
 }
 

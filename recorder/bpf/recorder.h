@@ -26,11 +26,17 @@
 #define R_FORK 12
 #define R_EXIT 13
 #define R_DATA 14
+#define R_SIGNAL 15
 
-/* Replay-grade capture: output buffers go out in chunks of DATA_CHUNK bytes,
- * at most DATA_MAX_CHUNKS per syscall. */
+/* Replay-grade capture: an output buffer of at most DATA_SMALL bytes goes
+ * out inline in its syscall record (struct rec_syscall_out: one ring
+ * reservation); longer ones in chunks that follow: DATA_BIG bytes while at
+ * least that much is left, then DATA_CHUNK bytes; at most OUT_MAX bytes a
+ * syscall (DATA_MAX_CHUNKS chunks). */
 #define DATA_CHUNK 4096
-#define DATA_MAX_CHUNKS 64
+#define DATA_BIG 32768
+#define OUT_MAX (1 << 20)
+#define DATA_MAX_CHUNKS (OUT_MAX / DATA_BIG + DATA_BIG / DATA_CHUNK)
 
 /* Filter modes (cfg_filter bits). */
 #define FILTER_SET 1    /* tgid in the `targets` map (pid / comm, followed across fork) */
@@ -104,10 +110,11 @@ struct rec_data_small {
 	__u8 data[DATA_SMALL];
 };
 
-#define OUT_TRUNCATED 1 /* the buffer was longer than DATA_MAX_CHUNKS chunks */
+#define OUT_TRUNCATED 1 /* the buffer was longer than OUT_MAX, or could not be read */
 #define OUT_PATH 2      /* an R_DATA record with index PATH_INDEX follows: the opened path */
-#define OUT_STDOUT 4     /* a write to the recorder's own stdout (its bytes follow for write/pwrite64) */
+#define OUT_STDOUT 4     /* a write to the recorder's own stdout (its bytes follow: write, pwrite64, writev, pwritev(2)) */
 #define OUT_STDERR 8     /* the same for stderr */
+#define OUT_INLINE 16   /* struct rec_syscall_out: the out_len bytes follow the record */
 #define PATH_INDEX 0xffff
 
 struct rec_data {
@@ -116,6 +123,21 @@ struct rec_data {
 	__u32 len; /* bytes of data[] used; 0: the memory could not be read */
 	__u32 index;
 	__u8 data[DATA_CHUNK];
+};
+
+/* The same with DATA_BIG bytes. */
+struct rec_data_big {
+	struct rec_hdr h;
+	__u64 addr;
+	__u32 len;
+	__u32 index;
+	__u8 data[DATA_BIG];
+};
+
+/* A syscall with a small output buffer inline (flags OUT_INLINE). */
+struct rec_syscall_out {
+	struct rec_syscall s;
+	__u8 data[DATA_SMALL];
 };
 
 struct rec_tcp {
@@ -155,6 +177,18 @@ struct rec_exit {
 	__u32 group_dead;
 };
 
+/* A signal delivered to a selected task with a handler of its own
+ * (replay-grade). */
+#define SIG_IN_SYSCALL 1 /* delivered at the exit of the task's last syscall */
+#define SIG_SYNC 2       /* caused by the instruction itself (fault, trap) */
+struct rec_signal {
+	struct rec_hdr h;
+	__s32 signo;
+	__u32 flags;    /* SIG_IN_SYSCALL, SIG_SYNC */
+	__u64 regs[27]; /* the task's user registers, user_regs_struct order */
+	__u8 info[48];  /* struct kernel_siginfo */
+};
+
 struct rec_exec {
 	struct rec_hdr h;
 	char comm[16];
@@ -173,5 +207,6 @@ _Static_assert(sizeof(struct rec_fault) == 72, "rec_fault");
 _Static_assert(sizeof(struct rec_fork) == 40, "rec_fork");
 _Static_assert(sizeof(struct rec_exit) == 40, "rec_exit");
 _Static_assert(sizeof(struct rec_exec) == 304, "rec_exec");
+_Static_assert(sizeof(struct rec_signal) == 304, "rec_signal");
 
 #endif

@@ -54,12 +54,36 @@ pub struct Summary {
     pub decode_errors: u64,
     /// The sink's closing report.
     pub sink: String,
+    /// Replay-grade: asynchronous signals that landed in user code rather
+    /// than at a syscall's exit. Without a PMU nothing places them, so the
+    /// replay of the log stops at the first of them (with an error naming it).
+    pub async_signals: u64,
+    /// The first of those: (event sequence number, thread id, signal number).
+    pub first_async_signal: Option<(u64, u32, i32)>,
 }
 
 impl Summary {
     /// Events dropped in the kernel, all hooks.
     pub fn dropped(&self) -> u64 {
         self.hooks.iter().map(|h| h.drops).sum()
+    }
+
+    /// What makes the log of a replay-grade run replay only in part, one
+    /// line each (empty when it replays in full, as far as the recorder knows).
+    pub fn replay_warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.dropped() > 0 {
+            w.push(format!("the ring buffer dropped {} records: the log cannot replay in full", self.dropped()));
+        }
+        if let Some((seq, tid, signo)) = self.first_async_signal {
+            w.push(format!(
+                "{} asynchronous signal(s) landed in user code, not at a syscall (first: {} to task {tid}, event {seq}); \
+                 without a PMU nothing places them: the replay stops there",
+                self.async_signals,
+                kpl::json::signal_name(signo)
+            ));
+        }
+        w
     }
 }
 
@@ -279,6 +303,8 @@ pub struct Recorder {
     /// (pid, fd) -> path, from captured open calls (replay-grade).
     fds: HashMap<(u32, u64), String>,
     exec_hint: Option<ExecHint>,
+    async_signals: u64,
+    first_async_signal: Option<(u64, u32, i32)>,
 }
 
 /// What the recorder knows of a command it started itself.
@@ -293,15 +319,37 @@ struct ExecHint {
 struct Pending {
     ev: Event,
     out: raw::OutBuf,
-    buf: Vec<u8>,
+    /// The bytes so far, one (address, bytes) run per contiguous region
+    /// (several for the iovecs of a `writev`).
+    writes: Vec<(u64, Vec<u8>)>,
     got: u32,
     path: Option<String>,
     incomplete: bool,
 }
 
 impl Pending {
+    fn new(ev: Event, out: raw::OutBuf, incomplete: bool) -> Pending {
+        Pending { ev, out, writes: Vec::new(), got: 0, path: None, incomplete }
+    }
+
     fn complete(&self) -> bool {
         self.got >= self.out.chunks && (!self.out.path || self.path.is_some())
+    }
+
+    /// Appends a chunk's bytes at `addr`: to the last region when they continue it.
+    fn add(&mut self, addr: u64, bytes: &[u8]) {
+        match self.writes.last_mut() {
+            Some((a, b)) if *a + b.len() as u64 == addr => b.extend_from_slice(bytes),
+            _ => {
+                let mut b = Vec::with_capacity(if self.writes.is_empty() { self.out.len.min(1 << 20) as usize } else { bytes.len() });
+                b.extend_from_slice(bytes);
+                self.writes.push((addr, b));
+            }
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.writes.iter().map(|(_, b)| b.len() as u64).sum()
     }
 }
 
@@ -309,6 +357,17 @@ impl Recorder {
     /// Loads and attaches the programs of `cfg`.
     pub fn start(cfg: Config) -> Result<Recorder> {
         let policy = policy::Policy::new(&cfg.redact)?;
+        if cfg.replay_grade {
+            // Replay-grade capture moves every byte the programs read through
+            // buffers the reader allocates and the log writer frees: keep that
+            // memory in the heap (glibc would unmap and the kernel zero it
+            // again for every buffer, which cost more than copying the bytes).
+            // SAFETY: mallopt only tunes the allocator.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+            }
+        }
         let probe = probe::Probe::load(&cfg)?;
         let host = kpl::Metadata::for_this_host("ebpf", vec![]).host;
         Ok(Recorder {
@@ -327,6 +386,8 @@ impl Recorder {
             pending: HashMap::new(),
             fds: HashMap::new(),
             exec_hint: None,
+            async_signals: 0,
+            first_async_signal: None,
         })
     }
 
@@ -431,7 +492,7 @@ impl Recorder {
         ev.seq = self.seq;
         self.seq += 1;
         let cid = self.containers.get(&ev.cgroup).map(String::as_str).unwrap_or("");
-        sink.send(&ev, &EventMeta { container_id: cid, host: &self.host })
+        sink.send_owned(ev, &EventMeta { container_id: cid, host: &self.host })
     }
 
     fn note(&mut self, sink: &mut dyn Sink, text: String) -> Result<()> {
@@ -488,30 +549,44 @@ impl Recorder {
                 raw::Record::Event(ev, hook, out) => {
                     self.received[hook] += 1;
                     match out {
-                        Some(out) if out.chunks > 0 || out.path => {
+                        Some(mut out) if out.chunks > 0 || out.path => {
                             tracing::debug!("output buffer of {:?}: {out:?}", ev.body.kind());
                             if let Some(p) = self.pending.remove(&ev.tid) {
                                 self.finish_pending(sink, p, true)?;
                             }
-                            let p = Pending {
-                                ev,
-                                out,
-                                buf: Vec::with_capacity(out.len.min(1 << 20) as usize),
-                                got: 0,
-                                path: None,
-                                incomplete: false,
-                            };
+                            let inline = std::mem::take(&mut out.inline);
+                            let mut p = Pending::new(ev, out, false);
+                            if !inline.is_empty() {
+                                p.add(p.out.addr, &inline);
+                            }
                             self.pending.insert(p.ev.tid, p);
                         }
-                        Some(out) => {
-                            // no chunks: a buffer too large for any chunk (nothing
-                            // captured), or a write shown on stdout whose bytes are
-                            // not captured (writev) or empty
-                            let incomplete = out.truncated || out.len > 0 || (out.shown != 0 && s_ret(&ev) > 0);
-                            let p = Pending { ev, out, buf: Vec::new(), got: 0, path: None, incomplete };
+                        Some(mut out) => {
+                            // no chunks: a small buffer inline, or nothing captured (a
+                            // buffer that could not be read, a write shown on stdout
+                            // that was empty)
+                            let inline = std::mem::take(&mut out.inline);
+                            let incomplete = out.truncated
+                                || (out.len as usize > inline.len())
+                                || (out.shown != 0 && s_ret(&ev) > 0 && inline.is_empty());
+                            let mut p = Pending::new(ev, out, incomplete);
+                            if !inline.is_empty() {
+                                p.add(p.out.addr, &inline);
+                            }
                             self.finish_pending(sink, p, false)?;
                         }
                         None => {
+                            // A later record of the same task: the chunks still missing
+                            // from its pending syscall were dropped (counted).
+                            if matches!(ev.kind(), kpl::Kind::Signal | kpl::Kind::Exit | kpl::Kind::Fork | kpl::Kind::Exec) {
+                                if let Some(p) = self.pending.remove(&ev.tid) {
+                                    self.finish_pending(sink, p, true)?;
+                                }
+                            }
+                            let unplaced = match &ev.body {
+                                EventBody::Signal(sg) if !sg.synchronous && !sg.landing.in_syscall => Some((ev.tid, sg.signo)),
+                                _ => None,
+                            };
                             if let EventBody::Syscall(s) = &ev.body {
                                 if s.nr == 3 && self.cfg.replay_grade {
                                     self.fds.remove(&(ev.pid, s.args[0]));
@@ -536,7 +611,13 @@ impl Recorder {
                                     self.fds.retain(|(p, _), _| *p != pid);
                                 }
                             }
-                            self.emit(sink, ev)?
+                            self.emit(sink, ev)?;
+                            if let Some((tid, signo)) = unplaced {
+                                self.async_signals += 1;
+                                if self.first_async_signal.is_none() {
+                                    self.first_async_signal = Some((self.seq - 1, tid, signo));
+                                }
+                            }
                         }
                     }
                 }
@@ -553,7 +634,7 @@ impl Recorder {
                             p.incomplete = true; // a chunk was dropped or unreadable
                         }
                         if !p.incomplete {
-                            p.buf.extend_from_slice(&c.bytes);
+                            p.add(c.addr, &c.bytes);
                         }
                         p.got = c.index + 1;
                     }
@@ -569,14 +650,19 @@ impl Recorder {
 
     /// Emits a replay-grade syscall with the memory the kernel wrote.
     fn finish_pending(&mut self, sink: &mut dyn Sink, mut p: Pending, cut: bool) -> Result<()> {
+        // Bytes missing (a chunk dropped or cut off by the task's next record);
+        // a lost path record (open calls) loses no memory the kernel wrote.
+        let short = p.bytes() < p.out.len || (cut && p.got < p.out.chunks);
         if let EventBody::Syscall(s) = &mut p.ev.body {
             let s: &mut Syscall = s;
-            if cut || p.incomplete || p.out.truncated || (p.buf.len() as u64) < p.out.len {
+            if p.incomplete || p.out.truncated || short {
                 s.flags |= Syscall::FLAG_TRUNCATED;
             }
             s.flags |= p.out.shown;
-            if !p.buf.is_empty() {
-                s.writes.push(MemWrite { addr: p.out.addr, data: Data::Bytes(std::mem::take(&mut p.buf)) });
+            for (addr, b) in p.writes.drain(..) {
+                if !b.is_empty() {
+                    s.writes.push(MemWrite { addr, data: Data::Bytes(b) });
+                }
             }
             if let Some(path) = p.path.take() {
                 self.fds.insert((p.ev.pid, s.ret as u64), path);
@@ -620,7 +706,25 @@ impl Recorder {
                 break;
             }
         }
-        let mut s = Summary { hooks: self.reported, received: self.received, decode_errors: self.decode_errors, ..Default::default() };
+        let mut s = Summary {
+            hooks: self.reported,
+            received: self.received,
+            decode_errors: self.decode_errors,
+            async_signals: self.async_signals,
+            first_async_signal: self.first_async_signal,
+            ..Default::default()
+        };
+        if let Some((seq, tid, signo)) = self.first_async_signal {
+            self.note(
+                sink,
+                format!(
+                    "{} asynchronous signal(s) landed in user code (first: {} to task {tid} at event {seq}): \
+                     an eBPF log cannot place them; the replay stops there",
+                    self.async_signals,
+                    kpl::json::signal_name(signo)
+                ),
+            )?;
+        }
         self.note(
             sink,
             format!("recorder stopped: {} events read, {} dropped in the kernel", self.received.iter().sum::<u64>(), s.dropped()),

@@ -21,8 +21,10 @@ pub struct Policy {
     rules: Vec<(RedactRule, Option<glob::Pattern>, String)>,
 }
 
-/// Syscalls whose output buffer comes from the fd in their first argument.
-const FD_OUTPUT: [u32; 5] = [0, 17, 45, 217, 5];
+/// Syscalls whose output buffer comes from the fd in their first argument:
+/// read, pread64, readv, preadv, preadv2, recvfrom, getdents64, fstat,
+/// fstatfs, fgetxattr, flistxattr.
+const FD_OUTPUT: [u32; 11] = [0, 17, 19, 295, 327, 45, 217, 5, 138, 193, 196];
 
 impl Policy {
     /// Compiles `rules`; a bad glob is an error naming the rule.

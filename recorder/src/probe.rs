@@ -156,6 +156,9 @@ impl Probe {
             attach(&mut ebpf, &btf, "on_sched_wakeup_new", "sched_wakeup_new")?;
             attach(&mut ebpf, &btf, "on_sched_migrate", "sched_migrate_task")?;
         }
+        if cfg.replay_grade {
+            attach(&mut ebpf, &btf, "on_signal_deliver", "signal_deliver")?;
+        }
         if syscall || tcp || cfg.replay_grade {
             attach(&mut ebpf, &btf, "on_sys_enter", "sys_enter")?;
             attach(&mut ebpf, &btf, "on_sys_exit", "sys_exit")?;

@@ -2,7 +2,8 @@
 //! (`bpf/recorder.h`), decoded into `.kpl` events.
 
 use kpl::event::{
-    Exec, Exit, FdType, FileRef, Fork, ForkKind, PageFault, SchedDelay, SchedMigrate, SchedSwitch, SchedWakeup, Syscall, Tcp, Tuple,
+    Exec, Exit, FdType, FileRef, Fork, ForkKind, Landing, PageFault, SchedDelay, SchedMigrate, SchedSwitch, SchedWakeup, Signal, Syscall,
+    Tcp, Tuple,
 };
 use kpl::{Event, EventBody};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -24,11 +25,15 @@ const R_EXEC: u16 = 11;
 const R_FORK: u16 = 12;
 const R_EXIT: u16 = 13;
 const R_DATA: u16 = 14;
-const DATA_CHUNK: usize = 4096;
+const R_SIGNAL: u16 = 15;
+const DATA_BIG: usize = 32768;
+const DATA_SMALL: usize = 256;
+const OUT_INLINE: u32 = 16;
 
 /// A buffer the kernel wrote during a syscall (replay-grade capture); its
-/// bytes follow in [`Record::Data`] chunks of the same thread.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// bytes are `inline` (small buffers) or follow in [`Record::Data`] chunks
+/// of the same thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutBuf {
     /// Address in the process.
     pub addr: u64,
@@ -43,6 +48,9 @@ pub struct OutBuf {
     /// `Syscall::FLAG_STDOUT` or `FLAG_STDERR`: a write to the recorder's
     /// own stdout or stderr (the chunks carry the bytes written), else 0.
     pub shown: u32,
+    /// The bytes of a small buffer, sent in the syscall record itself
+    /// (`chunks` is then 0); empty otherwise.
+    pub inline: Vec<u8>,
 }
 
 /// Index of the chunk that carries the path of an `open`/`openat`/`openat2`.
@@ -150,7 +158,7 @@ fn fd_type(v: u32) -> FdType {
 pub fn decode_record(buf: &[u8], clock_offset: i128) -> Result<Record, BadRecord> {
     if buf.len() >= 48 && u16::from_le_bytes([buf[24], buf[25]]) == R_DATA {
         let r = R(buf);
-        let len = (r.u32(40) as usize).min(DATA_CHUNK);
+        let len = (r.u32(40) as usize).min(DATA_BIG);
         if buf.len() < 48 + len {
             return Err(BadRecord { len: buf.len(), kind: R_DATA, reason: "data chunk shorter than its length" });
         }
@@ -161,10 +169,17 @@ pub fn decode_record(buf: &[u8], clock_offset: i128) -> Result<Record, BadRecord
         let r = R(buf);
         let chunks = r.u32(120);
         let flags = r.u32(124);
+        let len = r.u64(112);
+        let inline = if flags & OUT_INLINE != 0 && buf.len() >= 128 + DATA_SMALL {
+            buf[128..128 + (len as usize).min(DATA_SMALL)].to_vec()
+        } else {
+            Vec::new()
+        };
         (chunks > 0 || flags != 0).then(|| OutBuf {
             addr: r.u64(104),
-            len: r.u64(112),
+            len,
             chunks,
+            inline,
             truncated: flags & 1 != 0,
             path: flags & 2 != 0,
             shown: match flags & 12 {
@@ -201,7 +216,7 @@ pub fn decode(buf: &[u8], clock_offset: i128) -> Result<(Event, usize), BadRecor
         R_TCP_SEND | R_TCP_RECV | R_TCP_RETRANS | R_TCP_STATE => 96,
         R_FAULT => 72,
         R_FORK | R_EXIT => 40,
-        R_EXEC => 304,
+        R_EXEC | R_SIGNAL => 304,
         _ => return Err(bad(kind, "unknown record kind")),
     };
     if buf.len() < need {
@@ -325,11 +340,35 @@ pub fn decode(buf: &[u8], clock_offset: i128) -> Result<(Event, usize), BadRecor
             }),
             4,
         ),
+        R_SIGNAL => (EventBody::Signal(signal(&r)), 4),
         _ => unreachable!(),
     };
     let mut ev = Event::new(ts, pid, tid, cpu, body);
     ev.cgroup = r.u64(8);
     Ok((ev, hook))
+}
+
+/// A signal record (`struct rec_signal`) as the `Signal` event the ptrace
+/// recorder writes: the 48 bytes of the kernel's siginfo padded to the
+/// 128 of a user `siginfo_t`, and the user registers where it was
+/// delivered. `landing.in_syscall`: the registers were still exactly as the
+/// task's last syscall left them, so it was delivered at that syscall's
+/// exit (the replay delivers it there). Otherwise, for an asynchronous
+/// signal, it landed in user code: there is no instruction count without a
+/// PMU, so the replay cannot place it (and says so). The fingerprint is
+/// left 0: replays place eBPF signals by their syscall, never by a hash.
+fn signal(r: &R) -> Signal {
+    let signo = r.u32(32) as i32;
+    let flags = r.u32(36);
+    let regs: Vec<u64> = (0..27).map(|i| r.u64(40 + 8 * i)).collect();
+    let mut siginfo = r.0[256..304].to_vec();
+    siginfo.resize(128, 0);
+    let code = i32::from_le_bytes(siginfo[8..12].try_into().unwrap());
+    let synchronous = flags & 2 != 0;
+    let sender_pid = if code <= 0 || code == 0x80 { u32::from_le_bytes(siginfo[16..20].try_into().unwrap()) } else { 0 };
+    let addr = if synchronous { u64::from_le_bytes(siginfo[16..24].try_into().unwrap()) } else { 0 };
+    let landing = Landing { ip: regs[16], fingerprint: 0, passes: 0, in_syscall: flags & 1 != 0, regs };
+    Signal { signo, code, sender_pid, addr, landing, synchronous, siginfo }
 }
 
 #[cfg(test)]

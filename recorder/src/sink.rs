@@ -29,6 +29,11 @@ pub struct Lag {
 pub trait Sink {
     /// Takes one event (its `seq` is already assigned).
     fn send(&mut self, ev: &Event, meta: &EventMeta) -> Result<()>;
+    /// Takes one event by value (sinks that keep events override it to
+    /// avoid copying their buffers).
+    fn send_owned(&mut self, ev: Event, meta: &EventMeta) -> Result<()> {
+        self.send(&ev, meta)
+    }
     /// Called once per reader cycle: deliver, flush, retry.
     fn tick(&mut self) -> Result<()> {
         Ok(())
@@ -62,40 +67,139 @@ pub fn event_json(ev: &Event, meta: &EventMeta) -> Value {
     v
 }
 
-/// Writes a `.kpl` log.
+/// Writes a `.kpl` log. The writer (encoding, zstd, file I/O) runs on a
+/// thread of its own, so the reader keeps draining the ring buffer while
+/// a block is compressed; events go to it in batches (one per reader
+/// cycle, or per MiB: no thread hand-off per event) through a bounded
+/// queue (at most about 64 MiB wait; a full queue makes the reader wait,
+/// and then the ring buffer counts drops). A lower priority for the writer
+/// was tried: on a busy machine it fell behind and the ring dropped
+/// records, so it runs at the recorder's priority.
 pub struct KplSink {
     path: PathBuf,
-    w: Option<Writer>,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<Job>>>,
+    batch: Vec<Job>,
+    batch_bytes: usize,
+    worker: Option<std::thread::JoinHandle<Result<kpl::WriteStats>>>,
+    files: std::collections::HashSet<kpl::FileHash>,
     events: u64,
+    /// Events the writer thread has written.
+    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// Work for the writer thread of a [`KplSink`].
+enum Job {
+    Event(Event),
+    File(Vec<u8>),
+}
+
+/// Batches the writer thread's queue holds at most (each about a MiB at
+/// most: a program reading fast outruns zstd, and the queue and the ring
+/// buffer must absorb its burst).
+const KPL_QUEUE: usize = 64;
+/// Bytes of buffers at which a batch goes to the writer before the reader's cycle ends.
+const KPL_BATCH_BYTES: usize = 1 << 20;
 
 impl KplSink {
     /// Creates `path` with recorder metadata.
     pub fn create(path: &Path, command: Vec<String>) -> Result<KplSink> {
         let mut meta = Metadata::for_this_host("ebpf", command);
         meta.extra.extend(crate::clock_facts());
-        let w = Writer::create(path, &meta).with_context(|| format!("creating {}", path.display()))?;
-        Ok(KplSink { path: path.to_owned(), w: Some(w), events: 0 })
+        let mut w = Writer::create(path, &meta).with_context(|| format!("creating {}", path.display()))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Job>>(KPL_QUEUE);
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (name, done) = (path.to_owned(), written.clone());
+        let worker = std::thread::Builder::new()
+            .name("kpl-writer".into())
+            .spawn(move || -> Result<kpl::WriteStats> {
+                for job in rx.into_iter().flatten() {
+                    match job {
+                        Job::Event(ev) => {
+                            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            w.append(ev).map(|_| ())
+                        }
+                        Job::File(b) => w.store_file(&b).map(|_| ()),
+                    }
+                    .with_context(|| format!("writing {}", name.display()))?;
+                }
+                let (_, st) = w.finish().with_context(|| format!("finishing {}", name.display()))?;
+                Ok(st)
+            })
+            .context("starting the log writer thread")?;
+        Ok(KplSink {
+            path: path.to_owned(),
+            tx: Some(tx),
+            batch: Vec::new(),
+            batch_bytes: 0,
+            worker: Some(worker),
+            files: Default::default(),
+            events: 0,
+            written,
+        })
+    }
+
+    fn queue(&mut self, job: Job, bytes: usize) -> Result<()> {
+        self.batch.push(job);
+        self.batch_bytes += bytes;
+        if self.batch_bytes >= KPL_BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the batch to the writer thread.
+    fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let tx = self.tx.as_ref().context("kpl sink already finished")?;
+        self.batch_bytes = 0;
+        if tx.send(std::mem::take(&mut self.batch)).is_err() {
+            // the writer stopped on an error: it is in its result
+            return Err(self.join().err().unwrap_or_else(|| anyhow::anyhow!("the writer of {} stopped", self.path.display())));
+        }
+        Ok(())
+    }
+
+    fn join(&mut self) -> Result<kpl::WriteStats> {
+        self.tx = None;
+        let w = self.worker.take().context("kpl sink already finished")?;
+        w.join().map_err(|_| anyhow::anyhow!("the writer thread of {} panicked", self.path.display()))?
     }
 }
 
 impl Sink for KplSink {
-    fn send(&mut self, ev: &Event, _meta: &EventMeta) -> Result<()> {
-        let w = self.w.as_mut().context("kpl sink already finished")?;
-        w.append(ev.clone()).with_context(|| format!("writing {}", self.path.display()))?;
+    fn send(&mut self, ev: &Event, meta: &EventMeta) -> Result<()> {
+        self.send_owned(ev.clone(), meta)
+    }
+    fn send_owned(&mut self, ev: Event, _meta: &EventMeta) -> Result<()> {
         self.events += 1;
-        Ok(())
+        let mut bytes = std::mem::size_of::<Event>() + 64;
+        if let EventBody::Syscall(s) = &ev.body {
+            bytes += s.writes.iter().map(|w| w.data.len()).sum::<usize>();
+        }
+        self.queue(Job::Event(ev), bytes)
+    }
+    fn tick(&mut self) -> Result<()> {
+        self.flush()
+    }
+    fn lag(&self) -> Lag {
+        Lag { events: self.events.saturating_sub(self.written.load(std::sync::atomic::Ordering::Relaxed)), spool_bytes: 0 }
     }
     fn store_file(&mut self, content: &[u8]) -> Result<Option<kpl::FileHash>> {
-        let w = self.w.as_mut().context("kpl sink already finished")?;
-        Ok(Some(w.store_file(content).with_context(|| format!("writing {}", self.path.display()))?))
+        let hash = kpl::FileHash::of(content);
+        if self.files.insert(hash) {
+            self.queue(Job::File(content.to_vec()), content.len())?;
+        }
+        Ok(Some(hash))
     }
     fn finish(&mut self) -> Result<String> {
-        if let Some(w) = self.w.take() {
-            let (_, st) = w.finish().with_context(|| format!("finishing {}", self.path.display()))?;
-            return Ok(format!("{}: {} events, {} bytes", self.path.display(), st.events, st.bytes));
+        if self.worker.is_none() {
+            return Ok(String::new());
         }
-        Ok(String::new())
+        self.flush()?;
+        let st = self.join()?;
+        Ok(format!("{}: {} events, {} bytes", self.path.display(), st.events, st.bytes))
     }
 }
 

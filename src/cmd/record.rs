@@ -70,14 +70,21 @@ pub fn record(a: RecordArgs) -> Result<ExitCode> {
 /// recorder's replay-grade capture from its exec on.
 fn record_ebpf(argv: &[String], output: &std::path::Path) -> Result<ExitCode> {
     use anyhow::Context;
-    let cfg = recorder::Config { hooks: recorder::Hooks::parse("syscall")?, replay_grade: true, ..recorder::Config::default() };
+    // One program, every byte it reads: a 64 MiB ring absorbs its bursts
+    // (the daemon's default of 4 MiB is sized for kernel events).
+    let cfg = recorder::Config {
+        hooks: recorder::Hooks::parse("syscall")?,
+        replay_grade: true,
+        ring_buffer_kb: 64 * 1024,
+        ..recorder::Config::default()
+    };
     let mut sink = recorder::sink::KplSink::create(output, argv.to_vec())?;
     let (status, summary) =
         recorder::record_command(argv, cfg, &mut sink).context("recording with the eBPF recorder (it needs root, BTF and tracepoints)")?;
     let bytes = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
     eprintln!("kprobe: recorded {} events ({bytes} bytes) to {} (eBPF, {} dropped)", summary.events, output.display(), summary.dropped());
-    if summary.dropped() > 0 {
-        eprintln!("kprobe: warning: the ring buffer dropped {} records: the log cannot replay in full", summary.dropped());
+    for w in summary.replay_warnings() {
+        eprintln!("kprobe: warning: {w}");
     }
     Ok(match status.code() {
         Some(c) => ExitCode::from(c as u8),

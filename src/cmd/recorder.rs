@@ -129,6 +129,7 @@ fn summary_json(s: &Summary) -> serde_json::Value {
         "events": s.events,
         "dropped": s.dropped(),
         "decode_errors": s.decode_errors,
+        "async_signals": s.async_signals,
         "hooks": hooks,
         "sink": s.sink,
         "max_rss_kb": max_rss_kb(),
@@ -156,6 +157,11 @@ fn report(a: &RecorderArgs, summary: &Summary) -> Result<()> {
         let h = summary.hooks[i];
         if h.events + h.drops > 0 {
             eprintln!("  {n:8} {:>10} events {:>8} dropped", h.events, h.drops);
+        }
+    }
+    if a.replay_grade {
+        for w in summary.replay_warnings().iter().filter(|w| w.contains("signal")) {
+            eprintln!("kprobe recorder: warning: {w}");
         }
     }
     if let Some(p) = &a.summary {
@@ -237,6 +243,89 @@ pub struct BenchArgs {
     /// Skip the bpftrace cross-check.
     #[arg(long)]
     pub no_bpftrace: bool,
+    /// The syscall-heavy program of the replay-grade slowdown row (run
+    /// natively and under `kprobe record --backend ebpf`, side by side).
+    #[arg(long, default_value = "grep -r -c zzzz /usr/share/doc")]
+    pub slowdown_cmd: String,
+    /// Runs of each side of the slowdown row (median reported).
+    #[arg(long, default_value_t = 5)]
+    pub slowdown_runs: usize,
+    /// Which parts to run: `overhead` (ns per syscall), `throughput` (events/s, RSS, bpftrace), `slowdown`.
+    #[arg(long, value_delimiter = ',', default_value = "overhead,throughput,slowdown")]
+    pub parts: Vec<String>,
+}
+
+/// The program's own run time in an eBPF log: from its exec to the exit of
+/// its process (event timestamps), and the log's syscall events.
+fn program_time(log: &std::path::Path) -> Result<(f64, u64)> {
+    let r = kpl::Reader::open(log).with_context(|| format!("reading {}", log.display()))?;
+    let (mut start, mut end, mut pid, mut syscalls) = (None, None, 0, 0u64);
+    for ev in r.events() {
+        let ev = ev?;
+        match &ev.body {
+            kpl::EventBody::Exec(_) if start.is_none() => {
+                start = Some(ev.ts_ns);
+                pid = ev.pid;
+            }
+            kpl::EventBody::Exit(x) if x.group && ev.pid == pid => end = Some(ev.ts_ns),
+            kpl::EventBody::Syscall(_) => syscalls += 1,
+            _ => {}
+        }
+    }
+    match (start, end) {
+        (Some(s), Some(e)) if e > s => Ok(((e - s) as f64 / 1e6, syscalls)),
+        _ => bail!("{}: no exec and exit of the recorded program", log.display()),
+    }
+}
+
+/// The replay-grade slowdown row: `cmd` natively (spawn to exit) and under
+/// `kprobe record --backend ebpf` (its exec to its exit, from the log),
+/// interleaved, after one native warm-up run (page cache).
+fn slowdown(a: &BenchArgs, dir: &std::path::Path) -> Result<()> {
+    let argv: Vec<&str> = a.slowdown_cmd.split_whitespace().collect();
+    let Some((prog, args)) = argv.split_first() else { bail!("--slowdown-cmd is empty") };
+    let native = || -> Result<f64> {
+        let t = Instant::now();
+        let st = std::process::Command::new(prog).args(args).stdout(std::process::Stdio::null()).status()?;
+        if st.code().is_none_or(|c| c > 1) {
+            bail!("{}: {st}", a.slowdown_cmd);
+        }
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    };
+    native()?;
+    println!(
+        "== replay-grade slowdown: `{}` natively and under `kprobe record --backend ebpf`, {} runs each, interleaved",
+        a.slowdown_cmd, a.slowdown_runs
+    );
+    let log = dir.join("slowdown.kpl");
+    let (mut nat, mut rec, mut wall) = (vec![], vec![], vec![]);
+    let (mut syscalls, mut bytes, mut drops) = (0, 0, 0u64);
+    for _ in 0..a.slowdown_runs {
+        nat.push(native()?);
+        let t = Instant::now();
+        let out = std::process::Command::new(std::env::current_exe()?)
+            .args(["record", "--backend", "ebpf", "-o"])
+            .arg(&log)
+            .arg("--")
+            .args(&argv)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .output()?;
+        wall.push(t.elapsed().as_secs_f64() * 1e3);
+        let err = String::from_utf8_lossy(&out.stderr);
+        drops += err.split(" dropped)").next().and_then(|s| s.rsplit(", ").next()).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        let (ms, n) = program_time(&log)?;
+        rec.push(ms);
+        syscalls = n;
+        bytes = std::fs::metadata(&log)?.len();
+    }
+    let (n, r, w) = (median(nat), median(rec), median(wall));
+    println!(
+        "native {n:.1} ms | recorded {r:.1} ms (x{:.2}) | `kprobe record` wall time {w:.1} ms (start-up, capture, writing the log) | {syscalls} syscalls, log {:.1} MB, drops {drops}",
+        r / n,
+        bytes as f64 / 1e6
+    );
+    Ok(())
 }
 
 const BENCH_LOOP: &str = r#"
@@ -341,8 +430,17 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
     println!(
         "   all hooks attached; `filtered out`: the recorder selects another process; `hit`: it records the loop (sink: counting only)"
     );
+    for p in &a.parts {
+        if !["overhead", "throughput", "slowdown"].contains(&p.as_str()) {
+            bail!("--parts {p}: one of overhead, throughput, slowdown");
+        }
+    }
+    let part = |p: &str| a.parts.iter().any(|x| x == p);
     let mut rows = Vec::new();
     for (mode, name) in [(0u32, "getpid"), (1, "read")] {
+        if !part("overhead") {
+            break;
+        }
         let (mut base, mut filt, mut hitv, mut rgv) = (vec![], vec![], vec![], vec![]);
         let mut drops = 0;
         for _ in 0..a.rounds {
@@ -368,6 +466,13 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
         rows.push((name, b, f, h, drops));
     }
     drop(idle);
+    if !part("throughput") {
+        if part("slowdown") {
+            slowdown(&a, &dir)?;
+        }
+        std::fs::remove_dir_all(&dir).ok();
+        return Ok(ExitCode::SUCCESS);
+    }
 
     println!(
         "== throughput: {} workers x {} read(2) calls, syscall hook, ring {} KiB, `kprobe recorder` to a .kpl file",
@@ -454,6 +559,9 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
             got + drops,
             if n == got + drops { "equal" } else { "DIFFERENT" }
         );
+    }
+    if part("slowdown") {
+        slowdown(&a, &dir)?;
     }
     std::fs::remove_dir_all(&dir).ok();
     Ok(ExitCode::SUCCESS)

@@ -41,6 +41,13 @@ pub fn replay(a: ReplayArgs) -> Result<ExitCode> {
         if let Some(w) = tracer::inject::cpu_mismatch(r.meta()) {
             eprintln!("kprobe: warning: {w}");
         }
+        let lost = r.index().counts.iter().find(|(k, _)| *k == kpl::Kind::Lost.id()).map(|(_, n)| *n).unwrap_or(0);
+        if r.meta().backend == "ebpf" && lost > 0 {
+            eprintln!(
+                "kprobe: warning: the eBPF recorder lost records in this log ({lost} `lost` events, `kprobe log dump --kind lost`): \
+                 the replay stops where it reaches what is missing"
+            );
+        }
     }
     if a.gdb.is_some() || a.debugger.is_some() {
         return debug(a);

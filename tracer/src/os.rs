@@ -108,6 +108,21 @@ pub fn setsiginfo(pid: Pid, raw: &[u8]) -> nix::Result<()> {
     ptrace::setsiginfo(pid, &si)
 }
 
+/// The blocked-signal mask of a stopped tracee (PTRACE_GETSIGMASK).
+pub fn getsigmask(pid: Pid) -> nix::Result<u64> {
+    let mut mask = 0u64;
+    // SAFETY: the kernel writes 8 bytes (the size passed) into `mask`.
+    let r = unsafe { libc::ptrace(libc::PTRACE_GETSIGMASK, pid.as_raw(), 8usize, &mut mask as *mut u64) };
+    nix::errno::Errno::result(r).map(|_| mask)
+}
+
+/// Sets the blocked-signal mask of a stopped tracee (PTRACE_SETSIGMASK).
+pub fn setsigmask(pid: Pid, mask: u64) -> nix::Result<()> {
+    // SAFETY: the kernel reads 8 bytes (the size passed) from `mask`.
+    let r = unsafe { libc::ptrace(libc::PTRACE_SETSIGMASK, pid.as_raw(), 8usize, &mask as *const u64) };
+    nix::errno::Errno::result(r).map(|_| ())
+}
+
 /// What PTRACE_GET_SYSCALL_INFO says about a stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[allow(missing_docs)]

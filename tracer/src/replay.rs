@@ -561,6 +561,11 @@ impl Replayer {
                 regs.rdx = x.regs[3] as u64;
                 regs.rip += 2;
             }),
+            // eBPF logs: records the recorder dropped.
+            EventBody::Lost(l) if self.virt.is_some() => match crate::virt::lost_records(l) {
+                Some(why) => Err(Error::Replay { seq: self.seq, tid: ev.tid, why }),
+                None => Ok(()),
+            },
             // Kernel-level and engine events do not drive the program.
             _ => Ok(()),
         }
@@ -625,6 +630,9 @@ impl Replayer {
         }
         match class {
             Class::Emulate | Class::Refuse | Class::Unsupported(_) => {
+                if let Some(why) = self.virt.as_ref().and_then(|_| crate::virt::incomplete_capture(sc)) {
+                    return Err(Error::Replay { seq: self.seq, tid, why });
+                }
                 self.skip_syscall(tid, real, sc)?;
                 if let Some(v) = &self.virt {
                     v.after_served(ev, sc, &self.proc_of(tid)?.mem).map_err(|why| Error::Replay { seq: self.seq, tid, why })?;
@@ -979,7 +987,21 @@ impl Replayer {
         let real = self.real(tid)?;
         os::syscall(real, 0).map_err(os_err("resuming into fork"))?;
         self.set_stop(tid, Stop::Running);
-        let st = self.wait_stop(tid)?;
+        let mut st = self.wait_stop(tid)?;
+        // eBPF log (no record-time ordering of tasks): a SIGCHLD of one of the replay's own
+        // children was pending (it is suppressed), so the kernel restarts the fork (ERESTARTNOINTR).
+        for _ in 0..64 {
+            if self.virt.is_none() || st != Stop::Exit || os::getregs(real).map_err(os_err("getregs"))?.rax as i64 != -513 {
+                break;
+            }
+            os::syscall(real, 0).map_err(os_err("restarting fork"))?;
+            self.set_stop(tid, Stop::Running);
+            if let Stop::Entry { .. } = self.wait_stop(tid)? {
+                os::syscall(real, 0).map_err(os_err("resuming into fork"))?;
+                self.set_stop(tid, Stop::Running);
+            }
+            st = self.wait_stop(tid)?;
+        }
         let Stop::Event(_) = st else {
             return Err(self.diverge(ev, "to create a task", &st));
         };
@@ -1113,6 +1135,9 @@ impl Replayer {
 
     fn signal(&mut self, ev: &Event, s: &Signal) -> Result<(), Error> {
         let tid = ev.tid;
+        if let Some(why) = self.virt.as_ref().and_then(|_| crate::virt::unplaceable_signal(s)) {
+            return Err(Error::Replay { seq: self.seq, tid, why });
+        }
         let st = self.ensure_stop(tid)?;
         match st {
             Stop::Signal(sig) if sig == s.signo && s.synchronous => {}
@@ -1134,6 +1159,19 @@ impl Replayer {
             return Ok(0);
         };
         let real = self.real(tid)?;
+        // eBPF log: delivered at the exit of a mask-swapping call the log served.
+        let swap = match &self.virt {
+            Some(v) => v.delivery_mask(tid, &self.proc_of(tid)?.mem).map_err(|why| Error::Replay { seq: self.seq, tid, why })?,
+            None => None,
+        };
+        let own_mask = match swap {
+            Some(m) => {
+                let own = os::getsigmask(real).map_err(os_err("reading the signal mask"))?;
+                os::setsigmask(real, m).map_err(os_err("setting the signal mask"))?;
+                Some(own)
+            }
+            None => None,
+        };
         if self.task(tid)?.stop != Stop::Signal(sig) {
             let tgid = self.proc_of(tid)?.real;
             self.tasks.get_mut(&tid).unwrap().injecting = Some(sig);
@@ -1146,7 +1184,32 @@ impl Replayer {
             }
         }
         let _ = os::setsiginfo(real, &info);
+        if let Some(own) = own_mask {
+            self.enter_handler(tid, sig, own)?;
+            return Ok(0);
+        }
         Ok(sig)
+    }
+
+    /// eBPF log: delivers `sig` (at its delivery stop, under the mask the
+    /// interrupted call had) by stepping into its handler, then puts the
+    /// program's own mask `own` into the signal frame, where the kernel
+    /// would have saved it, so the handler's `rt_sigreturn` restores it.
+    fn enter_handler(&mut self, tid: u32, sig: i32, own: u64) -> Result<(), Error> {
+        let real = self.real(tid)?;
+        os::step(real, sig).map_err(os_err("delivering a signal"))?;
+        self.set_stop(tid, Stop::Running);
+        let st = self.wait_stop(tid)?;
+        if st != Stop::Signal(libc::SIGTRAP) {
+            return Err(self.diverge_at(self.seq, tid, &format!("to enter the handler of {}", kpl::json::signal_name(sig)), &st));
+        }
+        // x86-64 rt_sigframe: rdx = &uc; uc_sigmask follows uc_flags, uc_link, uc_stack (24) and uc_mcontext (256).
+        let uc = os::getregs(real).map_err(os_err("getregs"))?.rdx;
+        self.proc_of(tid)?.mem.write(uc + 296, &own.to_le_bytes()).map_err(|e| Error::Replay {
+            seq: self.seq,
+            tid,
+            why: format!("restoring the signal mask in the frame of {}: {e}", kpl::json::signal_name(sig)),
+        })
     }
 
     fn trap(&mut self, ev: &Event, ip: u64, apply: impl FnOnce(&mut Regs)) -> Result<(), Error> {
@@ -1206,7 +1269,10 @@ impl Replayer {
                 EventBody::Signal(s) if s.landing.in_syscall && !s.synchronous && !delivering => return Ok(()),
                 EventBody::Preempt(p) => return self.start_landing(tid, p.landing.clone(), n.seq),
                 EventBody::Signal(s) if !s.synchronous && !s.landing.in_syscall => {
-                    return self.start_landing(tid, s.landing.clone(), n.seq)
+                    if let Some(why) = self.virt.as_ref().and_then(|_| crate::virt::unplaceable_signal(s)) {
+                        return Err(Error::Replay { seq: n.seq, tid, why });
+                    }
+                    return self.start_landing(tid, s.landing.clone(), n.seq);
                 }
                 _ => {}
             }

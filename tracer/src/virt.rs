@@ -34,6 +34,17 @@
 //! * **Scheduling.** There are no landing points: threads are ordered by
 //!   their syscalls only (the order in which the kernel finished them); a
 //!   task created by a fork runs when its first event comes.
+//! * **Signals.** The recorder logs each signal a selected task handles
+//!   (`signal_deliver`) as a `Signal` event right after the syscall at
+//!   whose exit the kernel delivered it (`landing.in_syscall`: the task's
+//!   registers were still exactly as that syscall left them — an
+//!   interrupted blocking call with its restart code, or a signal pending
+//!   on return), and the replay delivers it there with the recorded
+//!   siginfo, as for a ptrace log. Synchronous signals (a fault) happen by
+//!   themselves at replay. An asynchronous signal that landed in user
+//!   code cannot be placed without an instruction count (no PMU): the
+//!   replay stops before it with an error saying so
+//!   ([`unplaceable_signal`]), never a silently different run.
 
 use crate::os::{self, Mem, Pid};
 use crate::vdso::Vdso;
@@ -45,6 +56,55 @@ const GETTIMEOFDAY: u32 = 96;
 const TIME: u32 = 201;
 const GETCPU: u32 = 309;
 const CLOCK_GETRES: u32 = 229;
+
+/// Why a `Signal` event of an eBPF log cannot be reproduced, if it cannot:
+/// an asynchronous signal that landed in user code between two syscalls.
+pub fn unplaceable_signal(s: &kpl::event::Signal) -> Option<String> {
+    (!s.synchronous && !s.landing.in_syscall).then(|| {
+        format!(
+            "{} landed in user code at {:#x}, between two syscalls: an eBPF log has no instruction count (no PMU) to place \
+             an asynchronous signal there, so the replay cannot go past it (record with `kprobe record` (ptrace) to replay it)",
+            kpl::json::signal_name(s.signo),
+            s.landing.ip
+        )
+    })
+}
+
+/// Why a syscall of an eBPF log cannot be served faithfully, if it cannot:
+/// the recorder could not capture all the memory the kernel wrote for it
+/// (`FLAG_TRUNCATED`: ring buffer full, unreadable memory, more than the
+/// per-call limit), so serving it would hand the program other bytes. A
+/// write to the recorder's stdout/stderr whose bytes were cut only shows
+/// less output: a warning, not an error.
+pub fn incomplete_capture(s: &kpl::event::Syscall) -> Option<String> {
+    use kpl::event::Syscall;
+    if s.flags & Syscall::FLAG_TRUNCATED == 0 {
+        return None;
+    }
+    if s.flags & (Syscall::FLAG_STDOUT | Syscall::FLAG_STDERR) != 0 {
+        tracing::warn!("the log holds only part of what {} showed (the recorder could not capture it all)", s.name());
+        return None;
+    }
+    Some(format!(
+        "the recorder could not capture all the memory the kernel wrote for {} (ring buffer full, unreadable memory or over \
+         the per-call limit): serving it would hand the program other data",
+        s.name()
+    ))
+}
+
+/// Why the replay of an eBPF log cannot go past a `Lost` event, if it
+/// cannot: the recorder's ring buffer dropped syscall or process records
+/// (counted in the kernel, reported here, where the recorder noticed), so
+/// what the program did around here is not all in the log.
+pub fn lost_records(l: &kpl::event::Lost) -> Option<String> {
+    matches!(l.source.as_str(), "syscall" | "proc").then(|| {
+        format!(
+            "the recorder lost {} {} records (its ring buffer was full) before this point: the log does not hold all the \
+             program did, so the replay cannot go on faithfully (record again with a larger ring buffer, --ring-kb)",
+            l.count, l.source
+        )
+    })
+}
 
 /// A task of the replay at a stop.
 pub struct Stopped<'a> {
@@ -81,6 +141,8 @@ pub struct Virt {
     next: HashMap<u32, (u64, Option<Event>)>,
     /// Reads served here: vDSO calls, rdtsc/rdtscp.
     pub served: u64,
+    /// Per task: its latest syscall (number, arguments, result).
+    last_sys: HashMap<u32, (u32, [u64; 6], i64)>,
 }
 
 fn extra<'a>(meta: &'a Metadata, key: &str) -> Option<&'a str> {
@@ -106,6 +168,7 @@ impl Virt {
             cpu: HashMap::new(),
             next: HashMap::new(),
             served: 0,
+            last_sys: HashMap::new(),
         })
     }
 
@@ -116,12 +179,41 @@ impl Virt {
             _ => ev.ts_ns,
         };
         // Only the program's own events: the recorder's notes carry its own clock.
+        if let EventBody::Syscall(s) = &ev.body {
+            self.last_sys.insert(ev.tid, (s.nr, s.args, s.ret));
+        }
         if matches!(ev.body, EventBody::Syscall(_) | EventBody::Fork(_) | EventBody::Exec(_) | EventBody::Exit(_)) {
             self.floor = self.floor.max(end);
             if ev.cpu != u16::MAX {
                 self.cpu.insert(ev.tid, ev.cpu);
             }
         }
+    }
+
+    /// The signal mask the kernel had in place when it delivered a signal
+    /// to `tid` at the exit of its latest syscall, when that was not the
+    /// program's own mask: `rt_sigsuspend`, `ppoll`, `pselect6`,
+    /// `epoll_pwait(2)` interrupted (`-EINTR`, `-ERESTARTNOHAND`) run with
+    /// the mask they were given, and the kernel restores the program's mask
+    /// only when the handler returns. Served from the log at replay, those
+    /// calls never swapped the mask, so the replay delivers with it (read
+    /// from the program's memory, as the call would have).
+    pub fn delivery_mask(&self, tid: u32, mem: &Mem) -> Result<Option<u64>, String> {
+        let Some((nr, a, ret)) = self.last_sys.get(&tid) else { return Ok(None) };
+        if !matches!(*ret, -4 | -514) {
+            return Ok(None);
+        }
+        let ptr = match *nr {
+            130 => a[0],       // rt_sigsuspend(mask, size)
+            271 => a[3],       // ppoll(fds, n, timeout, mask, size)
+            281 | 441 => a[4], // epoll_pwait(2)(epfd, events, max, timeout, mask, size)
+            270 if a[5] != 0 => mem.read_u64(a[5]).map_err(|e| format!("reading pselect6's mask argument: {e}"))?,
+            _ => return Ok(None),
+        };
+        if ptr == 0 {
+            return Ok(None);
+        }
+        mem.read_u64(ptr).map(Some).map_err(|e| format!("reading the signal mask syscall {nr} was given: {e}"))
     }
 
     /// After a syscall served from the log: what the kernel wrote behind the
