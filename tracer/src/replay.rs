@@ -184,6 +184,8 @@ struct Task {
     goal: Goal,
     /// The event that last let it run (its current slice began after it).
     resumed_at: u64,
+    /// Its latest syscall event (number, arguments, result).
+    last_syscall: Option<(u32, [u64; 6], i64)>,
 }
 
 struct Proc {
@@ -379,6 +381,7 @@ impl Replayer {
                 vfork_child: None,
                 goal: Goal::Natural,
                 resumed_at: 0,
+                last_syscall: None,
             },
         );
         let mem = Mem::open(pid).map_err(|e| Error::Os(format!("memory of {pid}: {e}")))?;
@@ -461,6 +464,11 @@ impl Replayer {
             }
             tracing::debug!(seq = self.seq, tid = ev.tid, "{}", kpl::text::describe(&ev));
             self.process(&ev)?;
+            if let EventBody::Syscall(sc) = &ev.body {
+                if let Some(t) = self.tasks.get_mut(&ev.tid) {
+                    t.last_syscall = Some((sc.nr, sc.args, sc.ret));
+                }
+            }
             if let Some(v) = &mut self.virt {
                 v.observe(&ev);
             }
@@ -1022,6 +1030,7 @@ impl Replayer {
                 vfork_child: None,
                 goal: Goal::Natural,
                 resumed_at: 0,
+                last_syscall: None,
             },
         );
         if f.kind != ForkKind::Thread {
@@ -1159,9 +1168,11 @@ impl Replayer {
             return Ok(0);
         };
         let real = self.real(tid)?;
-        // eBPF log: delivered at the exit of a mask-swapping call the log served.
-        let swap = match &self.virt {
-            Some(v) => v.delivery_mask(tid, &self.proc_of(tid)?.mem).map_err(|why| Error::Replay { seq: self.seq, tid, why })?,
+        // Delivered at the exit of a mask-swapping call the log served.
+        let swap = match self.task(tid)?.last_syscall {
+            Some((nr, a, ret)) => {
+                sys::mask_during(nr, &a, ret, &self.proc_of(tid)?.mem).map_err(|why| Error::Replay { seq: self.seq, tid, why })?
+            }
             None => None,
         };
         let own_mask = match swap {
@@ -1191,7 +1202,7 @@ impl Replayer {
         Ok(sig)
     }
 
-    /// eBPF log: delivers `sig` (at its delivery stop, under the mask the
+    /// Delivers `sig` (at its delivery stop, under the mask the
     /// interrupted call had) by stepping into its handler, then puts the
     /// program's own mask `own` into the signal frame, where the kernel
     /// would have saved it, so the handler's `rt_sigreturn` restores it.

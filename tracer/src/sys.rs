@@ -523,3 +523,29 @@ pub fn name(nr: u32) -> String {
 pub fn nr(s: Sysno) -> u32 {
     s.id() as u32
 }
+
+/// The signal mask the kernel had in place when it delivered a signal at
+/// the exit of syscall `nr(args) = ret`, when that was not the program's
+/// own mask: `rt_sigsuspend`, `ppoll`, `pselect6`, `epoll_pwait(2)`
+/// interrupted (`-EINTR`, `-ERESTARTNOHAND`) run with the mask they were
+/// given, and the kernel restores the program's mask only when the handler
+/// returns. Served from the log at replay, those calls never swapped the
+/// mask: the replay delivers with this one (read from the program's memory,
+/// as the call would have) and puts the program's own into the signal frame.
+pub fn mask_during(nr: u32, a: &[u64; 6], ret: i64, mem: &crate::os::Mem) -> Result<Option<u64>, String> {
+    if !matches!(ret, -4 | -514) {
+        return Ok(None);
+    }
+    let ptr = match nr as i64 {
+        libc::SYS_rt_sigsuspend => a[0],
+        libc::SYS_ppoll => a[3],
+        libc::SYS_epoll_pwait | libc::SYS_epoll_pwait2 => a[4],
+        // pselect6's sixth argument points to { const sigset_t *ss; size_t ss_len; }.
+        libc::SYS_pselect6 if a[5] != 0 => mem.read_u64(a[5]).map_err(|e| format!("reading pselect6's mask argument: {e}"))?,
+        _ => return Ok(None),
+    };
+    if ptr == 0 {
+        return Ok(None);
+    }
+    mem.read_u64(ptr).map(Some).map_err(|e| format!("reading the signal mask syscall {nr} was given: {e}"))
+}

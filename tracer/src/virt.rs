@@ -141,8 +141,6 @@ pub struct Virt {
     next: HashMap<u32, (u64, Option<Event>)>,
     /// Reads served here: vDSO calls, rdtsc/rdtscp.
     pub served: u64,
-    /// Per task: its latest syscall (number, arguments, result).
-    last_sys: HashMap<u32, (u32, [u64; 6], i64)>,
 }
 
 fn extra<'a>(meta: &'a Metadata, key: &str) -> Option<&'a str> {
@@ -168,7 +166,6 @@ impl Virt {
             cpu: HashMap::new(),
             next: HashMap::new(),
             served: 0,
-            last_sys: HashMap::new(),
         })
     }
 
@@ -179,41 +176,12 @@ impl Virt {
             _ => ev.ts_ns,
         };
         // Only the program's own events: the recorder's notes carry its own clock.
-        if let EventBody::Syscall(s) = &ev.body {
-            self.last_sys.insert(ev.tid, (s.nr, s.args, s.ret));
-        }
         if matches!(ev.body, EventBody::Syscall(_) | EventBody::Fork(_) | EventBody::Exec(_) | EventBody::Exit(_)) {
             self.floor = self.floor.max(end);
             if ev.cpu != u16::MAX {
                 self.cpu.insert(ev.tid, ev.cpu);
             }
         }
-    }
-
-    /// The signal mask the kernel had in place when it delivered a signal
-    /// to `tid` at the exit of its latest syscall, when that was not the
-    /// program's own mask: `rt_sigsuspend`, `ppoll`, `pselect6`,
-    /// `epoll_pwait(2)` interrupted (`-EINTR`, `-ERESTARTNOHAND`) run with
-    /// the mask they were given, and the kernel restores the program's mask
-    /// only when the handler returns. Served from the log at replay, those
-    /// calls never swapped the mask, so the replay delivers with it (read
-    /// from the program's memory, as the call would have).
-    pub fn delivery_mask(&self, tid: u32, mem: &Mem) -> Result<Option<u64>, String> {
-        let Some((nr, a, ret)) = self.last_sys.get(&tid) else { return Ok(None) };
-        if !matches!(*ret, -4 | -514) {
-            return Ok(None);
-        }
-        let ptr = match *nr {
-            130 => a[0],       // rt_sigsuspend(mask, size)
-            271 => a[3],       // ppoll(fds, n, timeout, mask, size)
-            281 | 441 => a[4], // epoll_pwait(2)(epfd, events, max, timeout, mask, size)
-            270 if a[5] != 0 => mem.read_u64(a[5]).map_err(|e| format!("reading pselect6's mask argument: {e}"))?,
-            _ => return Ok(None),
-        };
-        if ptr == 0 {
-            return Ok(None);
-        }
-        mem.read_u64(ptr).map(Some).map_err(|e| format!("reading the signal mask syscall {nr} was given: {e}"))
     }
 
     /// After a syscall served from the log: what the kernel wrote behind the
