@@ -32,6 +32,8 @@ pub mod event;
 pub mod format;
 pub mod index;
 pub mod json;
+#[doc(hidden)]
+pub mod payload;
 mod reader;
 pub mod synth;
 pub mod sys;
@@ -129,7 +131,11 @@ pub enum Error {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: bad header: {reason}")]
     BadHeader { path: PathBuf, reason: String },
-    #[error("{path}: format version {major}.{minor} is not supported (this build reads {}.x)", format::VERSION_MAJOR)]
+    #[error(
+        "{path}: format version {major}.{minor} is not supported (this build reads {}.x to {}.x)",
+        format::OLDEST_MAJOR,
+        format::VERSION_MAJOR
+    )]
     UnsupportedVersion { path: PathBuf, major: u16, minor: u16 },
     #[error("{path}: {kind} block at byte offset {offset}: {reason}")]
     BadBlock { path: PathBuf, offset: u64, kind: &'static str, reason: String },

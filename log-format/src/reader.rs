@@ -393,7 +393,7 @@ impl Reader {
         if h.kind != FrameKind::Events || h.a != b.first_seq {
             return Err(self.bad_block(b.offset, h.kind.name(), format!("expected the events block starting at event {}", b.first_seq)));
         }
-        block::decode(&raw, b.first_seq, Some(b.count)).map(|d| d.events).map_err(|e| Error::BadEvent {
+        block::decode(&raw, b.first_seq, Some(b.count), self.header.major).map(|d| d.events).map_err(|e| Error::BadEvent {
             path: self.path.clone(),
             offset: b.offset,
             seq: b.first_seq + e.index as u64,
@@ -539,7 +539,7 @@ impl Reader {
             match format::open_body(&h, &body) {
                 Err(reason) => s.problems.push(frame_problem(pos, flen, &h, format!("{} block: {reason}", h.kind.name()))),
                 Ok(raw) => match h.kind {
-                    FrameKind::Events => match u32::try_from(h.b).ok().map(|c| block::decode(&raw, h.a, Some(c))) {
+                    FrameKind::Events => match u32::try_from(h.b).ok().map(|c| block::decode(&raw, h.a, Some(c), self.header.major)) {
                         Some(Ok(d)) => {
                             let (mut min_ts, mut max_ts) = (u64::MAX, 0);
                             for e in &d.events {

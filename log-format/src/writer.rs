@@ -8,9 +8,10 @@
 //! written: everything before it is in complete, checksummed frames.
 
 use crate::block::BlockBuilder;
-use crate::event::{Data, Event, FileHash};
+use crate::event::{Data, Event, EventBody, FileHash};
 use crate::format::{self, FrameKind};
 use crate::index::{BlockInfo, ChunkInfo, Index, IndexBuilder, PayloadInfo, Summary};
+use crate::payload::PayloadBuilder;
 use crate::{Error, Metadata};
 use std::fs::File;
 use std::io::Write;
@@ -53,7 +54,9 @@ pub struct Writer<W: Write = File> {
     pos: u64,
     opts: WriterOptions,
     block: BlockBuilder,
-    payload: Vec<u8>,
+    payload: PayloadBuilder,
+    /// Payload frames finished while an event was being appended, not yet written.
+    payload_done: Vec<(u64, u32, Vec<u8>)>,
     payload_start: u64,
     next_seq: u64,
     index: IndexBuilder,
@@ -86,7 +89,8 @@ impl<W: Write> Writer<W> {
             name,
             pos: h.len() as u64,
             block: BlockBuilder::default(),
-            payload: Vec::new(),
+            payload: PayloadBuilder::default(),
+            payload_done: Vec::new(),
             payload_start: 0,
             next_seq: 0,
             index: IndexBuilder::default(),
@@ -112,12 +116,29 @@ impl<W: Write> Writer<W> {
     pub fn append(&mut self, mut ev: Event) -> Result<u64, Error> {
         ev.seq = self.next_seq;
         let inline_max = self.opts.inline_max;
-        let (payload, start) = (&mut self.payload, self.payload_start);
+        let max = self.opts.payload_block_size.clamp(1, format::MAX_FRAME_LEN as usize / 2);
+        // Buffers of one kind of source share a lane: the syscall and the type of its file.
+        let lane = match &ev.body {
+            EventBody::Syscall(s) => ((s.fd_type as u64) << 32) | s.nr as u64,
+            b => (1 << 63) | b.kind().id() as u64,
+        };
+        let (payload, done, zstd) = (&mut self.payload, &mut self.payload_done, &mut self.zstd);
+        let mut start = self.payload_start;
         ev.data_mut(|d| {
             if let Data::Bytes(b) = d {
                 if b.len() > inline_max {
                     let offset = start + payload.len() as u64;
-                    payload.extend_from_slice(b);
+                    let mut rest = &b[..];
+                    while !rest.is_empty() {
+                        let n = rest.len().min(max - payload.len());
+                        payload.push(lane, &rest[..n]);
+                        rest = &rest[n..];
+                        if payload.len() >= max {
+                            let len = payload.len() as u32;
+                            done.push((start, len, payload.finish(zstd)));
+                            start += len as u64;
+                        }
+                    }
                     *d = Data::Stored { offset, len: b.len() as u32 };
                 }
             }
@@ -125,9 +146,7 @@ impl<W: Write> Writer<W> {
         self.block.push(&ev);
         self.index.note_event(&ev);
         self.next_seq += 1;
-        if self.payload.len() >= self.opts.payload_block_size {
-            self.write_payload()?;
-        }
+        self.emit_payload_done()?;
         if self.block.raw_len() >= self.opts.block_size {
             self.write_block()?;
         }
@@ -216,35 +235,38 @@ impl<W: Write> Writer<W> {
         Ok(at)
     }
 
-    fn write_payload(&mut self) -> Result<(), Error> {
-        let data = std::mem::take(&mut self.payload);
-        let max = self.opts.payload_block_size.max(1);
-        for piece in data.chunks(max) {
-            let frame = format::build_frame_with(&mut self.zstd, FrameKind::Payload, self.payload_start, 0, piece);
+    /// Writes the payload frames finished so far.
+    fn emit_payload_done(&mut self) -> Result<(), Error> {
+        for (start, len, body) in std::mem::take(&mut self.payload_done) {
+            let frame = format::frame_from_body(FrameKind::Payload, format::CODEC_FIELDS, start, 0, len, &body);
             let offset = self.emit(&frame)?;
-            self.index.add_payload(PayloadInfo {
-                offset,
-                frame_len: frame.len() as u32,
-                start: self.payload_start,
-                len: piece.len() as u32,
-            });
-            self.payload_start += piece.len() as u64;
+            self.index.add_payload(PayloadInfo { offset, frame_len: frame.len() as u32, start, len });
+            self.payload_start = start + len as u64;
         }
-        self.payload = data;
-        self.payload.clear();
+        Ok(())
+    }
+
+    /// Writes the buffered payload bytes as a frame.
+    fn write_payload(&mut self) -> Result<(), Error> {
+        self.emit_payload_done()?;
+        if !self.payload.is_empty() {
+            let len = self.payload.len() as u32;
+            self.payload_done.push((self.payload_start, len, self.payload.finish(&mut self.zstd)));
+            self.emit_payload_done()?;
+        }
         Ok(())
     }
 
     fn write_block(&mut self) -> Result<(), Error> {
-        if !self.payload.is_empty() {
+        if !self.payload.is_empty() || !self.payload_done.is_empty() {
             self.write_payload()?;
         }
         if self.block.count == 0 {
             return Ok(());
         }
         let (first_seq, count, min_ts, max_ts) = (self.block.first_seq, self.block.count, self.block.min_ts, self.block.max_ts);
-        let raw = self.block.finish();
-        let frame = format::build_frame_with(&mut self.zstd, FrameKind::Events, first_seq, count as u64, &raw);
+        let (body, raw_len) = self.block.finish_columns(&mut self.zstd);
+        let frame = format::frame_from_body(FrameKind::Events, format::CODEC_COLUMNS, first_seq, count as u64, raw_len, &body);
         let offset = self.emit(&frame)?;
         self.index.add_block(BlockInfo { offset, frame_len: frame.len() as u32, first_seq, count, min_ts, max_ts });
         Ok(())

@@ -196,3 +196,44 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// A log written by format 1.0 (the release before the column and payload
+/// codecs of format 2): every event, payload and file reads back.
+#[test]
+fn format_1_logs_still_read() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/v1.0.kpl");
+    let r = Reader::open(&path).unwrap();
+    assert_eq!(r.version(), (1, 0));
+    assert!(r.recovery().is_none(), "the footer of a 1.0 log is read");
+    assert!(
+        r.index().blocks.len() > 3 && r.index().payload.len() > 3,
+        "several blocks and payload frames: {} and {}",
+        r.index().blocks.len(),
+        r.index().payload.len()
+    );
+    let want: Vec<Event> = kpl::synth::Synth::new(7).take(3000).collect();
+    let mut n = 0;
+    for (e, mut w) in r.events().zip(want) {
+        w.seq = n;
+        assert_eq!(resolved(&r, e.unwrap()), w, "event {n}");
+        n += 1;
+    }
+    assert_eq!(n, 3000);
+    let file: Vec<u8> = (0..10000u32).flat_map(|i| i.to_le_bytes()).collect();
+    assert_eq!(r.file(&kpl::FileHash::of(&file)).unwrap(), file);
+    assert_eq!(r.index().summary.exit_code, Some(3));
+    assert!(r.verify().is_sound());
+    // Seeks use the 1.0 block model too.
+    assert_eq!(r.get(2345).unwrap().seq, 2345);
+}
+
+/// Logs of this version say so; a reader names versions it cannot read.
+#[test]
+fn format_version_is_2_and_others_are_named() {
+    let bytes = write_log(&[note(1)], small_blocks());
+    assert_eq!(Reader::from_bytes(bytes.clone(), "v2.kpl").unwrap().version(), (2, 0));
+    let mut b = bytes;
+    b[8] = 3;
+    let e = Reader::from_bytes(b, "v3.kpl").err().expect("version 3 is not readable").to_string();
+    assert!(e.contains("v3.kpl") && e.contains("format version 3.0") && e.contains("1.x to 2.x"), "{e}");
+}

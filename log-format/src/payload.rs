@@ -1,0 +1,422 @@
+//! The payload frame codec of format 2: text buffers split into a template
+//! and a column of numbers.
+//!
+//! A payload frame holds consecutive buffers (*pieces*) of the payload
+//! stream. Buffers that are text (tab, line feed, carriage return and
+//! printable ASCII only) are tokenized: every run of 1 to 18 decimal digits
+//! that is not part of a lower-case hexadecimal word (a run of `[0-9a-f]`
+//! holding a letter, such as a trace id) leaves the text and becomes a
+//! number; the text keeps a marker byte `0x80 + digits` in its place. Each
+//! number is stored as the zigzag varint of its difference from the previous
+//! number met in the same context (the lane, the four template bytes before
+//! it and its digit count) in the `numbers` stream, so counters, lengths and
+//! ids that repeat or count up cost next to nothing — or, when the last
+//! change in that context was large next to the value (amounts, random ids),
+//! as a plain varint in the `wide` stream. The templates of messages and
+//! records then repeat exactly, which zstd stores as long matches. Other buffers are kept as they
+//! are.
+//!
+//! Buffers from different sources (the writer passes a *lane* hint: process
+//! and syscall) go to separate *lanes* of the frame, up to 8, each with its
+//! own streams, so that HTTP messages, file records and binary structures
+//! do not share zstd's statistics.
+//!
+//! ```text
+//! body    := nlanes(u8) (codec(u8) raw_len(varint) stored_len(varint)){1 + 4 × nlanes} stream*
+//! streams := pieces, then for each lane: raw, template, numbers, wide
+//! pieces  := per buffer: len(varint) mode(u8: lane × 2 + 1 if text) [template_len(varint) if text]
+//! ```
+//!
+//! Each stream is compressed with zstd on its own (codec 1) or stored
+//! (codec 0). All context state starts fresh in each frame, so every frame
+//! decodes on its own.
+
+use crate::block::put;
+use integer_encoding::VarInt;
+
+/// Largest digit run that becomes a number (10^18 < 2^63).
+const MAX_DIGITS: usize = 18;
+const MARK: u8 = 0x80;
+const SLOT_BITS: u32 = 14;
+/// Most lanes in a frame.
+pub const MAX_LANES: usize = 8;
+
+/// Byte classes: 1 text, 2 decimal digit, 4 lower-case hex letter.
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0x20;
+    while c < 0x7f {
+        t[c] = 1;
+        c += 1;
+    }
+    t[b'\t' as usize] = 1;
+    t[b'\n' as usize] = 1;
+    t[b'\r' as usize] = 1;
+    let mut d = b'0';
+    while d <= b'9' {
+        t[d as usize] |= 2;
+        d += 1;
+    }
+    let mut h = b'a';
+    while h <= b'f' {
+        t[h as usize] |= 4;
+        h += 1;
+    }
+    t
+};
+
+#[inline]
+fn slot(win: u32, digits: usize, lane: usize) -> usize {
+    ((win ^ ((digits as u32) << 27) ^ ((lane as u32) << 22)).wrapping_mul(0x9E37_79B1) >> (32 - SLOT_BITS)) as usize
+}
+
+#[derive(Default)]
+struct Lane {
+    key: u64,
+    raw: Vec<u8>,
+    template: Vec<u8>,
+    numbers: Vec<u8>,
+    wide: Vec<u8>,
+}
+
+/// Accumulates the buffers of one payload frame.
+pub struct PayloadBuilder {
+    pieces: Vec<u8>,
+    lanes: Vec<Lane>,
+    used: usize,
+    slots: Vec<Slot>,
+    len: usize,
+}
+
+/// What a number context remembers: the last value, and whether the last
+/// change was large next to the value (then the next value is stored as it
+/// is, in the `wide` stream, rather than as a difference).
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    last: u64,
+    wide: bool,
+}
+
+impl Slot {
+    #[inline]
+    fn update(&mut self, v: u64) {
+        self.wide = v.abs_diff(self.last) > v >> 2;
+        self.last = v;
+    }
+}
+
+impl Default for PayloadBuilder {
+    fn default() -> Self {
+        PayloadBuilder { pieces: Vec::new(), lanes: Vec::new(), used: 0, slots: vec![Slot::default(); 1 << SLOT_BITS], len: 0 }
+    }
+}
+
+impl PayloadBuilder {
+    /// Logical bytes held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no buffer is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds one buffer; `lane` groups buffers of the same source.
+    pub fn push(&mut self, lane: u64, b: &[u8]) {
+        self.len += b.len();
+        let li = match self.lanes[..self.used].iter().position(|l| l.key == lane) {
+            Some(i) => i,
+            None if self.used < MAX_LANES => {
+                if self.lanes.len() == self.used {
+                    self.lanes.push(Lane::default());
+                }
+                self.lanes[self.used].key = lane;
+                self.used += 1;
+                self.used - 1
+            }
+            None => (lane % MAX_LANES as u64) as usize,
+        };
+        let pieces = &mut self.pieces;
+        let Lane { raw, template, numbers, wide, .. } = &mut self.lanes[li];
+        put(pieces, b.len() as u64);
+        if b.is_empty() || !b.iter().all(|&c| CLASS[c as usize] & 1 != 0) {
+            pieces.push((li * 2) as u8);
+            raw.extend_from_slice(b);
+            return;
+        }
+        pieces.push((li * 2 + 1) as u8);
+        let t0 = template.len();
+        let mut win = 0u32;
+        let mut i = 0;
+        while i < b.len() {
+            // Text up to the next hex-class byte, copied at once.
+            let s = i;
+            while i < b.len() && CLASS[b[i] as usize] & 6 == 0 {
+                i += 1;
+            }
+            if i > s {
+                template.extend_from_slice(&b[s..i]);
+                for &c in &b[i.saturating_sub(4).max(s)..i] {
+                    win = (win << 8) | c as u32;
+                }
+                if i == b.len() {
+                    break;
+                }
+            }
+            let s = i;
+            let mut letters = false;
+            while i < b.len() && CLASS[b[i] as usize] & 6 != 0 {
+                letters |= CLASS[b[i] as usize] & 4 != 0;
+                i += 1;
+            }
+            let run = &b[s..i];
+            if letters || run.len() > MAX_DIGITS {
+                template.extend_from_slice(run);
+                for &c in &run[run.len().saturating_sub(4)..] {
+                    win = (win << 8) | c as u32;
+                }
+                continue;
+            }
+            let v = run.iter().fold(0u64, |v, &d| v * 10 + (d - b'0') as u64);
+            let m = MARK + run.len() as u8;
+            template.push(m);
+            let sl = &mut self.slots[slot(win, run.len(), li)];
+            if sl.wide {
+                put(wide, v);
+            } else {
+                put(numbers, v.wrapping_sub(sl.last) as i64);
+            }
+            sl.update(v);
+            win = (win << 8) | m as u32;
+        }
+        put(pieces, (template.len() - t0) as u64);
+    }
+
+    /// The frame body; resets the builder.
+    pub fn finish(&mut self, c: &mut zstd::bulk::Compressor<'_>) -> Vec<u8> {
+        let mut head = Vec::with_capacity(64);
+        head.push(self.used as u8);
+        let mut bodies = Vec::with_capacity(1 + PER_LANE * self.used);
+        let streams =
+            std::iter::once(&self.pieces).chain(self.lanes[..self.used].iter().flat_map(|l| [&l.raw, &l.template, &l.numbers, &l.wide]));
+        for s in streams {
+            let z = if s.len() >= 64 { c.compress(s).ok().filter(|z| z.len() < s.len()) } else { None };
+            match z {
+                Some(z) => {
+                    head.push(1);
+                    put(&mut head, s.len() as u64);
+                    put(&mut head, z.len() as u64);
+                    bodies.push(std::borrow::Cow::Owned(z));
+                }
+                None => {
+                    head.push(0);
+                    put(&mut head, s.len() as u64);
+                    put(&mut head, s.len() as u64);
+                    bodies.push(std::borrow::Cow::Borrowed(&s[..]));
+                }
+            }
+        }
+        let mut out = head;
+        for b in &bodies {
+            out.extend_from_slice(b);
+        }
+        drop(bodies);
+        self.pieces.clear();
+        for l in &mut self.lanes {
+            l.raw.clear();
+            l.template.clear();
+            l.numbers.clear();
+            l.wide.clear();
+        }
+        self.used = 0;
+        self.slots.fill(Slot::default());
+        self.len = 0;
+        out
+    }
+}
+
+struct Cur<'a> {
+    name: &'static str,
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cur<'a> {
+    fn get<V: VarInt>(&mut self) -> Result<V, String> {
+        match V::decode_var(&self.b[self.at..]) {
+            Some((v, n)) => {
+                self.at += n;
+                Ok(v)
+            }
+            None => Err(format!("{} stream: bad or missing varint at byte {}", self.name, self.at)),
+        }
+    }
+    fn byte(&mut self) -> Result<u8, String> {
+        let v = *self.b.get(self.at).ok_or_else(|| format!("{} stream: cut short at byte {}", self.name, self.at))?;
+        self.at += 1;
+        Ok(v)
+    }
+    fn take(&mut self, n: u64) -> Result<&'a [u8], String> {
+        let left = self.b.len() - self.at;
+        if (left as u64) < n {
+            return Err(format!("{} stream: {n} bytes wanted at byte {}, {left} left", self.name, self.at));
+        }
+        let s = &self.b[self.at..self.at + n as usize];
+        self.at += n as usize;
+        Ok(s)
+    }
+}
+
+const PER_LANE: usize = 4;
+const NAMES: [&str; PER_LANE] = ["raw", "template", "numbers", "wide"];
+
+/// Decodes a frame body back into `raw_len` payload bytes.
+pub fn decode(body: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
+    let mut head = Cur { name: "payload header", b: body, at: 0 };
+    let nlanes = head.byte()? as usize;
+    if nlanes > MAX_LANES {
+        return Err(format!("{nlanes} lanes, at most {MAX_LANES} exist"));
+    }
+    let mut table = Vec::with_capacity(1 + PER_LANE * nlanes);
+    for _ in 0..1 + PER_LANE * nlanes {
+        table.push((head.byte()?, head.get::<u64>()?, head.get::<u64>()?));
+    }
+    let mut streams: Vec<Vec<u8>> = Vec::with_capacity(table.len());
+    let mut rest = Cur { name: "payload body", b: body, at: head.at };
+    for (i, (codec, rlen, slen)) in table.into_iter().enumerate() {
+        let name = if i == 0 { "pieces" } else { NAMES[(i - 1) % PER_LANE] };
+        // No stream is larger than 10 bytes per payload byte (a number's varint for one digit).
+        if rlen > (raw_len as u64).saturating_mul(10) + 16 {
+            return Err(format!("{name} stream of {rlen} bytes is out of range for a {raw_len}-byte frame"));
+        }
+        let stored = rest.take(slen)?;
+        let s = match codec {
+            0 if slen == rlen => stored.to_vec(),
+            1 => {
+                let s = zstd::bulk::decompress(stored, rlen as usize).map_err(|e| format!("{name} stream: zstd: {e}"))?;
+                if s.len() as u64 != rlen {
+                    return Err(format!("{name} stream: decompressed {} bytes, header says {rlen}", s.len()));
+                }
+                s
+            }
+            c => return Err(format!("{name} stream: bad codec {c} ({slen} of {rlen} bytes)")),
+        };
+        streams.push(s);
+    }
+    if rest.at != body.len() {
+        return Err(format!("{} bytes after the last payload stream", body.len() - rest.at));
+    }
+    let mut pieces = Cur { name: "pieces", b: &streams[0], at: 0 };
+    let mut lanes: Vec<[Cur<'_>; PER_LANE]> =
+        streams[1..].chunks(PER_LANE).map(|c| std::array::from_fn(|k| Cur { name: NAMES[k], b: &c[k], at: 0 })).collect();
+    let mut slots = vec![Slot::default(); 1 << SLOT_BITS];
+    let mut out = Vec::with_capacity(raw_len);
+    let mut piece = 0u64;
+    while pieces.at < pieces.b.len() {
+        let len: u64 = pieces.get()?;
+        if len > (raw_len - out.len()) as u64 {
+            return Err(format!("buffer {piece} of {len} bytes overruns the frame ({} bytes left)", raw_len - out.len()));
+        }
+        let start = out.len();
+        let mode = pieces.byte()? as usize;
+        let li = mode / 2;
+        let [raw, template, numbers, wide] = lanes.get_mut(li).ok_or_else(|| format!("buffer {piece}: lane {li} of {nlanes}"))?;
+        if mode & 1 == 0 {
+            out.extend_from_slice(raw.take(len)?);
+        } else {
+            let tlen: u64 = pieces.get()?;
+            let t = template.take(tlen)?;
+            let mut win = 0u32;
+            for &c in t {
+                if c < MARK {
+                    out.push(c);
+                    win = (win << 8) | c as u32;
+                    continue;
+                }
+                let digits = (c - MARK) as usize;
+                if !(1..=MAX_DIGITS).contains(&digits) {
+                    return Err(format!("buffer {piece}: bad template byte {c:#x}"));
+                }
+                let sl = &mut slots[slot(win, digits, li)];
+                let v = if sl.wide { wide.get()? } else { sl.last.wrapping_add(numbers.get::<i64>()? as u64) };
+                if v >= 10u64.pow(digits as u32) {
+                    return Err(format!("buffer {piece}: number {v} has more than {digits} digits"));
+                }
+                sl.update(v);
+                let mut digs = [0u8; MAX_DIGITS];
+                let mut x = v;
+                for p in (0..digits).rev() {
+                    digs[p] = b'0' + (x % 10) as u8;
+                    x /= 10;
+                }
+                out.extend_from_slice(&digs[..digits]);
+                win = (win << 8) | c as u32;
+                if out.len() - start > len as usize {
+                    break;
+                }
+            }
+            if out.len() - start != len as usize {
+                return Err(format!("buffer {piece}: template gives {} bytes, {len} expected", out.len() - start));
+            }
+        }
+        piece += 1;
+    }
+    for c in lanes.iter().flatten() {
+        if c.at != c.b.len() {
+            return Err(format!("{} stream has {} trailing bytes", c.name, c.b.len() - c.at));
+        }
+    }
+    if out.len() != raw_len {
+        return Err(format!("frame gives {} payload bytes, header says {raw_len}", out.len()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(pieces: &[&[u8]]) -> Vec<u8> {
+        let mut b = PayloadBuilder::default();
+        let mut want = Vec::new();
+        for (i, p) in pieces.iter().enumerate() {
+            b.push(i as u64 % 3, p);
+            want.extend_from_slice(p);
+        }
+        let mut c = zstd::bulk::Compressor::new(1).unwrap();
+        let body = b.finish(&mut c);
+        let got = decode(&body, want.len()).unwrap();
+        assert_eq!(got, want);
+        body
+    }
+
+    #[test]
+    fn text_and_binary_round_trip() {
+        round(&[b"", b"POST /v1 HTTP/1.1\r\nContent-Length: 0012\r\n\r\n{\"a\":\"12.05\"}", &[0, 1, 2, 255], b"9", b"0000000000000000000"]);
+        round(&[b"traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", b"999999999999999999 1000000000000000000"]);
+        round(&[b"\x80\x81 not text", b"abc123 123abc a1 1a 18446744073709551615"]);
+    }
+
+    #[test]
+    fn counters_cost_almost_nothing() {
+        let lines: Vec<Vec<u8>> = (0..2000).map(|i| format!("seq={} id=ID{:08} len=100\n", 1000 + i, i).into_bytes()).collect();
+        let refs: Vec<&[u8]> = lines.iter().map(|l| &l[..]).collect();
+        let body = round(&refs);
+        assert!(body.len() < 400, "{} bytes", body.len());
+    }
+
+    #[test]
+    fn damaged_bodies_are_errors() {
+        let body = round(&[b"a 1 b 22 c 333", b"xyz"]);
+        for i in 0..body.len() {
+            for bit in 0..8 {
+                let mut b = body.clone();
+                b[i] ^= 1 << bit;
+                let _ = decode(&b, 17);
+            }
+            let _ = decode(&body[..i], 17);
+        }
+        assert!(decode(&body, 16).is_err());
+    }
+}
