@@ -32,28 +32,10 @@
 use crate::event::{Data, Event, EventBody, FdType, Kind, MemWrite, Syscall};
 use integer_encoding::VarInt;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
-/// A hasher for small integer keys (thread ids, syscall numbers): the model
-/// looks them up for every event.
-#[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ b as u64;
-        }
-    }
-    fn write_u32(&mut self, v: u32) {
-        self.0 = self.0.rotate_left(32) ^ v as u64;
-    }
-}
-
-type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+/// Maps keyed by thread ids and syscall numbers, looked up for every event:
+/// a fast deterministic hasher rather than SipHash.
+pub(crate) type IdMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
 const ST_SWITCHED: u8 = 1;
 const ST_WOKEN: u8 = 2;
@@ -202,20 +184,27 @@ struct Prev {
     cgroup: u64,
 }
 
+/// What the model remembers of a thread's last call of a syscall.
+#[derive(Default)]
+struct Call {
+    args: [u64; 6],
+    misc: Option<(u8, u32, u64)>,
+}
+
 /// Prediction state shared by encoder and decoder.
 #[derive(Default)]
 struct Model {
     /// Format 2 (thread model, return values) rather than 1.
     v2: bool,
     prev: Prev,
-    args: IdMap<(u32, u32), [u64; 6]>,
+    /// (thread, syscall) → the arguments of its last call and (format 2)
+    /// its fd type, flags and number of writes.
+    calls: IdMap<(u32, u32), Call>,
     tids: IdMap<u32, TidState>,
     /// Format 2: (thread, kind of its previous event) → kind of the event that followed.
     next_kind: IdMap<(u32, u16), u16>,
     /// Format 2: (thread, its previous syscall) → the syscall that followed.
     next_nr: IdMap<(u32, u32), u32>,
-    /// Format 2: (thread, syscall) → fd type, flags and number of writes of its last call.
-    misc: IdMap<(u32, u32), (u8, u32, u64)>,
     stored_end: u64,
     clock: [i64; 16],
 }
@@ -223,14 +212,18 @@ struct Model {
 impl Model {
     fn reset(&mut self) {
         self.prev = Prev::default();
-        self.args.clear();
+        self.calls.clear();
         self.tids.clear();
         self.next_kind.clear();
         self.next_nr.clear();
-        self.misc.clear();
         self.stored_end = 0;
         self.clock = [0; 16];
     }
+}
+
+/// Adds the length of `v` as a varint to `n`.
+fn put_len(n: &mut usize, v: u64) {
+    *n += v.required_space();
 }
 
 /// Appends a varint (signed values zigzag-encoded, as `integer-encoding`
@@ -303,13 +296,16 @@ pub(crate) struct BlockBuilder {
     pub max_ts: u64,
     model: Model,
     scratch: Vec<u8>,
+    /// Compressed columns of the block being finished (kept for its capacity).
+    packed: Vec<u8>,
+    /// Bytes in the generic columns so far.
     raw: usize,
 }
 
 impl BlockBuilder {
     /// Raw size so far.
     pub fn raw_len(&self) -> usize {
-        self.raw + 64
+        self.fixed.iter().map(|c| c.len()).sum::<usize>() + self.raw + 64
     }
 
     fn generic_col(&mut self, kind: u16) -> &mut Vec<u8> {
@@ -343,7 +339,6 @@ impl BlockBuilder {
             self.max_ts = self.max_ts.max(ev.ts_ns);
         }
         debug_assert_eq!(ev.seq, self.first_seq + self.count as u64);
-        let before: usize = self.fixed.iter().map(|c| c.len()).sum::<usize>();
         let first = self.count == 0;
         let p = self.model.prev;
         let mut flags = 0u8;
@@ -394,7 +389,6 @@ impl BlockBuilder {
         if flags & F_CGROUP != 0 {
             put(ids, ev.cgroup);
         }
-        let mut generic_added = 0;
         match &ev.body {
             EventBody::Syscall(s) => {
                 assert!(known, "syscalls are always written as syscalls");
@@ -414,7 +408,7 @@ impl BlockBuilder {
                 let l0 = col.len();
                 put(col, scratch.len() as u64);
                 col.extend_from_slice(&scratch);
-                generic_added = col.len() - l0;
+                self.raw += col.len() - l0;
                 self.scratch = scratch;
             }
         }
@@ -427,8 +421,6 @@ impl BlockBuilder {
         }
         self.model.prev = Prev { ts: ev.ts_ns, pid: ev.pid, tid: ev.tid, cpu: ev.cpu, cgroup: ev.cgroup };
         self.count += 1;
-        let after: usize = self.fixed.iter().map(|c| c.len()).sum::<usize>();
-        self.raw += after - before + generic_added;
     }
 
     fn push_syscall(&mut self, ev: &Event, s: &Syscall, st: &TidState) {
@@ -440,8 +432,8 @@ impl BlockBuilder {
         } else {
             put(nr, s.nr);
         }
-        let prev = self.model.args.entry((ev.tid, s.nr)).or_insert([0; 6]);
-        for (a, p) in s.args.iter().zip(prev.iter_mut()) {
+        let call = self.model.calls.entry((ev.tid, s.nr)).or_default();
+        for (a, p) in s.args.iter().zip(call.args.iter_mut()) {
             put(args, a.wrapping_sub(*p) as i64);
             *p = *a;
         }
@@ -456,7 +448,7 @@ impl BlockBuilder {
             put(dur, s.duration_ns);
         }
         let m = (fd_type_id(s.fd_type), s.flags, s.writes.len() as u64);
-        let same = self.model.v2 && self.model.misc.insert((ev.tid, s.nr), m) == Some(m);
+        let same = self.model.v2 && call.misc.replace(m) == Some(m);
         if self.model.v2 {
             misc.push(!same as u8);
         }
@@ -503,50 +495,35 @@ impl BlockBuilder {
         }
     }
 
-    /// The block as a format-2 column frame body (see [`columns_to_raw`]):
-    /// each column compressed on its own, so each gets its own statistics.
-    /// Returns the body and the length of the block's raw form; resets the
-    /// builder.
-    pub fn finish_columns(&mut self, c: &mut zstd::bulk::Compressor<'_>) -> (Vec<u8>, u32) {
-        let raw = self.finish();
-        let mut head = Col { id: u32::MAX, b: &raw, at: 0 };
-        let parse = |head: &mut Col<'_>| -> Option<(u32, Vec<(u32, u64)>)> {
-            let count: u32 = head.get().ok()?;
-            let ncols: u64 = head.get().ok()?;
-            let mut t = Vec::with_capacity(ncols as usize);
-            for _ in 0..ncols {
-                t.push((head.get().ok()?, head.get().ok()?));
-            }
-            Some((count, t))
-        };
-        let (count, table) = parse(&mut head).expect("a block just built parses");
-        let mut at = head.at;
-        let mut out = Vec::with_capacity(raw.len() / 3 + 64);
-        put(&mut out, count);
-        put(&mut out, table.len() as u64);
-        let mut bodies: Vec<std::borrow::Cow<'_, [u8]>> = Vec::with_capacity(table.len());
-        for (id, len) in &table {
-            let col = &raw[at..at + *len as usize];
-            at += *len as usize;
-            let z = if col.len() >= 32 { c.compress(col).ok().filter(|z| z.len() < col.len()) } else { None };
-            put(&mut out, *id);
-            out.push(z.is_some() as u8);
-            put(&mut out, col.len() as u64);
-            match z {
-                Some(z) => {
-                    put(&mut out, z.len() as u64);
-                    bodies.push(z.into());
-                }
-                None => {
-                    put(&mut out, col.len() as u64);
-                    bodies.push(col.into());
-                }
-            }
+    /// Appends the block as a format-2 column frame body (see
+    /// [`columns_to_raw`]) to `head`: each column compressed on its own, so
+    /// each gets its own statistics. Returns the length of the block's raw
+    /// form; resets the builder.
+    pub(crate) fn finish_columns(&mut self, p: &mut crate::format::Packer, head: &mut Vec<u8>) -> u32 {
+        let mut data = std::mem::take(&mut self.packed);
+        data.clear();
+        let fixed = self.fixed.iter().enumerate().map(|(i, c)| (i as u32, c));
+        let generic = self.generic.iter().map(|(k, c)| (C_GENERIC + *k as u32, c));
+        let cols: Vec<(u32, &Vec<u8>)> = fixed.chain(generic).filter(|(_, c)| !c.is_empty()).collect();
+        put(head, self.count);
+        put(head, cols.len() as u64);
+        let mut raw_len = 0;
+        put_len(&mut raw_len, self.count as u64);
+        put_len(&mut raw_len, cols.len() as u64);
+        for (id, col) in &cols {
+            let (codec, n) = p.pack(col, &mut data);
+            put(head, *id);
+            head.push(codec);
+            put(head, col.len() as u64);
+            put(head, n as u64);
+            put_len(&mut raw_len, *id as u64);
+            put_len(&mut raw_len, col.len() as u64);
+            raw_len += col.len();
         }
-        for b in &bodies {
-            out.extend_from_slice(b);
-        }
-        (out, raw.len() as u32)
+        head.extend_from_slice(&data);
+        self.packed = data;
+        self.clear();
+        raw_len as u32
     }
 
     /// The raw block bytes; resets the builder.
@@ -572,16 +549,20 @@ impl BlockBuilder {
         for (_, c) in &cols {
             out.extend_from_slice(c);
         }
+        self.clear();
+        out
+    }
+
+    /// Empties the builder, keeping the columns' capacity for the next block.
+    fn clear(&mut self) {
         for c in self.fixed.iter_mut() {
             c.clear();
         }
-        // Keep the columns' capacity for the next block.
         for (_, c) in self.generic.iter_mut() {
             c.clear();
         }
         self.count = 0;
         self.raw = 0;
-        out
     }
 }
 
@@ -678,7 +659,8 @@ impl<'a> Decoder<'a> {
         } else {
             nr_col.get()?
         };
-        let prev = self.model.args.entry((tid, nr)).or_insert([0; 6]);
+        let call = self.model.calls.entry((tid, nr)).or_default();
+        let prev = &mut call.args;
         let mut a = [0u64; 6];
         for (x, p) in a.iter_mut().zip(prev.iter_mut()) {
             let d: i64 = args.get()?;
@@ -695,11 +677,11 @@ impl<'a> Decoder<'a> {
         let (ft, flags, n) = if explicit {
             let m = (misc.byte()?, misc.get::<u32>()?, misc.get::<u64>()?);
             if v2 {
-                self.model.misc.insert((tid, nr), m);
+                call.misc = Some(m);
             }
             m
         } else {
-            *self.model.misc.get(&(tid, nr)).ok_or("syscall details predicted from a call never made")?
+            call.misc.ok_or("syscall details predicted from a call never made")?
         };
         let fd_type = fd_type_of(ft).ok_or_else(|| format!("unknown fd type {ft}"))?;
         if n > waddr.b.len() as u64 {
@@ -954,58 +936,4 @@ pub fn encode_with_raw_kind(events: &[(u16, Event)]) -> Vec<u8> {
         b.push_as(ev, *id);
     }
     b.finish()
-}
-
-#[cfg(test)]
-mod colstats {
-    /// Prints how many compressed bytes per event each column takes on the
-    /// synthetic mix (`cargo test -p log-format --release colstats -- --ignored --nocapture`).
-    #[test]
-    #[ignore]
-    fn column_sizes() {
-        let mut g = crate::synth::Synth::new(1);
-        let n = 200_000u64;
-        let mut sizes: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
-        let mut payload = Vec::new();
-        let mut b = super::BlockBuilder::default();
-        let flush = |b: &mut super::BlockBuilder, sizes: &mut std::collections::BTreeMap<String, (usize, usize)>| {
-            for (i, c) in b.fixed.iter().enumerate() {
-                let e = sizes.entry(super::Col { id: i as u32, b: c, at: 0 }.name()).or_default();
-                e.0 += c.len();
-                e.1 += zstd::bulk::compress(c, 3).unwrap().len();
-            }
-            for (k, c) in &b.generic {
-                let e = sizes.entry(super::Col { id: super::C_GENERIC + *k as u32, b: c, at: 0 }.name()).or_default();
-                e.0 += c.len();
-                e.1 += zstd::bulk::compress(c, 3).unwrap().len();
-            }
-            let all = b.finish();
-            let e = sizes.entry("ALL".into()).or_default();
-            e.0 += all.len();
-            e.1 += zstd::bulk::compress(&all, 3).unwrap().len();
-        };
-        for seq in 0..n {
-            let mut ev = g.next_event();
-            ev.seq = seq;
-            ev.data_mut(|d| {
-                if let crate::Data::Bytes(x) = d {
-                    if x.len() > 48 {
-                        let offset = payload.len() as u64;
-                        payload.extend_from_slice(x);
-                        *d = crate::Data::Stored { offset, len: x.len() as u32 };
-                    }
-                }
-            });
-            b.push(&ev);
-            if b.raw_len() > 65536 {
-                flush(&mut b, &mut sizes);
-            }
-        }
-        flush(&mut b, &mut sizes);
-        for (name, (r, z)) in sizes {
-            eprintln!("{name:24} raw {:6.2} b/ev  zstd {:6.2} b/ev", r as f64 / n as f64, z as f64 / n as f64);
-        }
-        let p = zstd::bulk::compress(&payload, 3).unwrap().len();
-        eprintln!("payload                  raw {:6.2} b/ev  zstd {:6.2} b/ev", payload.len() as f64 / n as f64, p as f64 / n as f64);
-    }
 }

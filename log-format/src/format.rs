@@ -195,14 +195,44 @@ pub fn build_frame_with(c: &mut zstd::bulk::Compressor<'_>, kind: FrameKind, a: 
     out
 }
 
-/// Builds a complete frame around a body already encoded with `codec`
-/// whose decoded form is `raw_len` bytes.
-pub fn frame_from_body(kind: FrameKind, codec: u8, a: u64, b: u64, raw_len: u32, body: &[u8]) -> Vec<u8> {
+/// A zstd context and a scratch buffer, reused for every stream of every
+/// frame a writer builds.
+pub(crate) struct Packer {
+    /// The compression context.
+    pub c: zstd::bulk::Compressor<'static>,
+    scratch: Vec<u8>,
+}
+
+impl Packer {
+    /// A packer compressing at `level`.
+    pub fn new(level: i32) -> std::io::Result<Packer> {
+        Ok(Packer { c: zstd::bulk::Compressor::new(level)?, scratch: Vec::new() })
+    }
+
+    /// Appends `src` to `out`, zstd-compressed when that is smaller: returns
+    /// the codec (1 zstd, 0 stored) and the number of bytes appended.
+    pub fn pack(&mut self, src: &[u8], out: &mut Vec<u8>) -> (u8, usize) {
+        if src.len() >= 32 {
+            self.scratch.clear();
+            self.scratch.reserve(zstd::zstd_safe::compress_bound(src.len()));
+            if let Ok(n) = self.c.compress_to_buffer(src, &mut self.scratch) {
+                if n < src.len() {
+                    out.extend_from_slice(&self.scratch[..n]);
+                    return (CODEC_ZSTD, n);
+                }
+            }
+        }
+        out.extend_from_slice(src);
+        (0, src.len())
+    }
+}
+
+/// Fills in the header of a frame whose body (encoded with `codec`,
+/// `raw_len` bytes once decoded) follows `FRAME_HEADER_LEN` reserved bytes.
+pub(crate) fn seal_frame(frame: &mut [u8], kind: FrameKind, codec: u8, a: u64, b: u64, raw_len: u32) {
+    let body = &frame[FRAME_HEADER_LEN..];
     let h = FrameHeader { kind, codec, raw_len, stored_len: body.len() as u32, a, b, body_crc: crc32c::crc32c(body) };
-    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + body.len());
-    out.extend_from_slice(&h.encode());
-    out.extend_from_slice(body);
-    out
+    frame[..FRAME_HEADER_LEN].copy_from_slice(&h.encode());
 }
 
 /// Checks the body checksum and decodes it (for events frames: into the raw

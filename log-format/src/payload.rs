@@ -41,29 +41,73 @@ const SLOT_BITS: u32 = 14;
 /// Most lanes in a frame.
 pub const MAX_LANES: usize = 8;
 
-/// Byte classes: 1 text, 2 decimal digit, 4 lower-case hex letter.
-const CLASS: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut c = 0x20;
-    while c < 0x7f {
-        t[c] = 1;
-        c += 1;
+#[inline]
+fn is_hex(c: u8) -> bool {
+    c.is_ascii_digit() || (b'a'..=b'f').contains(&c)
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// Eight bytes of `b` from `i`.
+#[inline]
+fn load8(b: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"))
+}
+
+/// The high bit of each byte of `w` that is a decimal digit. Every byte
+/// must be below 0x80 (text): then no sum below carries into the next byte,
+/// so each byte is tested exactly (`x = c ^ 0x30` is a digit when below 10,
+/// i.e. when `x + 0x76` stays below 0x80).
+#[inline]
+fn digit_mask(w: u64) -> u64 {
+    let x = w ^ (0x30 * ONES);
+    !(x + 0x76 * ONES) & HIGH
+}
+
+/// As [`digit_mask`], for the letters `a`–`f` (`z = c ^ 0x60` from 1 to 6).
+#[inline]
+fn letter_mask(w: u64) -> u64 {
+    let z = w ^ (0x60 * ONES);
+    !(z + 0x79 * ONES) & (z + 0x7f * ONES) & HIGH
+}
+
+/// Index of the first decimal digit of the text `b` at or after `i`.
+#[inline]
+fn next_digit(b: &[u8], mut i: usize) -> Option<usize> {
+    while i + 8 <= b.len() {
+        let m = digit_mask(load8(b, i));
+        if m != 0 {
+            return Some(i + (m.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
     }
-    t[b'\t' as usize] = 1;
-    t[b'\n' as usize] = 1;
-    t[b'\r' as usize] = 1;
-    let mut d = b'0';
-    while d <= b'9' {
-        t[d as usize] |= 2;
-        d += 1;
+    b[i..].iter().position(|c| c.is_ascii_digit()).map(|k| i + k)
+}
+
+/// End of the run of `[0-9a-f]` of the text `b` that starts at `j`, and
+/// whether it holds a letter.
+#[inline]
+fn hex_run(b: &[u8], mut e: usize) -> (usize, bool) {
+    let mut letters = 0u64;
+    while e + 8 <= b.len() {
+        let w = load8(b, e);
+        let l = letter_mask(w);
+        let other = !(digit_mask(w) | l) & HIGH;
+        if other != 0 {
+            let k = other.trailing_zeros();
+            letters |= l & ((1u64 << k) - 1);
+            return (e + (k / 8) as usize, letters != 0);
+        }
+        letters |= l;
+        e += 8;
     }
-    let mut h = b'a';
-    while h <= b'f' {
-        t[h as usize] |= 4;
-        h += 1;
+    while e < b.len() && is_hex(b[e]) {
+        letters |= (b[e] >= b'a') as u64;
+        e += 1;
     }
-    t
-};
+    (e, letters != 0)
+}
 
 #[inline]
 fn slot(win: u32, digits: usize, lane: usize) -> usize {
@@ -86,6 +130,8 @@ pub struct PayloadBuilder {
     used: usize,
     slots: Vec<Slot>,
     len: usize,
+    /// Compressed streams of the frame being finished (kept for its capacity).
+    packed: Vec<u8>,
 }
 
 /// What a number context remembers: the last value, and whether the last
@@ -107,7 +153,14 @@ impl Slot {
 
 impl Default for PayloadBuilder {
     fn default() -> Self {
-        PayloadBuilder { pieces: Vec::new(), lanes: Vec::new(), used: 0, slots: vec![Slot::default(); 1 << SLOT_BITS], len: 0 }
+        PayloadBuilder {
+            pieces: Vec::new(),
+            lanes: Vec::new(),
+            used: 0,
+            slots: vec![Slot::default(); 1 << SLOT_BITS],
+            len: 0,
+            packed: Vec::new(),
+        }
     }
 }
 
@@ -137,50 +190,36 @@ impl PayloadBuilder {
             }
             None => (lane % MAX_LANES as u64) as usize,
         };
-        let pieces = &mut self.pieces;
         let Lane { raw, template, numbers, wide, .. } = &mut self.lanes[li];
-        put(pieces, b.len() as u64);
-        if b.is_empty() || !b.iter().all(|&c| CLASS[c as usize] & 1 != 0) {
-            pieces.push((li * 2) as u8);
+        put(&mut self.pieces, b.len() as u64);
+        // Text: every byte printable ASCII, tab, LF or CR (checked without branches).
+        let text =
+            !b.is_empty() && b.iter().fold(true, |a, &c| a & ((0x20..0x7f).contains(&c) | (c == b'\t') | (c == b'\n') | (c == b'\r')));
+        if !text {
+            self.pieces.push((li * 2) as u8);
             raw.extend_from_slice(b);
             return;
         }
-        pieces.push((li * 2 + 1) as u8);
         let t0 = template.len();
-        let mut win = 0u32;
-        let mut i = 0;
-        while i < b.len() {
-            // Text up to the next hex-class byte, copied at once.
-            let s = i;
-            while i < b.len() && CLASS[b[i] as usize] & 6 == 0 {
-                i += 1;
+        let (mut copied, mut i) = (0, 0);
+        while let Some(j) = next_digit(b, i) {
+            // The run of [0-9a-f] around the digit: a number only if it holds no letter.
+            let mut s = j;
+            while s > i && is_hex(b[s - 1]) {
+                s -= 1;
             }
-            if i > s {
-                template.extend_from_slice(&b[s..i]);
-                for &c in &b[i.saturating_sub(4).max(s)..i] {
-                    win = (win << 8) | c as u32;
-                }
-                if i == b.len() {
-                    break;
-                }
-            }
-            let s = i;
-            let mut letters = false;
-            while i < b.len() && CLASS[b[i] as usize] & 6 != 0 {
-                letters |= CLASS[b[i] as usize] & 4 != 0;
-                i += 1;
-            }
-            let run = &b[s..i];
-            if letters || run.len() > MAX_DIGITS {
-                template.extend_from_slice(run);
-                for &c in &run[run.len().saturating_sub(4)..] {
-                    win = (win << 8) | c as u32;
-                }
+            let (e, letters) = hex_run(b, j);
+            i = e;
+            if s < j || letters || e - j > MAX_DIGITS {
                 continue;
             }
+            template.extend_from_slice(&b[copied..j]);
+            copied = e;
+            let t = &template[t0..];
+            let win = t[t.len().saturating_sub(4)..].iter().fold(0u32, |w, &c| (w << 8) | c as u32);
+            let run = &b[j..e];
             let v = run.iter().fold(0u64, |v, &d| v * 10 + (d - b'0') as u64);
-            let m = MARK + run.len() as u8;
-            template.push(m);
+            template.push(MARK + run.len() as u8);
             let sl = &mut self.slots[slot(win, run.len(), li)];
             if sl.wide {
                 put(wide, v);
@@ -188,40 +227,27 @@ impl PayloadBuilder {
                 put(numbers, v.wrapping_sub(sl.last) as i64);
             }
             sl.update(v);
-            win = (win << 8) | m as u32;
         }
-        put(pieces, (template.len() - t0) as u64);
+        template.extend_from_slice(&b[copied..]);
+        self.pieces.push((li * 2 + 1) as u8);
+        put(&mut self.pieces, (template.len() - t0) as u64);
     }
 
-    /// The frame body; resets the builder.
-    pub fn finish(&mut self, c: &mut zstd::bulk::Compressor<'_>) -> Vec<u8> {
-        let mut head = Vec::with_capacity(64);
+    /// Appends the frame body to `head`; resets the builder.
+    pub(crate) fn finish(&mut self, p: &mut crate::format::Packer, head: &mut Vec<u8>) {
         head.push(self.used as u8);
-        let mut bodies = Vec::with_capacity(1 + PER_LANE * self.used);
+        let mut data = std::mem::take(&mut self.packed);
+        data.clear();
         let streams =
             std::iter::once(&self.pieces).chain(self.lanes[..self.used].iter().flat_map(|l| [&l.raw, &l.template, &l.numbers, &l.wide]));
         for s in streams {
-            let z = if s.len() >= 64 { c.compress(s).ok().filter(|z| z.len() < s.len()) } else { None };
-            match z {
-                Some(z) => {
-                    head.push(1);
-                    put(&mut head, s.len() as u64);
-                    put(&mut head, z.len() as u64);
-                    bodies.push(std::borrow::Cow::Owned(z));
-                }
-                None => {
-                    head.push(0);
-                    put(&mut head, s.len() as u64);
-                    put(&mut head, s.len() as u64);
-                    bodies.push(std::borrow::Cow::Borrowed(&s[..]));
-                }
-            }
+            let (codec, n) = p.pack(s, &mut data);
+            head.push(codec);
+            put(head, s.len() as u64);
+            put(head, n as u64);
         }
-        let mut out = head;
-        for b in &bodies {
-            out.extend_from_slice(b);
-        }
-        drop(bodies);
+        head.extend_from_slice(&data);
+        self.packed = data;
         self.pieces.clear();
         for l in &mut self.lanes {
             l.raw.clear();
@@ -232,7 +258,6 @@ impl PayloadBuilder {
         self.used = 0;
         self.slots.fill(Slot::default());
         self.len = 0;
-        out
     }
 }
 
@@ -384,8 +409,9 @@ mod tests {
             b.push(i as u64 % 3, p);
             want.extend_from_slice(p);
         }
-        let mut c = zstd::bulk::Compressor::new(1).unwrap();
-        let body = b.finish(&mut c);
+        let mut p = crate::format::Packer::new(1).unwrap();
+        let mut body = Vec::new();
+        b.finish(&mut p, &mut body);
         let got = decode(&body, want.len()).unwrap();
         assert_eq!(got, want);
         body
@@ -396,6 +422,23 @@ mod tests {
         round(&[b"", b"POST /v1 HTTP/1.1\r\nContent-Length: 0012\r\n\r\n{\"a\":\"12.05\"}", &[0, 1, 2, 255], b"9", b"0000000000000000000"]);
         round(&[b"traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", b"999999999999999999 1000000000000000000"]);
         round(&[b"\x80\x81 not text", b"abc123 123abc a1 1a 18446744073709551615"]);
+    }
+
+    #[test]
+    fn word_masks_match_the_byte_tests() {
+        let text: Vec<u8> = (0x20..0x7f).chain([9, 10, 13]).collect();
+        for w in text.windows(8) {
+            let v = load8(w, 0);
+            for (k, &c) in w.iter().enumerate() {
+                assert_eq!(digit_mask(v) >> (8 * k + 7) & 1 == 1, c.is_ascii_digit(), "{c:#x}");
+                assert_eq!(letter_mask(v) >> (8 * k + 7) & 1 == 1, (b'a'..=b'f').contains(&c), "{c:#x}");
+            }
+        }
+        let b = b"xx 12ab34 0123456789abcdef- 77";
+        assert_eq!(next_digit(b, 0), Some(3));
+        assert_eq!(hex_run(b, 3), (9, true));
+        assert_eq!(hex_run(b, 10), (26, true));
+        assert_eq!(hex_run(b, 28), (30, false));
     }
 
     #[test]

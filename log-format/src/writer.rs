@@ -61,7 +61,9 @@ pub struct Writer<W: Write = File> {
     next_seq: u64,
     index: IndexBuilder,
     summary: Summary,
-    zstd: zstd::bulk::Compressor<'static>,
+    zstd: format::Packer,
+    /// The frame being built (kept for its capacity).
+    frame: Vec<u8>,
 }
 
 impl Writer<File> {
@@ -83,7 +85,7 @@ impl<W: Write> Writer<W> {
         let name = name.as_ref().to_owned();
         let h = format::encode_header(meta);
         out.write_all(&h).map_err(|e| Error::io(&name, e))?;
-        let zstd = zstd::bulk::Compressor::new(opts.level).map_err(|e| Error::io(&name, e))?;
+        let zstd = format::Packer::new(opts.level).map_err(|e| Error::io(&name, e))?;
         Ok(Writer {
             out: Some(out),
             name,
@@ -96,6 +98,7 @@ impl<W: Write> Writer<W> {
             index: IndexBuilder::default(),
             summary: Summary::default(),
             zstd,
+            frame: Vec::new(),
             opts,
         })
     }
@@ -135,7 +138,9 @@ impl<W: Write> Writer<W> {
                         rest = &rest[n..];
                         if payload.len() >= max {
                             let len = payload.len() as u32;
-                            done.push((start, len, payload.finish(zstd)));
+                            let mut frame = vec![0; format::FRAME_HEADER_LEN];
+                            payload.finish(zstd, &mut frame);
+                            done.push((start, len, frame));
                             start += len as u64;
                         }
                     }
@@ -169,7 +174,7 @@ impl<W: Write> Writer<W> {
             raw.extend_from_slice(&total.to_le_bytes());
             raw.extend_from_slice(&(at as u64).to_le_bytes());
             raw.extend_from_slice(&content[at..end]);
-            let frame = format::build_frame_with(&mut self.zstd, FrameKind::File, at as u64, total, &raw);
+            let frame = format::build_frame_with(&mut self.zstd.c, FrameKind::File, at as u64, total, &raw);
             let offset = self.emit(&frame)?;
             self.index.add_file_chunk(hash, total, ChunkInfo { at: at as u64, offset, frame_len: frame.len() as u32 });
             at = end;
@@ -213,7 +218,7 @@ impl<W: Write> Writer<W> {
         let index = std::mem::take(&mut self.index).finish(std::mem::take(&mut self.summary));
         let events = index.events;
         let raw = postcard::to_stdvec(&index).expect("index serializes");
-        let frame = format::build_frame_with(&mut self.zstd, FrameKind::Footer, 0, 0, &raw);
+        let frame = format::build_frame_with(&mut self.zstd.c, FrameKind::Footer, 0, 0, &raw);
         let offset = self.emit(&frame)?;
         let trailer = format::encode_trailer(offset, frame.len() as u64);
         self.emit(&trailer)?;
@@ -237,12 +242,17 @@ impl<W: Write> Writer<W> {
 
     /// Writes the payload frames finished so far.
     fn emit_payload_done(&mut self) -> Result<(), Error> {
-        for (start, len, body) in std::mem::take(&mut self.payload_done) {
-            let frame = format::frame_from_body(FrameKind::Payload, format::CODEC_FIELDS, start, 0, len, &body);
-            let offset = self.emit(&frame)?;
-            self.index.add_payload(PayloadInfo { offset, frame_len: frame.len() as u32, start, len });
-            self.payload_start = start + len as u64;
+        for (start, len, mut frame) in std::mem::take(&mut self.payload_done) {
+            self.emit_payload(start, len, &mut frame)?;
         }
+        Ok(())
+    }
+
+    fn emit_payload(&mut self, start: u64, len: u32, frame: &mut [u8]) -> Result<(), Error> {
+        format::seal_frame(frame, FrameKind::Payload, format::CODEC_FIELDS, start, 0, len);
+        let offset = self.emit(frame)?;
+        self.index.add_payload(PayloadInfo { offset, frame_len: frame.len() as u32, start, len });
+        self.payload_start = start + len as u64;
         Ok(())
     }
 
@@ -251,8 +261,13 @@ impl<W: Write> Writer<W> {
         self.emit_payload_done()?;
         if !self.payload.is_empty() {
             let len = self.payload.len() as u32;
-            self.payload_done.push((self.payload_start, len, self.payload.finish(&mut self.zstd)));
-            self.emit_payload_done()?;
+            let mut frame = std::mem::take(&mut self.frame);
+            frame.clear();
+            frame.resize(format::FRAME_HEADER_LEN, 0);
+            self.payload.finish(&mut self.zstd, &mut frame);
+            let r = self.emit_payload(self.payload_start, len, &mut frame);
+            self.frame = frame;
+            r?;
         }
         Ok(())
     }
@@ -265,10 +280,16 @@ impl<W: Write> Writer<W> {
             return Ok(());
         }
         let (first_seq, count, min_ts, max_ts) = (self.block.first_seq, self.block.count, self.block.min_ts, self.block.max_ts);
-        let (body, raw_len) = self.block.finish_columns(&mut self.zstd);
-        let frame = format::frame_from_body(FrameKind::Events, format::CODEC_COLUMNS, first_seq, count as u64, raw_len, &body);
-        let offset = self.emit(&frame)?;
-        self.index.add_block(BlockInfo { offset, frame_len: frame.len() as u32, first_seq, count, min_ts, max_ts });
+        let mut frame = std::mem::take(&mut self.frame);
+        frame.clear();
+        frame.resize(format::FRAME_HEADER_LEN, 0);
+        let raw_len = self.block.finish_columns(&mut self.zstd, &mut frame);
+        format::seal_frame(&mut frame, FrameKind::Events, format::CODEC_COLUMNS, first_seq, count as u64, raw_len);
+        let offset = self.emit(&frame);
+        let frame_len = frame.len() as u32;
+        self.frame = frame;
+        let offset = offset?;
+        self.index.add_block(BlockInfo { offset, frame_len, first_seq, count, min_ts, max_ts });
         Ok(())
     }
 }
