@@ -1,4 +1,5 @@
-//! The event block codec: delta/varint columns, compressed as one zstd frame.
+//! The event block codec: delta/varint columns predicted from each
+//! thread's history, each column compressed with zstd on its own.
 //!
 //! A block holds consecutive events (sequence numbers `first_seq..first_seq+count`,
 //! so sequence numbers are not stored). Its raw form is a table of columns:
@@ -7,27 +8,34 @@
 //! block  := count(varint) ncols(varint) (col_id(varint) len(varint))* col_bytes*
 //! ```
 //!
-//! | column | per event / per item |
-//! |---|---|
-//! | 0 kinds  | kind(varint) flags(u8) |
-//! | 1 ts     | zigzag(ts − previous ts) |
-//! | 2 ids    | only fields whose flag bit is set: pid, zigzag(tid − pid), cpu, cgroup |
-//! | 3 sc.nr  | syscall number |
-//! | 4 sc.args| six zigzag(arg − the same thread's previous args of that syscall) |
-//! | 5 sc.ret | zigzag(ret) |
-//! | 6 sc.dur | duration |
-//! | 7 sc.misc| fd type(u8) flags(varint) number of writes(varint) |
-//! | 8 sc.waddr| per write: 1..6 = equal to that argument, 0 = zigzag(addr − arg 1) follows |
-//! | 9 sc.wdata| per write: 0 bytes(len, bytes) · 1 stored(zigzag(offset − end of previous), len) · 2 redacted(postcard) · 3 timespec(zigzag((value − ts) − previous for that clock)) |
-//! | 256+k    | every other kind k: len(varint) postcard body |
+//! On disk (format 2, frame codec 2) each column is stored compressed on its
+//! own, so that near-random columns (times, durations) and repetitive ones
+//! (ids, kinds) each get their own statistics (see [`columns_to_raw`]);
+//! format 1 stored the raw block as one zstd frame (codec 1).
+//!
+//! | column | per event / per item (format 2) | format 1 |
+//! |---|---|---|
+//! | 0 kinds  | flags(u8), then kind(varint) unless flag bit 4 says it is the kind that followed this thread's previous kind last time | kind(varint) flags(u8) |
+//! | 1 ts     | zigzag(ts − prediction): the previous event's ts, or for a wakeup of a thread that entered a syscall after switching out, switch time + that syscall's duration | zigzag(ts − previous ts) |
+//! | 2 ids    | only fields whose flag bit is set: pid, zigzag(tid − pid), cpu, cgroup | same |
+//! | 3 sc.nr  | 0 when it is the syscall that followed the thread's previous syscall last time, else nr + 1 | syscall number |
+//! | 4 sc.args| six zigzag(arg − the same thread's previous args of that syscall) | same |
+//! | 5 sc.ret | zigzag(ret − prediction): the bytes the kernel wrote, else the count argument of read/write-like calls, else 0 | zigzag(ret) |
+//! | 6 sc.dur | when the thread switched out since its previous syscall, zigzag(duration − its time off CPU (wakeup − switch), or − (ts − switch) before any wakeup); else duration | duration |
+//! | 7 sc.misc| 0 when fd type, flags and number of writes equal those of the thread's previous call of this syscall, else 1 and those three | fd type(u8) flags(varint) number of writes(varint) |
+//! | 8 sc.waddr| per write: 1..6 = equal to that argument, 0 = zigzag(addr − arg 1) follows | same |
+//! | 9 sc.wdata| per write: 0 bytes(len, bytes) · 1 stored(zigzag(offset − end of previous), len) · 2 redacted(postcard) · 3 timespec(zigzag((value − ts) − previous for that clock)) | same |
+//! | 256+k    | every other kind k: len(varint) postcard body; in format 2 a few fields hold zigzag residuals of the thread model: run-queue delay (ts − wakeup) and off-CPU time (wakeup − switch), page-fault address (− the thread's previous fault), TCP send/retransmit bytes (− the thread's last syscall result) | plain body |
 //!
 //! Flags bits 0..3 say that pid, tid, cpu, cgroup differ from the previous
 //! event's (the first event of a block sets all four). Keeping like fields
-//! together, predicting arguments from the thread's previous call and
-//! clock results from the event time lets zstd find the regularities. All
+//! together and predicting them from the thread's own history (its previous
+//! call of the same syscall, the time it spent off CPU, the events that
+//! followed each other on it before) lets zstd find the regularities. All
 //! prediction state starts fresh in each block, so every block decodes on
 //! its own. A reader meeting a kind it does not know skips its body in the
-//! kind's own column (all kinds but syscall use per-kind columns).
+//! kind's own column (all kinds but syscall use per-kind columns) and keeps
+//! the thread's kind history in step.
 
 use crate::event::{Data, Event, EventBody, FdType, Kind, MemWrite, Syscall};
 use integer_encoding::VarInt;

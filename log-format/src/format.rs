@@ -235,6 +235,16 @@ pub(crate) fn seal_frame(frame: &mut [u8], kind: FrameKind, codec: u8, a: u64, b
     frame[..FRAME_HEADER_LEN].copy_from_slice(&h.encode());
 }
 
+/// A complete frame around a body already encoded with `codec` (`raw_len`
+/// bytes once decoded): for tests and fuzzing of the codecs.
+#[doc(hidden)]
+pub fn frame_with_body(kind: FrameKind, codec: u8, a: u64, b: u64, raw_len: u32, body: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0; FRAME_HEADER_LEN];
+    frame.extend_from_slice(body);
+    seal_frame(&mut frame, kind, codec, a, b, raw_len);
+    frame
+}
+
 /// Checks the body checksum and decodes it (for events frames: into the raw
 /// block; for payload frames: into the payload bytes).
 pub fn open_body(h: &FrameHeader, stored: &[u8]) -> Result<Vec<u8>, String> {

@@ -9,7 +9,8 @@
 //! * [`Reader`]: sequential and random access by sequence number, time,
 //!   thread and transaction; rebuilds the index by scanning when the footer
 //!   is missing (a recorder killed mid-write) and reports what was lost.
-//! * [`format`]: the byte layout; [`block`]: the event block codec;
+//! * [`format`]: the byte layout (format 2.0; 1.0 logs are still read);
+//!   [`block`]: the event block codec; [`payload`]: the payload frame codec;
 //!   [`index`]: the footer index.
 //!
 //! ```
@@ -32,7 +33,6 @@ pub mod event;
 pub mod format;
 pub mod index;
 pub mod json;
-#[doc(hidden)]
 pub mod payload;
 mod reader;
 pub mod synth;

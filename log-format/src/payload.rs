@@ -261,6 +261,20 @@ impl PayloadBuilder {
     }
 }
 
+/// A frame body holding `pieces` (lane, bytes), as the writer builds it:
+/// for tests and fuzzing.
+#[doc(hidden)]
+pub fn encode(pieces: &[(u64, &[u8])]) -> Vec<u8> {
+    let mut b = PayloadBuilder::default();
+    for (lane, p) in pieces {
+        b.push(*lane, p);
+    }
+    let mut p = crate::format::Packer::new(1).expect("zstd context");
+    let mut body = Vec::new();
+    b.finish(&mut p, &mut body);
+    body
+}
+
 struct Cur<'a> {
     name: &'static str,
     b: &'a [u8],
@@ -403,15 +417,9 @@ mod tests {
     use super::*;
 
     fn round(pieces: &[&[u8]]) -> Vec<u8> {
-        let mut b = PayloadBuilder::default();
-        let mut want = Vec::new();
-        for (i, p) in pieces.iter().enumerate() {
-            b.push(i as u64 % 3, p);
-            want.extend_from_slice(p);
-        }
-        let mut p = crate::format::Packer::new(1).unwrap();
-        let mut body = Vec::new();
-        b.finish(&mut p, &mut body);
+        let lanes: Vec<(u64, &[u8])> = pieces.iter().enumerate().map(|(i, p)| (i as u64 % 3, *p)).collect();
+        let body = encode(&lanes);
+        let want = pieces.concat();
         let got = decode(&body, want.len()).unwrap();
         assert_eq!(got, want);
         body

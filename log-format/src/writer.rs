@@ -1,8 +1,9 @@
 //! Streaming writer with bounded memory.
 //!
 //! Events are buffered into one block (~64 KiB raw) and written as a whole
-//! frame; large buffers go to the payload stream, whose frames are always
-//! written before the event frames that refer to them. Files for the file
+//! frame; large buffers go to the payload stream (tokenized into templates
+//! and numbers, in lanes by syscall and fd type: [`crate::payload`]), whose
+//! frames are always written before the event frames that refer to them. Files for the file
 //! store are written at once, in chunks. If the process is killed at any
 //! byte, a reader loses at most the block that was being buffered or
 //! written: everything before it is in complete, checksummed frames.
