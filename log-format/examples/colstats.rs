@@ -44,9 +44,9 @@ fn main() {
     for p in &r.index().payload {
         let body = &bytes[p.offset as usize + h..(p.offset + p.frame_len as u64) as usize];
         let mut at = 1;
-        for k in 0..1 + 4 * body[0] as usize {
+        for k in 0..1 + 5 * body[0] as usize {
             at += 1;
-            let name = if k == 0 { "pieces" } else { ["raw", "template", "numbers", "wide"][(k - 1) % 4] };
+            let name = if k == 0 { "pieces" } else { ["raw", "template", "numbers", "wide", "long"][(k - 1) % 5] };
             let e = cols.entry(format!("payload: {name}")).or_default();
             e.0 += varint(body, &mut at);
             e.1 += varint(body, &mut at);

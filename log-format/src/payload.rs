@@ -16,14 +16,18 @@
 //! records then repeat exactly, which zstd stores as long matches. Other buffers are kept as they
 //! are.
 //!
+//! A longer run of digits (an account or card number) leaves the text too,
+//! for the lane's `long` stream (digits, then a line feed), behind the marker
+//! `0x80`: there zstd matches it against the other long numbers only.
+//!
 //! Buffers from different sources (the writer passes a *lane* hint: process
 //! and syscall) go to separate *lanes* of the frame, up to 8, each with its
 //! own streams, so that HTTP messages, file records and binary structures
 //! do not share zstd's statistics.
 //!
 //! ```text
-//! body    := nlanes(u8) (codec(u8) raw_len(varint) stored_len(varint)){1 + 4 × nlanes} stream*
-//! streams := pieces, then for each lane: raw, template, numbers, wide
+//! body    := nlanes(u8) (codec(u8) raw_len(varint) stored_len(varint)){1 + 5 × nlanes} stream*
+//! streams := pieces, then for each lane: raw, template, numbers, wide, long
 //! pieces  := per buffer: len(varint) mode(u8: lane × 2 + 1 if text) [template_len(varint) if text]
 //! ```
 //!
@@ -121,6 +125,7 @@ struct Lane {
     template: Vec<u8>,
     numbers: Vec<u8>,
     wide: Vec<u8>,
+    long: Vec<u8>,
 }
 
 /// Accumulates the buffers of one payload frame.
@@ -190,7 +195,7 @@ impl PayloadBuilder {
             }
             None => (lane % MAX_LANES as u64) as usize,
         };
-        let Lane { raw, template, numbers, wide, .. } = &mut self.lanes[li];
+        let Lane { raw, template, numbers, wide, long, .. } = &mut self.lanes[li];
         put(&mut self.pieces, b.len() as u64);
         // Text: every byte printable ASCII, tab, LF or CR (checked without branches).
         let text =
@@ -210,11 +215,18 @@ impl PayloadBuilder {
             }
             let (e, letters) = hex_run(b, j);
             i = e;
-            if s < j || letters || e - j > MAX_DIGITS {
+            if s < j || letters {
                 continue;
             }
             template.extend_from_slice(&b[copied..j]);
             copied = e;
+            if e - j > MAX_DIGITS {
+                // A long digit string (an account or card number): to its own stream.
+                template.push(MARK);
+                long.extend_from_slice(&b[j..e]);
+                long.push(b'\n');
+                continue;
+            }
             let t = &template[t0..];
             let win = t[t.len().saturating_sub(4)..].iter().fold(0u32, |w, &c| (w << 8) | c as u32);
             let run = &b[j..e];
@@ -238,8 +250,8 @@ impl PayloadBuilder {
         head.push(self.used as u8);
         let mut data = std::mem::take(&mut self.packed);
         data.clear();
-        let streams =
-            std::iter::once(&self.pieces).chain(self.lanes[..self.used].iter().flat_map(|l| [&l.raw, &l.template, &l.numbers, &l.wide]));
+        let streams = std::iter::once(&self.pieces)
+            .chain(self.lanes[..self.used].iter().flat_map(|l| [&l.raw, &l.template, &l.numbers, &l.wide, &l.long]));
         for s in streams {
             let (codec, n) = p.pack(s, &mut data);
             head.push(codec);
@@ -254,6 +266,7 @@ impl PayloadBuilder {
             l.template.clear();
             l.numbers.clear();
             l.wide.clear();
+            l.long.clear();
         }
         self.used = 0;
         self.slots.fill(Slot::default());
@@ -307,8 +320,8 @@ impl<'a> Cur<'a> {
     }
 }
 
-const PER_LANE: usize = 4;
-const NAMES: [&str; PER_LANE] = ["raw", "template", "numbers", "wide"];
+const PER_LANE: usize = 5;
+const NAMES: [&str; PER_LANE] = ["raw", "template", "numbers", "wide", "long"];
 
 /// Decodes a frame body back into `raw_len` payload bytes.
 pub fn decode(body: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
@@ -360,7 +373,7 @@ pub fn decode(body: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
         let start = out.len();
         let mode = pieces.byte()? as usize;
         let li = mode / 2;
-        let [raw, template, numbers, wide] = lanes.get_mut(li).ok_or_else(|| format!("buffer {piece}: lane {li} of {nlanes}"))?;
+        let [raw, template, numbers, wide, long] = lanes.get_mut(li).ok_or_else(|| format!("buffer {piece}: lane {li} of {nlanes}"))?;
         if mode & 1 == 0 {
             out.extend_from_slice(raw.take(len)?);
         } else {
@@ -371,6 +384,22 @@ pub fn decode(body: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
                 if c < MARK {
                     out.push(c);
                     win = (win << 8) | c as u32;
+                    continue;
+                }
+                if c == MARK {
+                    let at = long.at;
+                    let run = long.b[at..].iter().position(|&d| d == b'\n').map(|n| &long.b[at..at + n]);
+                    match run {
+                        Some(r) if r.len() > MAX_DIGITS && r.iter().all(u8::is_ascii_digit) => {
+                            out.extend_from_slice(r);
+                            long.at += r.len() + 1;
+                        }
+                        _ => return Err(format!("buffer {piece}: long stream holds no digit string at byte {at}")),
+                    }
+                    win = (win << 8) | c as u32;
+                    if out.len() - start > len as usize {
+                        break;
+                    }
                     continue;
                 }
                 let digits = (c - MARK) as usize;
