@@ -633,6 +633,8 @@ pub(crate) struct Decoded {
     pub events: Vec<Event>,
     /// Kind ids of the events of unknown kinds that were skipped.
     pub unknown: Vec<u16>,
+    /// False when decoding stopped early (see [`decode_until`]).
+    pub complete: bool,
 }
 
 /// Error while decoding one block: which event (index in block) and why.
@@ -811,6 +813,18 @@ pub(crate) fn columns_to_raw(body: &[u8], raw_len: usize) -> Result<Vec<u8>, Str
 /// the count from the frame header, checked against the block's own;
 /// `major` is the file's format version (1 or 2: the prediction model).
 pub(crate) fn decode(raw: &[u8], first_seq: u64, expect_count: Option<u32>, major: u16) -> Result<Decoded, DecodeError> {
+    decode_until(raw, first_seq, expect_count, major, &mut |_| false)
+}
+
+/// As [`decode`], stopping after the first event for which `stop` is true
+/// (a seek needs the events up to the one it looks for, not the whole block).
+pub(crate) fn decode_until(
+    raw: &[u8],
+    first_seq: u64,
+    expect_count: Option<u32>,
+    major: u16,
+    stop: &mut dyn FnMut(&Event) -> bool,
+) -> Result<Decoded, DecodeError> {
     let err = |index: u32, reason: String| DecodeError { index, reason };
     let mut head = Col { id: u32::MAX, b: raw, at: 0 };
     let count: u32 = head.get().map_err(|e| err(0, e))?;
@@ -924,13 +938,16 @@ pub(crate) fn decode(raw: &[u8], first_seq: u64, expect_count: Option<u32>, majo
             t.last_kind = kind_id;
         }
         out.push(Event { seq: first_seq + i as u64, ts_ns, pid, tid, cpu, cgroup, body });
+        if i + 1 < count && stop(out.last().expect("just pushed")) {
+            return Ok(Decoded { events: out, unknown, complete: false });
+        }
     }
     for c in d.fixed.iter().chain(d.generic.iter()) {
         if c.at != c.b.len() {
             return Err(err(count, format!("{} column has {} trailing bytes", c.name(), c.b.len() - c.at)));
         }
     }
-    Ok(Decoded { events: out, unknown })
+    Ok(Decoded { events: out, unknown, complete: true })
 }
 
 /// Encodes a block in which some events carry a different (future,

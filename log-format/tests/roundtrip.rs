@@ -237,3 +237,39 @@ fn format_version_is_2_and_others_are_named() {
     let e = Reader::from_bytes(b, "v3.kpl").err().expect("version 3 is not readable").to_string();
     assert!(e.contains("v3.kpl") && e.contains("format version 3.0") && e.contains("1.x to 2.x"), "{e}");
 }
+
+/// Seeks decode a block only up to the event they look for; whatever is
+/// read after them (the rest of that block, later blocks, the cache) is
+/// still every event, in order.
+#[test]
+fn seeks_that_decode_part_of_a_block_then_read_on() {
+    let evs: Vec<Event> = kpl::synth::Synth::new(3)
+        .take(20_000)
+        .enumerate()
+        .map(|(i, mut e)| {
+            e.seq = i as u64;
+            e
+        })
+        .collect();
+    let r = Reader::from_bytes(write_log(&evs, WriterOptions { block_size: 8 << 10, ..Default::default() }), "s.kpl").unwrap();
+    assert!(r.index().blocks.len() > 10);
+    let strip = |e: Event| resolved(&r, e);
+    let want = evs;
+    for s in [0u64, 5, 1234, 7777, 15_000, 19_999] {
+        // A get in the middle of a block, then the events after it from the cache and beyond.
+        assert_eq!(strip(r.get(s).unwrap()), want[s as usize]);
+        assert_eq!(strip(r.get(s + 1).unwrap_or_else(|_| r.get(s).unwrap())).seq, (s + 1).min(19_999));
+        let from: Vec<Event> = r.events_from(s).take(3000).map(|e| strip(e.unwrap())).collect();
+        assert_eq!(from, want[s as usize..(s as usize + 3000).min(20_000)]);
+        for tid in [4107, 5204, 6300] {
+            let got: Vec<u64> = r.tid_events(tid, s).map(|e| e.unwrap().seq).collect();
+            let exp: Vec<u64> = want.iter().filter(|e| e.tid == tid && e.seq >= s).map(|e| e.seq).collect();
+            assert_eq!(got, exp, "thread {tid} from {s}");
+        }
+        let ts = want[s as usize].ts_ns;
+        let first = want.iter().find(|e| e.ts_ns >= ts).unwrap().seq;
+        assert_eq!(r.seek_ts(ts).unwrap(), Some(first));
+    }
+    let all: Vec<Event> = r.events().map(|e| strip(e.unwrap())).collect();
+    assert_eq!(all, want);
+}
