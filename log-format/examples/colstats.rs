@@ -16,7 +16,9 @@ fn varint(b: &[u8], at: &mut usize) -> u64 {
 
 fn main() {
     let n: u64 = std::env::args().nth(1).map(|s| s.parse().expect("EVENTS is a number")).unwrap_or(1_000_000);
-    let mut w = kpl::Writer::new(Vec::new(), "memory", &kpl::Metadata::default(), Default::default()).unwrap();
+    let block_size = std::env::var("BLOCK").map(|v| v.parse().expect("BLOCK is a number")).unwrap_or(64 << 10);
+    let opts = kpl::WriterOptions { block_size, ..Default::default() };
+    let mut w = kpl::Writer::new(Vec::new(), "memory", &kpl::Metadata::default(), opts).unwrap();
     for ev in kpl::synth::Synth::new(1).take(n as usize) {
         w.append(ev).unwrap();
     }

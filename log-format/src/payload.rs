@@ -13,15 +13,15 @@
 //! ids that repeat or count up cost next to nothing — or, when the last
 //! change in that context was large next to the value (amounts, random ids),
 //! as a plain varint in the `wide` stream. The templates of messages and
-//! records then repeat exactly, which zstd stores as long matches. Other buffers are kept as they
-//! are.
+//! records then repeat exactly, which zstd stores as long matches. Other
+//! (binary) buffers go to the lane's `raw` stream as they are.
 //!
 //! A longer run of digits (an account or card number) leaves the text too,
 //! for the lane's `long` stream (digits, then a line feed), behind the marker
 //! `0x80`: there zstd matches it against the other long numbers only.
 //!
-//! Buffers from different sources (the writer passes a *lane* hint: process
-//! and syscall) go to separate *lanes* of the frame, up to 8, each with its
+//! Buffers from different sources (the writer passes a *lane* hint: the
+//! syscall and the type of its file descriptor) go to separate *lanes* of the frame, up to 8, each with its
 //! own streams, so that HTTP messages, file records and binary structures
 //! do not share zstd's statistics.
 //!
@@ -129,7 +129,7 @@ struct Lane {
 }
 
 /// Accumulates the buffers of one payload frame.
-pub struct PayloadBuilder {
+pub(crate) struct PayloadBuilder {
     pieces: Vec<u8>,
     lanes: Vec<Lane>,
     used: usize,
@@ -180,8 +180,13 @@ impl PayloadBuilder {
         self.len == 0
     }
 
-    /// Adds one buffer; `lane` groups buffers of the same source.
+    /// Adds one buffer; `lane` groups buffers of the same source. An empty
+    /// buffer adds nothing (and no piece, which keeps every stream smaller
+    /// than ten bytes per payload byte, as the decoder checks).
     pub fn push(&mut self, lane: u64, b: &[u8]) {
+        if b.is_empty() {
+            return;
+        }
         self.len += b.len();
         let li = match self.lanes[..self.used].iter().position(|l| l.key == lane) {
             Some(i) => i,
@@ -459,6 +464,8 @@ mod tests {
         round(&[b"", b"POST /v1 HTTP/1.1\r\nContent-Length: 0012\r\n\r\n{\"a\":\"12.05\"}", &[0, 1, 2, 255], b"9", b"0000000000000000000"]);
         round(&[b"traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", b"999999999999999999 1000000000000000000"]);
         round(&[b"\x80\x81 not text", b"abc123 123abc a1 1a 18446744073709551615"]);
+        // Found by the payload fuzz target: many empty buffers.
+        round(&[b"", b"", b"", b"", b"", b"", b"", b"", b"", b"", b"x", b"", b"", b"", b"", b"", b"", b"1"]);
     }
 
     #[test]

@@ -291,6 +291,10 @@ impl Reader {
                     let bytes = self.payload_block(pi)?;
                     let from = (at - p.start) as usize;
                     let to = ((end - p.start) as usize).min(bytes.len());
+                    if from >= to {
+                        // An index whose payload pieces overlap or are out of order (a damaged file).
+                        return Err(missing());
+                    }
                     out.extend_from_slice(&bytes[from..to]);
                     at = p.start + to as u64;
                     pi += 1;
