@@ -424,14 +424,18 @@ impl Reader {
 
     /// The events of block `bi`, decoded at least up to the first one for
     /// which `want` is true (all of them when there is none), from the cache
-    /// when it holds them.
+    /// when it holds them. A block met for the first time is decoded only
+    /// that far; one asked for again past what was decoded is decoded whole
+    /// (so reading a block event by event decodes it at most twice).
     fn cached_block(&self, bi: usize, want: &dyn Fn(&Event) -> bool) -> Result<Arc<Vec<Event>>, Error> {
+        let mut seen = false;
         if let Some((_, v, complete)) = self.cache.lock().unwrap().blocks.iter().find(|(i, ..)| *i == bi) {
             if *complete || v.iter().any(want) {
                 return Ok(v.clone());
             }
+            seen = true;
         }
-        let (evs, complete) = self.decode_block_until(bi, &mut |e| want(e))?;
+        let (evs, complete) = self.decode_block_until(bi, &mut |e| !seen && want(e))?;
         let v = Arc::new(evs);
         let mut c = self.cache.lock().unwrap();
         c.blocks.retain(|(i, ..)| *i != bi);

@@ -273,3 +273,18 @@ fn seeks_that_decode_part_of_a_block_then_read_on() {
     let all: Vec<Event> = r.events().map(|e| strip(e.unwrap())).collect();
     assert_eq!(all, want);
 }
+
+/// Reading a log event by event with `get` (as replay does) decodes each
+/// block at most twice: once up to the first event asked for, then whole.
+#[test]
+fn get_event_by_event_reads_every_event() {
+    let evs: Vec<Event> = (0..3000).map(note).collect();
+    let r = Reader::from_bytes(write_log(&evs, small_blocks()), "g.kpl").unwrap();
+    assert!(r.index().blocks.len() > 10);
+    for s in 0..3000u64 {
+        assert_eq!(r.get(s).unwrap().seq, s);
+    }
+    for s in (0..3000u64).rev() {
+        assert_eq!(r.get(s).unwrap().seq, s);
+    }
+}
