@@ -10,6 +10,12 @@
 //! trailer := "KPLINDEX" footer_offset(u64) footer_len(u64) crc32c(u32) reserved(u32)
 //! ```
 //!
+//! Codecs: 0 stored, 1 zstd, 2 event columns, 3 payload fields. Format 2
+//! (this version) writes events with codec 2, payload with codec 3 and
+//! everything else with codec 1; readers also read format 1 (events and
+//! payload with codec 1, the version-1 block model), and name any other
+//! major version in their error.
+//!
 //! All integers are little-endian. Every frame carries two CRC32C checksums,
 //! one over its header and one over its stored body, so a reader can tell a
 //! damaged header (resynchronise on the next `KPLF`) from a damaged body
@@ -17,8 +23,8 @@
 //!
 //! | kind | body | `a` | `b` |
 //! |---|---|---|---|
-//! | 1 events  | zstd(block, see [`crate::block`]) | first sequence number | event count |
-//! | 2 payload | zstd(bytes of the payload stream) | logical start offset | 0 |
+//! | 1 events  | codec 2: the block's columns, each zstd'd on its own (see [`crate::block`]); format 1: codec 1, zstd(block) | first sequence number | event count |
+//! | 2 payload | codec 3: buffers split into lanes, templates and numbers (see [`crate::payload`]); format 1: codec 1, zstd(bytes) | logical start offset | 0 |
 //! | 3 file    | zstd(hash(32) total_len(u64) chunk_offset(u64) bytes) | chunk offset | total length |
 //! | 4 footer  | zstd(postcard [`crate::index::Index`]) | 0 | 0 |
 
@@ -27,10 +33,13 @@ use serde::{Deserialize, Serialize};
 
 /// First eight bytes of every `.kpl` file.
 pub const MAGIC: [u8; 8] = *b"\x89KPL\r\n\x1a\n";
-/// Format major version this crate writes and reads.
-pub const VERSION_MAJOR: u16 = 1;
+/// Format major version this crate writes.
+pub const VERSION_MAJOR: u16 = 2;
 /// Format minor version this crate writes (newer minors add event kinds only).
 pub const VERSION_MINOR: u16 = 0;
+/// Oldest format major version this crate reads (1.x: whole-block zstd
+/// events, plain zstd payload, the version-1 prediction model).
+pub const OLDEST_MAJOR: u16 = 1;
 /// Magic of a frame header.
 pub const FRAME_MAGIC: [u8; 4] = *b"KPLF";
 /// Size of a frame header.
@@ -84,7 +93,7 @@ impl FrameKind {
 pub struct FrameHeader {
     /// What the frame holds.
     pub kind: FrameKind,
-    /// 0 raw, 1 zstd.
+    /// 0 raw, 1 zstd, 2 event columns, 3 payload fields.
     pub codec: u8,
     /// Length of the body once decompressed.
     pub raw_len: u32,
@@ -100,6 +109,12 @@ pub struct FrameHeader {
 
 /// Codec id of zstd-compressed bodies.
 pub const CODEC_ZSTD: u8 = 1;
+/// Codec id of format-2 event blocks: each column compressed on its own
+/// (see [`crate::block`]).
+pub const CODEC_COLUMNS: u8 = 2;
+/// Codec id of format-2 payload frames: text split into templates and
+/// numbers, in lanes (see [`crate::payload`]).
+pub const CODEC_FIELDS: u8 = 3;
 
 impl FrameHeader {
     /// Serializes the header.
@@ -131,7 +146,10 @@ impl FrameHeader {
         }
         let kind = FrameKind::from_u8(h[4]).ok_or("unknown frame kind")?;
         let codec = h[5];
-        if codec > CODEC_ZSTD {
+        if codec > CODEC_FIELDS
+            || (codec == CODEC_COLUMNS && kind != FrameKind::Events)
+            || (codec == CODEC_FIELDS && kind != FrameKind::Payload)
+        {
             return Err("unknown frame codec");
         }
         let raw_len = u32_at(h, 8);
@@ -177,7 +195,58 @@ pub fn build_frame_with(c: &mut zstd::bulk::Compressor<'_>, kind: FrameKind, a: 
     out
 }
 
-/// Checks the body checksum and decompresses it.
+/// A zstd context and a scratch buffer, reused for every stream of every
+/// frame a writer builds.
+pub(crate) struct Packer {
+    /// The compression context.
+    pub c: zstd::bulk::Compressor<'static>,
+    scratch: Vec<u8>,
+}
+
+impl Packer {
+    /// A packer compressing at `level`.
+    pub fn new(level: i32) -> std::io::Result<Packer> {
+        Ok(Packer { c: zstd::bulk::Compressor::new(level)?, scratch: Vec::new() })
+    }
+
+    /// Appends `src` to `out`, zstd-compressed when that is smaller: returns
+    /// the codec (1 zstd, 0 stored) and the number of bytes appended.
+    pub fn pack(&mut self, src: &[u8], out: &mut Vec<u8>) -> (u8, usize) {
+        if src.len() >= 32 {
+            self.scratch.clear();
+            self.scratch.reserve(zstd::zstd_safe::compress_bound(src.len()));
+            if let Ok(n) = self.c.compress_to_buffer(src, &mut self.scratch) {
+                if n < src.len() {
+                    out.extend_from_slice(&self.scratch[..n]);
+                    return (CODEC_ZSTD, n);
+                }
+            }
+        }
+        out.extend_from_slice(src);
+        (0, src.len())
+    }
+}
+
+/// Fills in the header of a frame whose body (encoded with `codec`,
+/// `raw_len` bytes once decoded) follows `FRAME_HEADER_LEN` reserved bytes.
+pub(crate) fn seal_frame(frame: &mut [u8], kind: FrameKind, codec: u8, a: u64, b: u64, raw_len: u32) {
+    let body = &frame[FRAME_HEADER_LEN..];
+    let h = FrameHeader { kind, codec, raw_len, stored_len: body.len() as u32, a, b, body_crc: crc32c::crc32c(body) };
+    frame[..FRAME_HEADER_LEN].copy_from_slice(&h.encode());
+}
+
+/// A complete frame around a body already encoded with `codec` (`raw_len`
+/// bytes once decoded): for tests and fuzzing of the codecs.
+#[doc(hidden)]
+pub fn frame_with_body(kind: FrameKind, codec: u8, a: u64, b: u64, raw_len: u32, body: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0; FRAME_HEADER_LEN];
+    frame.extend_from_slice(body);
+    seal_frame(&mut frame, kind, codec, a, b, raw_len);
+    frame
+}
+
+/// Checks the body checksum and decodes it (for events frames: into the raw
+/// block; for payload frames: into the payload bytes).
 pub fn open_body(h: &FrameHeader, stored: &[u8]) -> Result<Vec<u8>, String> {
     if stored.len() != h.stored_len as usize {
         return Err(format!("body cut short: {} of {} bytes", stored.len(), h.stored_len));
@@ -187,6 +256,8 @@ pub fn open_body(h: &FrameHeader, stored: &[u8]) -> Result<Vec<u8>, String> {
     }
     match h.codec {
         0 => Ok(stored.to_vec()),
+        CODEC_COLUMNS => crate::block::columns_to_raw(stored, h.raw_len as usize),
+        CODEC_FIELDS => crate::payload::decode(stored, h.raw_len as usize),
         _ => {
             let raw = zstd::bulk::decompress(stored, h.raw_len as usize).map_err(|e| format!("zstd: {e}"))?;
             if raw.len() != h.raw_len as usize {
@@ -237,7 +308,7 @@ pub fn decode_header(path: &std::path::Path, prefix: &[u8]) -> Result<Result<Hea
     }
     let major = u16::from_le_bytes([prefix[8], prefix[9]]);
     let minor = u16::from_le_bytes([prefix[10], prefix[11]]);
-    if major != VERSION_MAJOR {
+    if !(OLDEST_MAJOR..=VERSION_MAJOR).contains(&major) {
         return Err(Error::UnsupportedVersion { path: path.to_owned(), major, minor });
     }
     let meta_len = u32_at(prefix, 12);

@@ -8,7 +8,7 @@
 
 use crate::event::{Event, FileHash, Kind};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// Where an event block is and what it holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,9 +136,9 @@ impl Index {
 #[derive(Default)]
 pub(crate) struct IndexBuilder {
     pub index: Index,
-    tids: HashMap<u32, Vec<u32>>,
+    tids: crate::block::IdMap<u32, Vec<u32>>,
     txns: BTreeMap<String, Vec<u64>>,
-    counts: BTreeMap<u16, u64>,
+    counts: crate::block::IdMap<u16, u64>,
     files: BTreeMap<FileHash, FileInfo>,
 }
 
@@ -184,6 +184,7 @@ impl IndexBuilder {
         self.index.tids = tids;
         self.index.txns = self.txns.into_iter().collect();
         self.index.counts = self.counts.into_iter().collect();
+        self.index.counts.sort_unstable();
         self.index.files = self
             .files
             .into_values()

@@ -9,7 +9,8 @@
 //! * [`Reader`]: sequential and random access by sequence number, time,
 //!   thread and transaction; rebuilds the index by scanning when the footer
 //!   is missing (a recorder killed mid-write) and reports what was lost.
-//! * [`format`]: the byte layout; [`block`]: the event block codec;
+//! * [`format`]: the byte layout (format 2.0; 1.0 logs are still read);
+//!   [`block`]: the event block codec; [`payload`]: the payload frame codec;
 //!   [`index`]: the footer index.
 //!
 //! ```
@@ -32,6 +33,7 @@ pub mod event;
 pub mod format;
 pub mod index;
 pub mod json;
+pub mod payload;
 mod reader;
 pub mod synth;
 pub mod sys;
@@ -129,7 +131,11 @@ pub enum Error {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: bad header: {reason}")]
     BadHeader { path: PathBuf, reason: String },
-    #[error("{path}: format version {major}.{minor} is not supported (this build reads {}.x)", format::VERSION_MAJOR)]
+    #[error(
+        "{path}: format version {major}.{minor} is not supported (this build reads {}.x to {}.x)",
+        format::OLDEST_MAJOR,
+        format::VERSION_MAJOR
+    )]
     UnsupportedVersion { path: PathBuf, major: u16, minor: u16 },
     #[error("{path}: {kind} block at byte offset {offset}: {reason}")]
     BadBlock { path: PathBuf, offset: u64, kind: &'static str, reason: String },

@@ -67,7 +67,9 @@ impl VerifyReport {
 }
 
 struct Cache {
-    blocks: VecDeque<(usize, Arc<Vec<Event>>)>,
+    /// Decoded blocks: index, events, whether all of the block's events are there
+    /// (a seek decodes only up to the event it looks for).
+    blocks: VecDeque<(usize, Arc<Vec<Event>>, bool)>,
     payload: Option<(usize, Arc<Vec<u8>>)>,
 }
 
@@ -210,14 +212,30 @@ impl Reader {
     /// `seq` was lost).
     pub fn events_from(&self, seq: u64) -> Events<'_> {
         let bi = self.index.block_at_or_after_seq(seq);
-        Events { r: self, blocks: Box::new(bi..self.index.blocks.len()), cur: Vec::new().into_iter(), from_seq: seq, tid: None }
+        Events {
+            r: self,
+            blocks: Box::new(bi..self.index.blocks.len()),
+            cur: Vec::new().into_iter(),
+            from_seq: seq,
+            tid: None,
+            partial: None,
+            next_seq: 0,
+        }
     }
 
     /// Events of one thread from `seq` on, reading only blocks that hold it.
     pub fn tid_events(&self, tid: u32, seq: u64) -> Events<'_> {
         let first = self.index.block_at_or_after_seq(seq) as u32;
         let blocks: Vec<usize> = self.index.blocks_of_tid(tid).iter().filter(|&&b| b >= first).map(|&b| b as usize).collect();
-        Events { r: self, blocks: Box::new(blocks.into_iter()), cur: Vec::new().into_iter(), from_seq: seq, tid: Some(tid) }
+        Events {
+            r: self,
+            blocks: Box::new(blocks.into_iter()),
+            cur: Vec::new().into_iter(),
+            from_seq: seq,
+            tid: Some(tid),
+            partial: None,
+            next_seq: 0,
+        }
     }
 
     /// The event with sequence number `seq`.
@@ -227,7 +245,7 @@ impl Reader {
             seq,
             detail: format!("it holds {} events up to {}", self.index.events, self.end_seq()),
         })?;
-        let evs = self.cached_block(bi)?;
+        let evs = self.cached_block(bi, &|e| e.seq >= seq)?;
         match evs.binary_search_by_key(&seq, |e| e.seq) {
             Ok(i) => Ok(evs[i].clone()),
             Err(_) => Err(Error::NoSuchEvent { path: self.path.clone(), seq, detail: "it is of a kind this reader does not know".into() }),
@@ -239,7 +257,7 @@ impl Reader {
     pub fn seek_ts(&self, ts_ns: u64) -> Result<Option<u64>, Error> {
         let mut bi = self.ts_prefix_max.partition_point(|&m| m < ts_ns);
         while bi < self.index.blocks.len() {
-            let evs = self.cached_block(bi)?;
+            let evs = self.cached_block(bi, &|e| e.ts_ns >= ts_ns)?;
             if let Some(e) = evs.iter().find(|e| e.ts_ns >= ts_ns) {
                 return Ok(Some(e.seq));
             }
@@ -273,6 +291,10 @@ impl Reader {
                     let bytes = self.payload_block(pi)?;
                     let from = (at - p.start) as usize;
                     let to = ((end - p.start) as usize).min(bytes.len());
+                    if from >= to {
+                        // An index whose payload pieces overlap or are out of order (a damaged file).
+                        return Err(missing());
+                    }
                     out.extend_from_slice(&bytes[from..to]);
                     at = p.start + to as u64;
                     pi += 1;
@@ -387,30 +409,40 @@ impl Reader {
     }
 
     /// Decodes block `bi` of the index (not cached).
-    fn decode_block(&self, bi: usize) -> Result<Vec<Event>, Error> {
+    /// Decodes block `bi` up to the first event for which `stop` is true;
+    /// says whether it holds the whole block.
+    fn decode_block_until(&self, bi: usize, stop: &mut dyn FnMut(&Event) -> bool) -> Result<(Vec<Event>, bool), Error> {
         let b = self.index.blocks.get(bi).ok_or_else(|| self.bad_block(0, "index", format!("no block {bi}")))?;
         let (h, raw) = self.read_frame(b.offset, b.frame_len as u64)?;
         if h.kind != FrameKind::Events || h.a != b.first_seq {
             return Err(self.bad_block(b.offset, h.kind.name(), format!("expected the events block starting at event {}", b.first_seq)));
         }
-        block::decode(&raw, b.first_seq, Some(b.count)).map(|d| d.events).map_err(|e| Error::BadEvent {
-            path: self.path.clone(),
-            offset: b.offset,
-            seq: b.first_seq + e.index as u64,
-            reason: e.reason,
-        })
+        block::decode_until(&raw, b.first_seq, Some(b.count), self.header.major, stop)
+            .map(|d| (d.events, d.complete))
+            .map_err(|e| Error::BadEvent { path: self.path.clone(), offset: b.offset, seq: b.first_seq + e.index as u64, reason: e.reason })
     }
 
-    fn cached_block(&self, bi: usize) -> Result<Arc<Vec<Event>>, Error> {
-        if let Some((_, v)) = self.cache.lock().unwrap().blocks.iter().find(|(i, _)| *i == bi) {
-            return Ok(v.clone());
+    /// The events of block `bi`, decoded at least up to the first one for
+    /// which `want` is true (all of them when there is none), from the cache
+    /// when it holds them. A block met for the first time is decoded only
+    /// that far; one asked for again past what was decoded is decoded whole
+    /// (so reading a block event by event decodes it at most twice).
+    fn cached_block(&self, bi: usize, want: &dyn Fn(&Event) -> bool) -> Result<Arc<Vec<Event>>, Error> {
+        let mut seen = false;
+        if let Some((_, v, complete)) = self.cache.lock().unwrap().blocks.iter().find(|(i, ..)| *i == bi) {
+            if *complete || v.iter().any(want) {
+                return Ok(v.clone());
+            }
+            seen = true;
         }
-        let v = Arc::new(self.decode_block(bi)?);
+        let (evs, complete) = self.decode_block_until(bi, &mut |e| !seen && want(e))?;
+        let v = Arc::new(evs);
         let mut c = self.cache.lock().unwrap();
+        c.blocks.retain(|(i, ..)| *i != bi);
         if c.blocks.len() >= CACHE_BLOCKS {
             c.blocks.pop_front();
         }
-        c.blocks.push_back((bi, v.clone()));
+        c.blocks.push_back((bi, v.clone(), complete));
         Ok(v)
     }
 
@@ -539,7 +571,7 @@ impl Reader {
             match format::open_body(&h, &body) {
                 Err(reason) => s.problems.push(frame_problem(pos, flen, &h, format!("{} block: {reason}", h.kind.name()))),
                 Ok(raw) => match h.kind {
-                    FrameKind::Events => match u32::try_from(h.b).ok().map(|c| block::decode(&raw, h.a, Some(c))) {
+                    FrameKind::Events => match u32::try_from(h.b).ok().map(|c| block::decode(&raw, h.a, Some(c), self.header.major)) {
                         Some(Ok(d)) => {
                             let (mut min_ts, mut max_ts) = (u64::MAX, 0);
                             for e in &d.events {
@@ -708,20 +740,47 @@ pub struct Events<'a> {
     cur: std::vec::IntoIter<Event>,
     from_seq: u64,
     tid: Option<u32>,
+    /// The block `cur` came from when it was decoded only up to the first
+    /// event wanted (the first block of a seek); the rest is decoded when needed.
+    partial: Option<usize>,
+    /// Sequence number after the last event yielded.
+    next_seq: u64,
+}
+
+impl Events<'_> {
+    fn wanted(&self, e: &Event) -> bool {
+        e.seq >= self.from_seq.max(self.next_seq) && self.tid.is_none_or(|t| t == e.tid)
+    }
 }
 
 impl Iterator for Events<'_> {
     type Item = Result<Event, Error>;
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            for e in self.cur.by_ref() {
-                if e.seq >= self.from_seq && self.tid.is_none_or(|t| t == e.tid) {
+            while let Some(e) = self.cur.next() {
+                if self.wanted(&e) {
+                    self.next_seq = e.seq + 1;
                     return Some(Ok(e));
                 }
             }
-            let bi = self.blocks.next()?;
-            match self.r.decode_block(bi) {
-                Ok(v) => self.cur = v.into_iter(),
+            // The first block is decoded only up to the first event wanted.
+            let (bi, seeking) = match self.partial.take() {
+                Some(bi) => (bi, false),
+                None => {
+                    let bi = self.blocks.next()?;
+                    let first_seq = self.r.index.blocks.get(bi).map(|b| b.first_seq).unwrap_or(0);
+                    (bi, self.next_seq == 0 && (self.tid.is_some() || self.from_seq > first_seq))
+                }
+            };
+            let (from, tid) = (self.from_seq, self.tid);
+            let mut stop = |e: &Event| seeking && e.seq >= from && tid.is_none_or(|t| t == e.tid);
+            match self.r.decode_block_until(bi, &mut stop) {
+                Ok((v, complete)) => {
+                    if !complete {
+                        self.partial = Some(bi);
+                    }
+                    self.cur = v.into_iter();
+                }
                 Err(e) => return Some(Err(e)),
             }
         }

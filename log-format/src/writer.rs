@@ -1,16 +1,18 @@
 //! Streaming writer with bounded memory.
 //!
 //! Events are buffered into one block (~64 KiB raw) and written as a whole
-//! frame; large buffers go to the payload stream, whose frames are always
-//! written before the event frames that refer to them. Files for the file
+//! frame; large buffers go to the payload stream (tokenized into templates
+//! and numbers, in lanes by syscall and fd type: [`crate::payload`]), whose
+//! frames are always written before the event frames that refer to them. Files for the file
 //! store are written at once, in chunks. If the process is killed at any
 //! byte, a reader loses at most the block that was being buffered or
 //! written: everything before it is in complete, checksummed frames.
 
 use crate::block::BlockBuilder;
-use crate::event::{Data, Event, FileHash};
+use crate::event::{Data, Event, EventBody, FileHash};
 use crate::format::{self, FrameKind};
 use crate::index::{BlockInfo, ChunkInfo, Index, IndexBuilder, PayloadInfo, Summary};
+use crate::payload::PayloadBuilder;
 use crate::{Error, Metadata};
 use std::fs::File;
 use std::io::Write;
@@ -53,12 +55,16 @@ pub struct Writer<W: Write = File> {
     pos: u64,
     opts: WriterOptions,
     block: BlockBuilder,
-    payload: Vec<u8>,
+    payload: PayloadBuilder,
+    /// Payload frames finished while an event was being appended, not yet written.
+    payload_done: Vec<(u64, u32, Vec<u8>)>,
     payload_start: u64,
     next_seq: u64,
     index: IndexBuilder,
     summary: Summary,
-    zstd: zstd::bulk::Compressor<'static>,
+    zstd: format::Packer,
+    /// The frame being built (kept for its capacity).
+    frame: Vec<u8>,
 }
 
 impl Writer<File> {
@@ -80,18 +86,20 @@ impl<W: Write> Writer<W> {
         let name = name.as_ref().to_owned();
         let h = format::encode_header(meta);
         out.write_all(&h).map_err(|e| Error::io(&name, e))?;
-        let zstd = zstd::bulk::Compressor::new(opts.level).map_err(|e| Error::io(&name, e))?;
+        let zstd = format::Packer::new(opts.level).map_err(|e| Error::io(&name, e))?;
         Ok(Writer {
             out: Some(out),
             name,
             pos: h.len() as u64,
             block: BlockBuilder::default(),
-            payload: Vec::new(),
+            payload: PayloadBuilder::default(),
+            payload_done: Vec::new(),
             payload_start: 0,
             next_seq: 0,
             index: IndexBuilder::default(),
             summary: Summary::default(),
             zstd,
+            frame: Vec::new(),
             opts,
         })
     }
@@ -112,12 +120,31 @@ impl<W: Write> Writer<W> {
     pub fn append(&mut self, mut ev: Event) -> Result<u64, Error> {
         ev.seq = self.next_seq;
         let inline_max = self.opts.inline_max;
-        let (payload, start) = (&mut self.payload, self.payload_start);
+        let max = self.opts.payload_block_size.clamp(1, format::MAX_FRAME_LEN as usize / 2);
+        // Buffers of one kind of source share a lane: the syscall and the type of its file.
+        let lane = match &ev.body {
+            EventBody::Syscall(s) => ((s.fd_type as u64) << 32) | s.nr as u64,
+            b => (1 << 63) | b.kind().id() as u64,
+        };
+        let (payload, done, zstd) = (&mut self.payload, &mut self.payload_done, &mut self.zstd);
+        let mut start = self.payload_start;
         ev.data_mut(|d| {
             if let Data::Bytes(b) = d {
                 if b.len() > inline_max {
                     let offset = start + payload.len() as u64;
-                    payload.extend_from_slice(b);
+                    let mut rest = &b[..];
+                    while !rest.is_empty() {
+                        let n = rest.len().min(max - payload.len());
+                        payload.push(lane, &rest[..n]);
+                        rest = &rest[n..];
+                        if payload.len() >= max {
+                            let len = payload.len() as u32;
+                            let mut frame = vec![0; format::FRAME_HEADER_LEN];
+                            payload.finish(zstd, &mut frame);
+                            done.push((start, len, frame));
+                            start += len as u64;
+                        }
+                    }
                     *d = Data::Stored { offset, len: b.len() as u32 };
                 }
             }
@@ -125,9 +152,7 @@ impl<W: Write> Writer<W> {
         self.block.push(&ev);
         self.index.note_event(&ev);
         self.next_seq += 1;
-        if self.payload.len() >= self.opts.payload_block_size {
-            self.write_payload()?;
-        }
+        self.emit_payload_done()?;
         if self.block.raw_len() >= self.opts.block_size {
             self.write_block()?;
         }
@@ -150,7 +175,7 @@ impl<W: Write> Writer<W> {
             raw.extend_from_slice(&total.to_le_bytes());
             raw.extend_from_slice(&(at as u64).to_le_bytes());
             raw.extend_from_slice(&content[at..end]);
-            let frame = format::build_frame_with(&mut self.zstd, FrameKind::File, at as u64, total, &raw);
+            let frame = format::build_frame_with(&mut self.zstd.c, FrameKind::File, at as u64, total, &raw);
             let offset = self.emit(&frame)?;
             self.index.add_file_chunk(hash, total, ChunkInfo { at: at as u64, offset, frame_len: frame.len() as u32 });
             at = end;
@@ -194,7 +219,7 @@ impl<W: Write> Writer<W> {
         let index = std::mem::take(&mut self.index).finish(std::mem::take(&mut self.summary));
         let events = index.events;
         let raw = postcard::to_stdvec(&index).expect("index serializes");
-        let frame = format::build_frame_with(&mut self.zstd, FrameKind::Footer, 0, 0, &raw);
+        let frame = format::build_frame_with(&mut self.zstd.c, FrameKind::Footer, 0, 0, &raw);
         let offset = self.emit(&frame)?;
         let trailer = format::encode_trailer(offset, frame.len() as u64);
         self.emit(&trailer)?;
@@ -216,37 +241,56 @@ impl<W: Write> Writer<W> {
         Ok(at)
     }
 
-    fn write_payload(&mut self) -> Result<(), Error> {
-        let data = std::mem::take(&mut self.payload);
-        let max = self.opts.payload_block_size.max(1);
-        for piece in data.chunks(max) {
-            let frame = format::build_frame_with(&mut self.zstd, FrameKind::Payload, self.payload_start, 0, piece);
-            let offset = self.emit(&frame)?;
-            self.index.add_payload(PayloadInfo {
-                offset,
-                frame_len: frame.len() as u32,
-                start: self.payload_start,
-                len: piece.len() as u32,
-            });
-            self.payload_start += piece.len() as u64;
+    /// Writes the payload frames finished so far.
+    fn emit_payload_done(&mut self) -> Result<(), Error> {
+        for (start, len, mut frame) in std::mem::take(&mut self.payload_done) {
+            self.emit_payload(start, len, &mut frame)?;
         }
-        self.payload = data;
-        self.payload.clear();
+        Ok(())
+    }
+
+    fn emit_payload(&mut self, start: u64, len: u32, frame: &mut [u8]) -> Result<(), Error> {
+        format::seal_frame(frame, FrameKind::Payload, format::CODEC_FIELDS, start, 0, len);
+        let offset = self.emit(frame)?;
+        self.index.add_payload(PayloadInfo { offset, frame_len: frame.len() as u32, start, len });
+        self.payload_start = start + len as u64;
+        Ok(())
+    }
+
+    /// Writes the buffered payload bytes as a frame.
+    fn write_payload(&mut self) -> Result<(), Error> {
+        self.emit_payload_done()?;
+        if !self.payload.is_empty() {
+            let len = self.payload.len() as u32;
+            let mut frame = std::mem::take(&mut self.frame);
+            frame.clear();
+            frame.resize(format::FRAME_HEADER_LEN, 0);
+            self.payload.finish(&mut self.zstd, &mut frame);
+            let r = self.emit_payload(self.payload_start, len, &mut frame);
+            self.frame = frame;
+            r?;
+        }
         Ok(())
     }
 
     fn write_block(&mut self) -> Result<(), Error> {
-        if !self.payload.is_empty() {
+        if !self.payload.is_empty() || !self.payload_done.is_empty() {
             self.write_payload()?;
         }
         if self.block.count == 0 {
             return Ok(());
         }
         let (first_seq, count, min_ts, max_ts) = (self.block.first_seq, self.block.count, self.block.min_ts, self.block.max_ts);
-        let raw = self.block.finish();
-        let frame = format::build_frame_with(&mut self.zstd, FrameKind::Events, first_seq, count as u64, &raw);
-        let offset = self.emit(&frame)?;
-        self.index.add_block(BlockInfo { offset, frame_len: frame.len() as u32, first_seq, count, min_ts, max_ts });
+        let mut frame = std::mem::take(&mut self.frame);
+        frame.clear();
+        frame.resize(format::FRAME_HEADER_LEN, 0);
+        let raw_len = self.block.finish_columns(&mut self.zstd, &mut frame);
+        format::seal_frame(&mut frame, FrameKind::Events, format::CODEC_COLUMNS, first_seq, count as u64, raw_len);
+        let offset = self.emit(&frame);
+        let frame_len = frame.len() as u32;
+        self.frame = frame;
+        let offset = offset?;
+        self.index.add_block(BlockInfo { offset, frame_len, first_seq, count, min_ts, max_ts });
         Ok(())
     }
 }

@@ -181,3 +181,19 @@ fn garbage_and_wrong_files_give_clear_errors() {
         assert!(e.contains(want) && e.contains("x.kpl"), "{e}");
     }
 }
+
+/// Found by the `reader` fuzz target: an index whose payload pieces
+/// overlap made `payload` slice past the end of a piece. Now an error.
+#[test]
+fn overlapping_payload_pieces_are_an_error() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz-overlapping-payload.kpl");
+    let Ok(r) = Reader::open(&path) else { return };
+    for ev in r.events().flatten() {
+        ev.data(|d| {
+            if let Err(e) = r.payload(d) {
+                assert!(e.to_string().contains("fuzz-overlapping-payload.kpl"), "{e}");
+            }
+        });
+    }
+    let _ = r.verify();
+}

@@ -1,0 +1,509 @@
+//! The payload frame codec of format 2: text buffers split into a template
+//! and a column of numbers.
+//!
+//! A payload frame holds consecutive buffers (*pieces*) of the payload
+//! stream. Buffers that are text (tab, line feed, carriage return and
+//! printable ASCII only) are tokenized: every run of 1 to 18 decimal digits
+//! that is not part of a lower-case hexadecimal word (a run of `[0-9a-f]`
+//! holding a letter, such as a trace id) leaves the text and becomes a
+//! number; the text keeps a marker byte `0x80 + digits` in its place. Each
+//! number is stored as the zigzag varint of its difference from the previous
+//! number met in the same context (the lane, the four template bytes before
+//! it and its digit count) in the `numbers` stream, so counters, lengths and
+//! ids that repeat or count up cost next to nothing — or, when the last
+//! change in that context was large next to the value (amounts, random ids),
+//! as a plain varint in the `wide` stream. The templates of messages and
+//! records then repeat exactly, which zstd stores as long matches. Other
+//! (binary) buffers go to the lane's `raw` stream as they are.
+//!
+//! A longer run of digits (an account or card number) leaves the text too,
+//! for the lane's `long` stream (digits, then a line feed), behind the marker
+//! `0x80`: there zstd matches it against the other long numbers only.
+//!
+//! Buffers from different sources (the writer passes a *lane* hint: the
+//! syscall and the type of its file descriptor) go to separate *lanes* of the frame, up to 8, each with its
+//! own streams, so that HTTP messages, file records and binary structures
+//! do not share zstd's statistics.
+//!
+//! ```text
+//! body    := nlanes(u8) (codec(u8) raw_len(varint) stored_len(varint)){1 + 5 × nlanes} stream*
+//! streams := pieces, then for each lane: raw, template, numbers, wide, long
+//! pieces  := per buffer: len(varint) mode(u8: lane × 2 + 1 if text) [template_len(varint) if text]
+//! ```
+//!
+//! Each stream is compressed with zstd on its own (codec 1) or stored
+//! (codec 0). All context state starts fresh in each frame, so every frame
+//! decodes on its own.
+
+use crate::block::put;
+use integer_encoding::VarInt;
+
+/// Largest digit run that becomes a number (10^18 < 2^63).
+const MAX_DIGITS: usize = 18;
+const MARK: u8 = 0x80;
+const SLOT_BITS: u32 = 14;
+/// Most lanes in a frame.
+pub const MAX_LANES: usize = 8;
+
+#[inline]
+fn is_hex(c: u8) -> bool {
+    c.is_ascii_digit() || (b'a'..=b'f').contains(&c)
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// Eight bytes of `b` from `i`.
+#[inline]
+fn load8(b: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"))
+}
+
+/// The high bit of each byte of `w` that is a decimal digit. Every byte
+/// must be below 0x80 (text): then no sum below carries into the next byte,
+/// so each byte is tested exactly (`x = c ^ 0x30` is a digit when below 10,
+/// i.e. when `x + 0x76` stays below 0x80).
+#[inline]
+fn digit_mask(w: u64) -> u64 {
+    let x = w ^ (0x30 * ONES);
+    !(x + 0x76 * ONES) & HIGH
+}
+
+/// As [`digit_mask`], for the letters `a`–`f` (`z = c ^ 0x60` from 1 to 6).
+#[inline]
+fn letter_mask(w: u64) -> u64 {
+    let z = w ^ (0x60 * ONES);
+    !(z + 0x79 * ONES) & (z + 0x7f * ONES) & HIGH
+}
+
+/// Index of the first decimal digit of the text `b` at or after `i`.
+#[inline]
+fn next_digit(b: &[u8], mut i: usize) -> Option<usize> {
+    while i + 8 <= b.len() {
+        let m = digit_mask(load8(b, i));
+        if m != 0 {
+            return Some(i + (m.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    b[i..].iter().position(|c| c.is_ascii_digit()).map(|k| i + k)
+}
+
+/// End of the run of `[0-9a-f]` of the text `b` that starts at `j`, and
+/// whether it holds a letter.
+#[inline]
+fn hex_run(b: &[u8], mut e: usize) -> (usize, bool) {
+    let mut letters = 0u64;
+    while e + 8 <= b.len() {
+        let w = load8(b, e);
+        let l = letter_mask(w);
+        let other = !(digit_mask(w) | l) & HIGH;
+        if other != 0 {
+            let k = other.trailing_zeros();
+            letters |= l & ((1u64 << k) - 1);
+            return (e + (k / 8) as usize, letters != 0);
+        }
+        letters |= l;
+        e += 8;
+    }
+    while e < b.len() && is_hex(b[e]) {
+        letters |= (b[e] >= b'a') as u64;
+        e += 1;
+    }
+    (e, letters != 0)
+}
+
+#[inline]
+fn slot(win: u32, digits: usize, lane: usize) -> usize {
+    ((win ^ ((digits as u32) << 27) ^ ((lane as u32) << 22)).wrapping_mul(0x9E37_79B1) >> (32 - SLOT_BITS)) as usize
+}
+
+#[derive(Default)]
+struct Lane {
+    key: u64,
+    raw: Vec<u8>,
+    template: Vec<u8>,
+    numbers: Vec<u8>,
+    wide: Vec<u8>,
+    long: Vec<u8>,
+}
+
+/// Accumulates the buffers of one payload frame.
+pub(crate) struct PayloadBuilder {
+    pieces: Vec<u8>,
+    lanes: Vec<Lane>,
+    used: usize,
+    slots: Vec<Slot>,
+    len: usize,
+    /// Compressed streams of the frame being finished (kept for its capacity).
+    packed: Vec<u8>,
+}
+
+/// What a number context remembers: the last value, and whether the last
+/// change was large next to the value (then the next value is stored as it
+/// is, in the `wide` stream, rather than as a difference).
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    last: u64,
+    wide: bool,
+}
+
+impl Slot {
+    #[inline]
+    fn update(&mut self, v: u64) {
+        self.wide = v.abs_diff(self.last) > v >> 2;
+        self.last = v;
+    }
+}
+
+impl Default for PayloadBuilder {
+    fn default() -> Self {
+        PayloadBuilder {
+            pieces: Vec::new(),
+            lanes: Vec::new(),
+            used: 0,
+            slots: vec![Slot::default(); 1 << SLOT_BITS],
+            len: 0,
+            packed: Vec::new(),
+        }
+    }
+}
+
+impl PayloadBuilder {
+    /// Logical bytes held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no buffer is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds one buffer; `lane` groups buffers of the same source. An empty
+    /// buffer adds nothing (and no piece, which keeps every stream smaller
+    /// than ten bytes per payload byte, as the decoder checks).
+    pub fn push(&mut self, lane: u64, b: &[u8]) {
+        if b.is_empty() {
+            return;
+        }
+        self.len += b.len();
+        let li = match self.lanes[..self.used].iter().position(|l| l.key == lane) {
+            Some(i) => i,
+            None if self.used < MAX_LANES => {
+                if self.lanes.len() == self.used {
+                    self.lanes.push(Lane::default());
+                }
+                self.lanes[self.used].key = lane;
+                self.used += 1;
+                self.used - 1
+            }
+            None => (lane % MAX_LANES as u64) as usize,
+        };
+        let Lane { raw, template, numbers, wide, long, .. } = &mut self.lanes[li];
+        put(&mut self.pieces, b.len() as u64);
+        // Text: every byte printable ASCII, tab, LF or CR (checked without branches).
+        let text =
+            !b.is_empty() && b.iter().fold(true, |a, &c| a & ((0x20..0x7f).contains(&c) | (c == b'\t') | (c == b'\n') | (c == b'\r')));
+        if !text {
+            self.pieces.push((li * 2) as u8);
+            raw.extend_from_slice(b);
+            return;
+        }
+        let t0 = template.len();
+        let (mut copied, mut i) = (0, 0);
+        while let Some(j) = next_digit(b, i) {
+            // The run of [0-9a-f] around the digit: a number only if it holds no letter.
+            let mut s = j;
+            while s > i && is_hex(b[s - 1]) {
+                s -= 1;
+            }
+            let (e, letters) = hex_run(b, j);
+            i = e;
+            if s < j || letters {
+                continue;
+            }
+            template.extend_from_slice(&b[copied..j]);
+            copied = e;
+            if e - j > MAX_DIGITS {
+                // A long digit string (an account or card number): to its own stream.
+                template.push(MARK);
+                long.extend_from_slice(&b[j..e]);
+                long.push(b'\n');
+                continue;
+            }
+            let t = &template[t0..];
+            let win = t[t.len().saturating_sub(4)..].iter().fold(0u32, |w, &c| (w << 8) | c as u32);
+            let run = &b[j..e];
+            let v = run.iter().fold(0u64, |v, &d| v * 10 + (d - b'0') as u64);
+            template.push(MARK + run.len() as u8);
+            let sl = &mut self.slots[slot(win, run.len(), li)];
+            if sl.wide {
+                put(wide, v);
+            } else {
+                put(numbers, v.wrapping_sub(sl.last) as i64);
+            }
+            sl.update(v);
+        }
+        template.extend_from_slice(&b[copied..]);
+        self.pieces.push((li * 2 + 1) as u8);
+        put(&mut self.pieces, (template.len() - t0) as u64);
+    }
+
+    /// Appends the frame body to `head`; resets the builder.
+    pub(crate) fn finish(&mut self, p: &mut crate::format::Packer, head: &mut Vec<u8>) {
+        head.push(self.used as u8);
+        let mut data = std::mem::take(&mut self.packed);
+        data.clear();
+        let streams = std::iter::once(&self.pieces)
+            .chain(self.lanes[..self.used].iter().flat_map(|l| [&l.raw, &l.template, &l.numbers, &l.wide, &l.long]));
+        for s in streams {
+            let (codec, n) = p.pack(s, &mut data);
+            head.push(codec);
+            put(head, s.len() as u64);
+            put(head, n as u64);
+        }
+        head.extend_from_slice(&data);
+        self.packed = data;
+        self.pieces.clear();
+        for l in &mut self.lanes {
+            l.raw.clear();
+            l.template.clear();
+            l.numbers.clear();
+            l.wide.clear();
+            l.long.clear();
+        }
+        self.used = 0;
+        self.slots.fill(Slot::default());
+        self.len = 0;
+    }
+}
+
+/// A frame body holding `pieces` (lane, bytes), as the writer builds it:
+/// for tests and fuzzing.
+#[doc(hidden)]
+pub fn encode(pieces: &[(u64, &[u8])]) -> Vec<u8> {
+    let mut b = PayloadBuilder::default();
+    for (lane, p) in pieces {
+        b.push(*lane, p);
+    }
+    let mut p = crate::format::Packer::new(1).expect("zstd context");
+    let mut body = Vec::new();
+    b.finish(&mut p, &mut body);
+    body
+}
+
+struct Cur<'a> {
+    name: &'static str,
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cur<'a> {
+    fn get<V: VarInt>(&mut self) -> Result<V, String> {
+        match V::decode_var(&self.b[self.at..]) {
+            Some((v, n)) => {
+                self.at += n;
+                Ok(v)
+            }
+            None => Err(format!("{} stream: bad or missing varint at byte {}", self.name, self.at)),
+        }
+    }
+    fn byte(&mut self) -> Result<u8, String> {
+        let v = *self.b.get(self.at).ok_or_else(|| format!("{} stream: cut short at byte {}", self.name, self.at))?;
+        self.at += 1;
+        Ok(v)
+    }
+    fn take(&mut self, n: u64) -> Result<&'a [u8], String> {
+        let left = self.b.len() - self.at;
+        if (left as u64) < n {
+            return Err(format!("{} stream: {n} bytes wanted at byte {}, {left} left", self.name, self.at));
+        }
+        let s = &self.b[self.at..self.at + n as usize];
+        self.at += n as usize;
+        Ok(s)
+    }
+}
+
+const PER_LANE: usize = 5;
+const NAMES: [&str; PER_LANE] = ["raw", "template", "numbers", "wide", "long"];
+
+/// Decodes a frame body back into `raw_len` payload bytes.
+pub fn decode(body: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
+    let mut head = Cur { name: "payload header", b: body, at: 0 };
+    let nlanes = head.byte()? as usize;
+    if nlanes > MAX_LANES {
+        return Err(format!("{nlanes} lanes, at most {MAX_LANES} exist"));
+    }
+    let mut table = Vec::with_capacity(1 + PER_LANE * nlanes);
+    for _ in 0..1 + PER_LANE * nlanes {
+        table.push((head.byte()?, head.get::<u64>()?, head.get::<u64>()?));
+    }
+    let mut streams: Vec<Vec<u8>> = Vec::with_capacity(table.len());
+    let mut rest = Cur { name: "payload body", b: body, at: head.at };
+    for (i, (codec, rlen, slen)) in table.into_iter().enumerate() {
+        let name = if i == 0 { "pieces" } else { NAMES[(i - 1) % PER_LANE] };
+        // No stream is larger than 10 bytes per payload byte (a number's varint for one digit).
+        if rlen > (raw_len as u64).saturating_mul(10) + 16 {
+            return Err(format!("{name} stream of {rlen} bytes is out of range for a {raw_len}-byte frame"));
+        }
+        let stored = rest.take(slen)?;
+        let s = match codec {
+            0 if slen == rlen => stored.to_vec(),
+            1 => {
+                let s = zstd::bulk::decompress(stored, rlen as usize).map_err(|e| format!("{name} stream: zstd: {e}"))?;
+                if s.len() as u64 != rlen {
+                    return Err(format!("{name} stream: decompressed {} bytes, header says {rlen}", s.len()));
+                }
+                s
+            }
+            c => return Err(format!("{name} stream: bad codec {c} ({slen} of {rlen} bytes)")),
+        };
+        streams.push(s);
+    }
+    if rest.at != body.len() {
+        return Err(format!("{} bytes after the last payload stream", body.len() - rest.at));
+    }
+    let mut pieces = Cur { name: "pieces", b: &streams[0], at: 0 };
+    let mut lanes: Vec<[Cur<'_>; PER_LANE]> =
+        streams[1..].chunks(PER_LANE).map(|c| std::array::from_fn(|k| Cur { name: NAMES[k], b: &c[k], at: 0 })).collect();
+    let mut slots = vec![Slot::default(); 1 << SLOT_BITS];
+    let mut out = Vec::with_capacity(raw_len);
+    let mut piece = 0u64;
+    while pieces.at < pieces.b.len() {
+        let len: u64 = pieces.get()?;
+        if len > (raw_len - out.len()) as u64 {
+            return Err(format!("buffer {piece} of {len} bytes overruns the frame ({} bytes left)", raw_len - out.len()));
+        }
+        let start = out.len();
+        let mode = pieces.byte()? as usize;
+        let li = mode / 2;
+        let [raw, template, numbers, wide, long] = lanes.get_mut(li).ok_or_else(|| format!("buffer {piece}: lane {li} of {nlanes}"))?;
+        if mode & 1 == 0 {
+            out.extend_from_slice(raw.take(len)?);
+        } else {
+            let tlen: u64 = pieces.get()?;
+            let t = template.take(tlen)?;
+            let mut win = 0u32;
+            for &c in t {
+                if c < MARK {
+                    out.push(c);
+                    win = (win << 8) | c as u32;
+                    continue;
+                }
+                if c == MARK {
+                    let at = long.at;
+                    let run = long.b[at..].iter().position(|&d| d == b'\n').map(|n| &long.b[at..at + n]);
+                    match run {
+                        Some(r) if r.len() > MAX_DIGITS && r.iter().all(u8::is_ascii_digit) => {
+                            out.extend_from_slice(r);
+                            long.at += r.len() + 1;
+                        }
+                        _ => return Err(format!("buffer {piece}: long stream holds no digit string at byte {at}")),
+                    }
+                    win = (win << 8) | c as u32;
+                    if out.len() - start > len as usize {
+                        break;
+                    }
+                    continue;
+                }
+                let digits = (c - MARK) as usize;
+                if !(1..=MAX_DIGITS).contains(&digits) {
+                    return Err(format!("buffer {piece}: bad template byte {c:#x}"));
+                }
+                let sl = &mut slots[slot(win, digits, li)];
+                let v = if sl.wide { wide.get()? } else { sl.last.wrapping_add(numbers.get::<i64>()? as u64) };
+                if v >= 10u64.pow(digits as u32) {
+                    return Err(format!("buffer {piece}: number {v} has more than {digits} digits"));
+                }
+                sl.update(v);
+                let mut digs = [0u8; MAX_DIGITS];
+                let mut x = v;
+                for p in (0..digits).rev() {
+                    digs[p] = b'0' + (x % 10) as u8;
+                    x /= 10;
+                }
+                out.extend_from_slice(&digs[..digits]);
+                win = (win << 8) | c as u32;
+                if out.len() - start > len as usize {
+                    break;
+                }
+            }
+            if out.len() - start != len as usize {
+                return Err(format!("buffer {piece}: template gives {} bytes, {len} expected", out.len() - start));
+            }
+        }
+        piece += 1;
+    }
+    for c in lanes.iter().flatten() {
+        if c.at != c.b.len() {
+            return Err(format!("{} stream has {} trailing bytes", c.name, c.b.len() - c.at));
+        }
+    }
+    if out.len() != raw_len {
+        return Err(format!("frame gives {} payload bytes, header says {raw_len}", out.len()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(pieces: &[&[u8]]) -> Vec<u8> {
+        let lanes: Vec<(u64, &[u8])> = pieces.iter().enumerate().map(|(i, p)| (i as u64 % 3, *p)).collect();
+        let body = encode(&lanes);
+        let want = pieces.concat();
+        let got = decode(&body, want.len()).unwrap();
+        assert_eq!(got, want);
+        body
+    }
+
+    #[test]
+    fn text_and_binary_round_trip() {
+        round(&[b"", b"POST /v1 HTTP/1.1\r\nContent-Length: 0012\r\n\r\n{\"a\":\"12.05\"}", &[0, 1, 2, 255], b"9", b"0000000000000000000"]);
+        round(&[b"traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", b"999999999999999999 1000000000000000000"]);
+        round(&[b"\x80\x81 not text", b"abc123 123abc a1 1a 18446744073709551615"]);
+        // Found by the payload fuzz target: many empty buffers.
+        round(&[b"", b"", b"", b"", b"", b"", b"", b"", b"", b"", b"x", b"", b"", b"", b"", b"", b"", b"1"]);
+    }
+
+    #[test]
+    fn word_masks_match_the_byte_tests() {
+        let text: Vec<u8> = (0x20..0x7f).chain([9, 10, 13]).collect();
+        for w in text.windows(8) {
+            let v = load8(w, 0);
+            for (k, &c) in w.iter().enumerate() {
+                assert_eq!(digit_mask(v) >> (8 * k + 7) & 1 == 1, c.is_ascii_digit(), "{c:#x}");
+                assert_eq!(letter_mask(v) >> (8 * k + 7) & 1 == 1, (b'a'..=b'f').contains(&c), "{c:#x}");
+            }
+        }
+        let b = b"xx 12ab34 0123456789abcdef- 77";
+        assert_eq!(next_digit(b, 0), Some(3));
+        assert_eq!(hex_run(b, 3), (9, true));
+        assert_eq!(hex_run(b, 10), (26, true));
+        assert_eq!(hex_run(b, 28), (30, false));
+    }
+
+    #[test]
+    fn counters_cost_almost_nothing() {
+        let lines: Vec<Vec<u8>> = (0..2000).map(|i| format!("seq={} id=ID{:08} len=100\n", 1000 + i, i).into_bytes()).collect();
+        let refs: Vec<&[u8]> = lines.iter().map(|l| &l[..]).collect();
+        let body = round(&refs);
+        assert!(body.len() < 400, "{} bytes", body.len());
+    }
+
+    #[test]
+    fn damaged_bodies_are_errors() {
+        let body = round(&[b"a 1 b 22 c 333", b"xyz"]);
+        for i in 0..body.len() {
+            for bit in 0..8 {
+                let mut b = body.clone();
+                b[i] ^= 1 << bit;
+                let _ = decode(&b, 17);
+            }
+            let _ = decode(&body[..i], 17);
+        }
+        assert!(decode(&body, 16).is_err());
+    }
+}
