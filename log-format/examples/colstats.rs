@@ -2,6 +2,9 @@
 //! and per payload stream, in bytes per event.
 //!
 //!     cargo run --release -p log-format --example colstats [EVENTS]
+//!
+//! `LANES=1` splits the payload streams by lane (lanes are numbered in the
+//! order a frame first meets them).
 
 use integer_encoding::VarInt;
 use std::collections::BTreeMap;
@@ -49,7 +52,8 @@ fn main() {
         for k in 0..1 + 5 * body[0] as usize {
             at += 1;
             let name = if k == 0 { "pieces" } else { ["raw", "template", "numbers", "wide", "long"][(k - 1) % 5] };
-            let e = cols.entry(format!("payload: {name}")).or_default();
+            let lane = if k == 0 || std::env::var_os("LANES").is_none() { String::new() } else { format!("lane {} ", (k - 1) / 5) };
+            let e = cols.entry(format!("payload: {lane}{name}")).or_default();
             e.0 += varint(body, &mut at);
             e.1 += varint(body, &mut at);
         }

@@ -791,7 +791,7 @@ pub(crate) fn columns_to_raw(body: &[u8], raw_len: usize) -> Result<Vec<u8>, Str
         match codec {
             0 if slen == rlen => out.extend_from_slice(stored),
             1 => {
-                let col = zstd::bulk::decompress(stored, rlen as usize).map_err(|e| format!("column {id}: zstd: {e}"))?;
+                let col = crate::format::unzstd(stored, rlen as usize).map_err(|e| format!("column {id}: zstd: {e}"))?;
                 if col.len() as u64 != rlen {
                     return Err(format!("column {id}: decompressed {} bytes, table says {rlen}", col.len()));
                 }

@@ -35,8 +35,10 @@ use serde::{Deserialize, Serialize};
 pub const MAGIC: [u8; 8] = *b"\x89KPL\r\n\x1a\n";
 /// Format major version this crate writes.
 pub const VERSION_MAJOR: u16 = 2;
-/// Format minor version this crate writes (newer minors add event kinds only).
-pub const VERSION_MINOR: u16 = 0;
+/// Format minor version this crate writes. Minors add to what a frame may
+/// hold: 2.1 adds template line references to payload frames (a 2.0 reader
+/// stops at them with "bad template byte"; 2.0 files read unchanged).
+pub const VERSION_MINOR: u16 = 1;
 /// Oldest format major version this crate reads (1.x: whole-block zstd
 /// events, plain zstd payload, the version-1 prediction model).
 pub const OLDEST_MAJOR: u16 = 1;
@@ -198,15 +200,28 @@ pub fn build_frame_with(c: &mut zstd::bulk::Compressor<'_>, kind: FrameKind, a: 
 /// A zstd context and a scratch buffer, reused for every stream of every
 /// frame a writer builds.
 pub(crate) struct Packer {
-    /// The compression context.
+    /// The compression context (for streams of [`Packer::SMALL`] bytes and more).
     pub c: zstd::bulk::Compressor<'static>,
+    /// The contexts for smaller streams, by size class. zstd sizes its
+    /// tables to the input and reallocates and clears its workspace when
+    /// one context sees inputs of very different sizes in turn; a context
+    /// per size class keeps each workspace stable (this was a tenth of the
+    /// writer's time).
+    small: [zstd::bulk::Compressor<'static>; 2],
     scratch: Vec<u8>,
 }
 
 impl Packer {
+    /// Streams from this size use the main context.
+    const SMALL: usize = 16 << 10;
+
     /// A packer compressing at `level`.
     pub fn new(level: i32) -> std::io::Result<Packer> {
-        Ok(Packer { c: zstd::bulk::Compressor::new(level)?, scratch: Vec::new() })
+        Ok(Packer {
+            c: zstd::bulk::Compressor::new(level)?,
+            small: [zstd::bulk::Compressor::new(level)?, zstd::bulk::Compressor::new(level)?],
+            scratch: Vec::new(),
+        })
     }
 
     /// Appends `src` to `out`, zstd-compressed when that is smaller: returns
@@ -215,7 +230,12 @@ impl Packer {
         if src.len() >= 32 {
             self.scratch.clear();
             self.scratch.reserve(zstd::zstd_safe::compress_bound(src.len()));
-            if let Ok(n) = self.c.compress_to_buffer(src, &mut self.scratch) {
+            let c = match src.len() {
+                n if n >= Self::SMALL => &mut self.c,
+                n if n >= 2 << 10 => &mut self.small[1],
+                _ => &mut self.small[0],
+            };
+            if let Ok(n) = c.compress_to_buffer(src, &mut self.scratch) {
                 if n < src.len() {
                     out.extend_from_slice(&self.scratch[..n]);
                     return (CODEC_ZSTD, n);
@@ -225,6 +245,23 @@ impl Packer {
         out.extend_from_slice(src);
         (0, src.len())
     }
+}
+
+/// Decompresses one zstd frame of `src`, at most `cap` bytes, with this
+/// thread's decompression context. Creating a context per call (as
+/// `zstd::bulk::decompress` does) runs CPUID, which traps to the hypervisor
+/// on virtual machines: it was a third of a seek's time here.
+pub(crate) fn unzstd(src: &[u8], cap: usize) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+    }
+    DCTX.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        d.as_mut().expect("made above").decompress(src, cap)
+    })
 }
 
 /// Fills in the header of a frame whose body (encoded with `codec`,
@@ -259,7 +296,7 @@ pub fn open_body(h: &FrameHeader, stored: &[u8]) -> Result<Vec<u8>, String> {
         CODEC_COLUMNS => crate::block::columns_to_raw(stored, h.raw_len as usize),
         CODEC_FIELDS => crate::payload::decode(stored, h.raw_len as usize),
         _ => {
-            let raw = zstd::bulk::decompress(stored, h.raw_len as usize).map_err(|e| format!("zstd: {e}"))?;
+            let raw = unzstd(stored, h.raw_len as usize).map_err(|e| format!("zstd: {e}"))?;
             if raw.len() != h.raw_len as usize {
                 return Err(format!("decompressed {} bytes, header says {}", raw.len(), h.raw_len));
             }

@@ -9,7 +9,7 @@
 //! * [`Reader`]: sequential and random access by sequence number, time,
 //!   thread and transaction; rebuilds the index by scanning when the footer
 //!   is missing (a recorder killed mid-write) and reports what was lost.
-//! * [`format`]: the byte layout (format 2.0; 1.0 logs are still read);
+//! * [`format`]: the byte layout (format 2.1; 2.0 and 1.0 logs are still read);
 //!   [`block`]: the event block codec; [`payload`]: the payload frame codec;
 //!   [`index`]: the footer index.
 //!
