@@ -137,7 +137,7 @@ impl Index {
 pub(crate) struct IndexBuilder {
     pub index: Index,
     tids: crate::block::IdMap<u32, Vec<u32>>,
-    txns: BTreeMap<String, Vec<u64>>,
+    txns: crate::block::IdMap<String, Vec<u64>>,
     counts: crate::block::IdMap<u16, u64>,
     files: BTreeMap<FileHash, FileInfo>,
 }
@@ -151,7 +151,13 @@ impl IndexBuilder {
             v.push(bi);
         }
         if let Some(t) = ev.txn() {
-            self.txns.entry(t.to_owned()).or_default().push(ev.seq);
+            // Look up by &str first: `entry` would allocate a key for every event.
+            match self.txns.get_mut(t) {
+                Some(v) => v.push(ev.seq),
+                None => {
+                    self.txns.insert(t.to_owned(), vec![ev.seq]);
+                }
+            }
         }
         *self.counts.entry(ev.kind().id()).or_default() += 1;
     }
@@ -183,6 +189,7 @@ impl IndexBuilder {
         tids.sort_unstable_by_key(|t| t.0);
         self.index.tids = tids;
         self.index.txns = self.txns.into_iter().collect();
+        self.index.txns.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         self.index.counts = self.counts.into_iter().collect();
         self.index.counts.sort_unstable();
         self.index.files = self

@@ -14,6 +14,25 @@ use std::sync::{Arc, Mutex};
 
 const CACHE_BLOCKS: usize = 8;
 
+/// Frees a decoded block evicted from a cache on a background thread: the
+/// thousands of events (each with its own allocations) took an eighth of a
+/// seek's time to free, and a seek need not wait for that. If the thread
+/// cannot be started, the block is freed here.
+fn drop_later(evs: Arc<Vec<Event>>) {
+    use std::sync::mpsc::{channel, Sender};
+    use std::sync::{Mutex, OnceLock};
+    static TX: OnceLock<Option<Mutex<Sender<Arc<Vec<Event>>>>>> = OnceLock::new();
+    let tx = TX.get_or_init(|| {
+        let (tx, rx) = channel::<Arc<Vec<Event>>>();
+        let spawned = std::thread::Builder::new().name("kpl-free".into()).spawn(move || rx.into_iter().for_each(drop));
+        spawned.ok().map(|_| Mutex::new(tx))
+    });
+    if let Some(tx) = tx {
+        // A send fails only if the thread is gone; then the block comes back and is freed here.
+        let _ = tx.lock().unwrap().send(evs);
+    }
+}
+
 /// One damaged or missing piece of a log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
@@ -438,11 +457,16 @@ impl Reader {
         let (evs, complete) = self.decode_block_until(bi, &mut |e| !seen && want(e))?;
         let v = Arc::new(evs);
         let mut c = self.cache.lock().unwrap();
+        let mut evicted: Vec<_> = Vec::new();
         c.blocks.retain(|(i, ..)| *i != bi);
         if c.blocks.len() >= CACHE_BLOCKS {
-            c.blocks.pop_front();
+            evicted.extend(c.blocks.pop_front());
         }
         c.blocks.push_back((bi, v.clone(), complete));
+        drop(c);
+        for (_, evs, _) in evicted {
+            drop_later(evs);
+        }
         Ok(v)
     }
 
