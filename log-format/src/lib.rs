@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod block;
+mod digits;
 pub mod event;
 pub mod format;
 pub mod index;

@@ -18,7 +18,11 @@
 //!
 //! A longer run of digits (an account or card number) leaves the text too,
 //! for the lane's `long` stream (digits, then a line feed), behind the marker
-//! `0x80`: there zstd matches it against the other long numbers only.
+//! `0x80`. Format 2.1 stores a lane's long stream coded when it holds 16
+//! strings or more (`crate::digits`: each string, or its routing and account
+//! parts, as a reference to the same part met before in the frame, new ones
+//! packed in binary); 2.0 stored it for zstd, which matched it against the
+//! other long numbers only.
 //!
 //! Within a lane, a template line (up to and including its line feed, or
 //! the rest of the buffer) that was met before in the frame is replaced by
@@ -250,6 +254,8 @@ pub(crate) struct PayloadBuilder {
     len: usize,
     /// Compressed streams of the frame being finished (kept for its capacity).
     packed: Vec<u8>,
+    /// A long stream in coded form (kept for its capacity).
+    coded: Vec<u8>,
 }
 
 /// What a number context remembers: the last value, and whether the last
@@ -278,6 +284,7 @@ impl Default for PayloadBuilder {
             slots: vec![Slot::default(); 1 << SLOT_BITS],
             len: 0,
             packed: Vec::new(),
+            coded: Vec::new(),
         }
     }
 }
@@ -371,12 +378,22 @@ impl PayloadBuilder {
         data.clear();
         let streams = std::iter::once(&self.pieces)
             .chain(self.lanes[..self.used].iter().flat_map(|l| [&l.raw, &l.template, &l.numbers, &l.wide, &l.long]));
-        for s in streams {
-            let (codec, n) = p.pack(s, &mut data);
+        let mut coded = std::mem::take(&mut self.coded);
+        for (i, s) in streams.enumerate() {
+            coded.clear();
+            // A lane's long digit strings: coded (crate::digits) when there are enough of them.
+            let (codec, raw, n) = if i > 0 && i % PER_LANE == 0 && crate::digits::encode(s, &mut coded, &mut |r, o| p.pack(r, o).0) {
+                data.extend_from_slice(&coded);
+                (0, coded.len(), coded.len())
+            } else {
+                let (codec, n) = p.pack(s, &mut data);
+                (codec, s.len(), n)
+            };
             head.push(codec);
-            put(head, s.len() as u64);
+            put(head, raw as u64);
             put(head, n as u64);
         }
+        self.coded = coded;
         head.extend_from_slice(&data);
         self.packed = data;
         self.pieces.clear();
@@ -473,6 +490,17 @@ pub fn decode(body: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
                 s
             }
             c => return Err(format!("{name} stream: bad codec {c} ({slen} of {rlen} bytes)")),
+        };
+        // A long stream in coded form (format 2.1) back to digit strings.
+        let s = if i > 0 && i % PER_LANE == 0 && s.first() == Some(&crate::digits::CODED) {
+            let refs = |codec: u8, stored: &[u8], rlen: usize| match codec {
+                0 if stored.len() == rlen => Ok(stored.to_vec()),
+                1 => crate::format::unzstd(stored, rlen).map_err(|e| format!("long stream references: zstd: {e}")),
+                c => Err(format!("long stream references: bad codec {c}")),
+            };
+            crate::digits::decode(&s, raw_len, &refs)?
+        } else {
+            s
         };
         streams.push(s);
     }
