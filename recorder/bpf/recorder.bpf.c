@@ -847,14 +847,11 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 	__u64 now = bpf_ktime_get_ns(), ts = e->ts;
 	e->ts = 0;
 	if (!cfg_replay) {
-		/* the syscall hook (not replay-grade): one record, nothing else */
-		struct rec_syscall *r = cfg_emit_syscalls ? reserve(HOOK_SYSCALL, sizeof(*r)) : NULL;
+		/* the syscall hook (not replay-grade): one record without the
+		 * output-buffer tail (SYSCALL_SHORT bytes), nothing else */
+		struct rec_syscall *r = cfg_emit_syscalls ? reserve(HOOK_SYSCALL, SYSCALL_SHORT) : NULL;
 		if (r) {
-			fill_syscall(r, e, ts, ret, now, sizeof(*r));
-			r->out_addr = 0;
-			r->out_len = 0;
-			r->chunks = 0;
-			r->flags = 0;
+			fill_syscall(r, e, ts, ret, now, SYSCALL_SHORT);
 			submit(HOOK_SYSCALL, r);
 		}
 		return 0;

@@ -286,8 +286,6 @@ fn elf_facts(bytes: &[u8]) -> (Option<String>, Vec<u8>) {
     (interp, build_id)
 }
 
-/// How often the pacer looks at the ring buffer's fill.
-pub const PACE_PERIOD: Duration = Duration::from_millis(2);
 /// The nice value of a recorder thread while it yields.
 pub(crate) const LOW_NICE: i32 = 19;
 
@@ -308,28 +306,6 @@ pub(crate) fn nice_of(tid: i32) -> i32 {
         } else {
             n
         }
-    }
-}
-
-/// Keeps the reading thread `tid` at nice [`LOW_NICE`] while less than
-/// `size / 4` bytes wait in the ring (`waiting()`), at its own priority
-/// from then on until `size / 32` or less wait, until `done`; then gives
-/// it its own priority back.
-fn pace(tid: i32, done: &std::sync::atomic::AtomicBool, waiting: impl Fn() -> usize, size: usize) {
-    let normal = nice_of(tid);
-    let low_nice = LOW_NICE.max(normal);
-    let mut low = set_nice(tid, low_nice);
-    while !done.load(std::sync::atomic::Ordering::Acquire) {
-        std::thread::sleep(PACE_PERIOD);
-        let w = waiting();
-        if low && w >= size / 4 {
-            low = !set_nice(tid, normal);
-        } else if !low && w <= size / 32 {
-            low = set_nice(tid, low_nice);
-        }
-    }
-    if low {
-        set_nice(tid, normal);
     }
 }
 
@@ -731,34 +707,7 @@ impl Recorder {
     }
     /// Reads events into `sink` until `stop()` returns true, then detaches
     /// the programs, reads what is left, reports drops and closes the sink.
-    ///
-    /// The reading thread yields the CPU while the ring buffer has room: a
-    /// pacer thread (asleep but every [`PACE_PERIOD`]) keeps it at nice 19
-    /// while less than a quarter of the ring waits (the programs' wakeup
-    /// threshold), and at the recorder's own priority from then on until it
-    /// is down to a thirty-second again, so
-    /// the programs being recorded keep the CPU through a burst and the ring
-    /// absorbs it; under sustained load the reader competes as a normal
-    /// thread. Only as root (a thread may lower its priority, but only
-    /// root raise it back); otherwise it keeps the recorder's priority.
     pub fn run(&mut self, sink: &mut dyn Sink, stop: &dyn Fn() -> bool) -> Result<Summary> {
-        let gauge = self.probe.ring.as_ref().map(|r| r.gauge());
-        // SAFETY: gettid and geteuid have no preconditions.
-        let (tid, root) = unsafe { (libc::gettid(), libc::geteuid() == 0) };
-        let done = std::sync::atomic::AtomicBool::new(false);
-        std::thread::scope(|s| {
-            if let (Some(g), true) = (gauge, root) {
-                let done = &done;
-                // SAFETY (of `waiting`): the ring lives in self.probe until after this scope.
-                s.spawn(move || pace(tid, done, || unsafe { g.waiting() }, g.size));
-            }
-            let r = self.run_loop(sink, stop);
-            done.store(true, std::sync::atomic::Ordering::Release);
-            r
-        })
-    }
-
-    fn run_loop(&mut self, sink: &mut dyn Sink, stop: &dyn Fn() -> bool) -> Result<Summary> {
         let poll = Duration::from_millis(self.cfg.poll_ms.max(1));
         self.note(
             sink,

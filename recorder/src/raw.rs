@@ -29,6 +29,8 @@ const R_SIGNAL: u16 = 15;
 const DATA_BIG: usize = 32768;
 const DATA_SMALL: usize = 256;
 const OUT_INLINE: u32 = 16;
+/// A syscall record without its output-buffer tail (outside replay-grade capture).
+const SYSCALL_SHORT: usize = 104;
 
 /// A buffer the kernel wrote during a syscall (replay-grade capture); its
 /// bytes are `inline` (small buffers) or follow in [`Record::Data`] chunks
@@ -212,7 +214,7 @@ pub fn decode(buf: &[u8], clock_offset: i128) -> Result<(Event, usize), BadRecor
         R_WAKEUP => 48,
         R_DELAY => 72,
         R_MIGRATE => 40,
-        R_SYSCALL => 128,
+        R_SYSCALL => SYSCALL_SHORT,
         R_TCP_SEND | R_TCP_RECV | R_TCP_RETRANS | R_TCP_STATE => 96,
         R_FAULT => 72,
         R_FORK | R_EXIT => 40,

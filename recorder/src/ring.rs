@@ -79,11 +79,6 @@ impl Ring {
         unsafe { libc::poll(&mut pfd, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
     }
 
-    /// A gauge of the ring's fill, readable from another thread while this ring lives.
-    pub fn gauge(&self) -> Gauge {
-        Gauge { consumer: self.consumer as usize, producer: self.producer as usize, size: self.size }
-    }
-
     /// Hands every committed record to `f` in place (`f` returns false to
     /// stop early); returns the bytes consumed.
     pub fn drain(&mut self, mut f: impl FnMut(&[u8]) -> bool) -> usize {
@@ -127,27 +122,6 @@ impl Ring {
             self.consumer_pos().store(self.pos, Ordering::Release);
         }
         self.pos - start
-    }
-}
-
-/// Bytes waiting in a [`Ring`] (see [`Ring::gauge`]); valid while the ring lives.
-#[derive(Clone, Copy, Debug)]
-pub struct Gauge {
-    consumer: usize,
-    producer: usize,
-    /// The ring's size in bytes.
-    pub size: usize,
-}
-
-impl Gauge {
-    /// Bytes the programs have committed and the reader not yet consumed.
-    ///
-    /// # Safety
-    /// The ring this gauge was made from must still be alive.
-    pub unsafe fn waiting(&self) -> usize {
-        // SAFETY: the caller keeps the mappings alive; both words are atomics the kernel and the reader update.
-        let (c, p) = unsafe { (&*(self.consumer as *const AtomicUsize), &*(self.producer as *const AtomicUsize)) };
-        p.load(Ordering::Acquire).wrapping_sub(c.load(Ordering::Acquire))
     }
 }
 
