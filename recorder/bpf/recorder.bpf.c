@@ -68,7 +68,17 @@ struct {
 	__type(value, struct task_sched);
 } sched_state SEC(".maps");
 
+/* The fd type of a recently used descriptor (see fd_type_cached). */
+#define FDC_SLOTS 4
+struct fd_cache {
+	__u64 file; /* the struct file it was found for */
+	__u64 gen;  /* fd_gen then */
+	__s32 fd;
+	__u32 type;
+};
+
 struct sys_entry {
+	struct fd_cache fdc[FDC_SLOTS];
 	__u64 ts;
 	__u64 args[6];
 	__u32 nr;
@@ -382,11 +392,9 @@ static __always_inline struct file *fd_file(long fd)
 	return f;
 }
 
-static __always_inline __u32 fd_type_of(long fd)
+/* The kpl FdType of an open file. */
+static __always_inline __u32 file_type(struct file *f)
 {
-	struct file *f = fd_file(fd);
-	if (!f)
-		return 0;
 	__u16 mode = BPF_CORE_READ(f, f_inode, i_mode);
 	switch (mode & S_IFMT) {
 	case S_IFREG:
@@ -414,6 +422,49 @@ static __always_inline __u32 fd_type_of(long fd)
 	}
 	}
 	return 7;
+}
+
+/* Bumped when a selected task's descriptor table may have lost an entry
+ * (close, dup2/dup3 onto a descriptor, close_range, exec with close-on-exec
+ * descriptors, io_uring_enter), at the exit of that call: a descriptor
+ * number can only name another file after one of them. */
+__u64 fd_gen = 0;
+
+static __always_inline bool closes_fds(long nr)
+{
+	switch (nr) {
+	case 3:   /* close */
+	case 33:  /* dup2 */
+	case 292: /* dup3 */
+	case 436: /* close_range */
+	case 59:  /* execve */
+	case 322: /* execveat */
+	case 426: /* io_uring_enter */
+		return true;
+	}
+	return false;
+}
+
+/* The type of descriptor fd's file, remembered per task for FDC_SLOTS descriptors: a cached type
+ * is used while the descriptor still holds the same struct file and no
+ * call of closes_fds() returned since (the generation is read before the
+ * table, so a close racing with the lookup makes the entry stale, never
+ * wrong). Saves the two to four probe reads of the inode and socket. */
+static __always_inline __u32 fd_type_cached(struct sys_entry *e, long fd)
+{
+	__u64 gen = *(volatile __u64 *)&fd_gen;
+	struct file *f = fd_file(fd);
+	if (!f)
+		return 0;
+	struct fd_cache *c = &e->fdc[fd & (FDC_SLOTS - 1)];
+	if (c->fd == fd && c->file == (__u64)f && c->gen == gen)
+		return c->type;
+	__u32 t = file_type(f);
+	c->fd = fd;
+	c->file = (__u64)f;
+	c->gen = gen;
+	c->type = t;
+	return t;
 }
 
 /* OUT_STDOUT/OUT_STDERR when descriptor fd is the recorder's own stdout/stderr. */
@@ -457,7 +508,7 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 	e->args[3] = regs->r10;
 	e->args[4] = regs->r8;
 	e->args[5] = regs->r9;
-	e->fd_type = cfg_emit_syscalls ? fd_type_of(e->args[0]) : 0;
+	e->fd_type = cfg_emit_syscalls ? fd_type_cached(e, e->args[0]) : 0;
 	e->shown = 0;
 	e->exit_valid = 0;
 	if (cfg_replay && is_write_out(id) && (e->args[0] == 1 || e->args[0] == 2))
@@ -784,8 +835,11 @@ static __always_inline void fill_syscall(struct rec_syscall *r, struct sys_entry
 SEC("tp_btf/sys_exit")
 int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 {
+	long nr = regs->orig_ax;
+	if (cfg_emit_syscalls && closes_fds(nr) && wanted_current()) /* close frees the descriptor even when it fails */
+		__sync_fetch_and_add(&fd_gen, 1);
 	/* Not replay-grade: only the read/write family has an entry (no lookup for the rest). */
-	if (!cfg_replay && !rw_family(regs->orig_ax))
+	if (!cfg_replay && !rw_family(nr))
 		return 0;
 	struct sys_entry *e = bpf_task_storage_get(&sys_inflight, bpf_get_current_task_btf(), 0, 0);
 	if (!e || !e->ts)
@@ -793,14 +847,11 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 	__u64 now = bpf_ktime_get_ns(), ts = e->ts;
 	e->ts = 0;
 	if (!cfg_replay) {
-		/* the syscall hook (not replay-grade): one record, nothing else */
-		struct rec_syscall *r = cfg_emit_syscalls ? reserve(HOOK_SYSCALL, sizeof(*r)) : NULL;
+		/* the syscall hook (not replay-grade): one record without the
+		 * output-buffer tail (SYSCALL_SHORT bytes), nothing else */
+		struct rec_syscall *r = cfg_emit_syscalls ? reserve(HOOK_SYSCALL, SYSCALL_SHORT) : NULL;
 		if (r) {
-			fill_syscall(r, e, ts, ret, now, sizeof(*r));
-			r->out_addr = 0;
-			r->out_len = 0;
-			r->chunks = 0;
-			r->flags = 0;
+			fill_syscall(r, e, ts, ret, now, SYSCALL_SHORT);
 			submit(HOOK_SYSCALL, r);
 		}
 		return 0;

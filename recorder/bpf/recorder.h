@@ -98,6 +98,9 @@ struct rec_syscall {
 	__u32 chunks;   /* R_DATA records of the output buffer that follow (same task) */
 	__u32 flags;    /* OUT_TRUNCATED, OUT_PATH, OUT_STDOUT, OUT_STDERR */
 };
+/* Outside replay-grade capture a syscall record ends before out_addr (no
+ * output buffer): h.size is then SYSCALL_SHORT. */
+#define SYSCALL_SHORT 104
 
 /* A chunk of at most DATA_SMALL bytes goes out in a small record (same
  * layout, shorter data[]), so small buffers do not reserve 4 KiB each. */
@@ -201,6 +204,7 @@ _Static_assert(sizeof(struct rec_wakeup) == 48, "rec_wakeup");
 _Static_assert(sizeof(struct rec_delay) == 72, "rec_delay");
 _Static_assert(sizeof(struct rec_migrate) == 40, "rec_migrate");
 _Static_assert(sizeof(struct rec_syscall) == 128, "rec_syscall");
+_Static_assert(__builtin_offsetof(struct rec_syscall, out_addr) == SYSCALL_SHORT, "SYSCALL_SHORT");
 _Static_assert(sizeof(struct rec_data) == 32 + 16 + DATA_CHUNK, "rec_data");
 _Static_assert(sizeof(struct rec_tcp) == 96, "rec_tcp");
 _Static_assert(sizeof(struct rec_fault) == 72, "rec_fault");

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod policy;
 pub mod probe;
 pub mod raw;
+pub mod ring;
 pub mod sink;
 pub mod spool;
 
@@ -285,6 +286,29 @@ fn elf_facts(bytes: &[u8]) -> (Option<String>, Vec<u8>) {
     (interp, build_id)
 }
 
+/// The nice value of a recorder thread while it yields.
+pub(crate) const LOW_NICE: i32 = 19;
+
+/// Sets the nice value of thread `tid`; false when the kernel refused.
+pub(crate) fn set_nice(tid: i32, nice: i32) -> bool {
+    // SAFETY: setpriority on one thread of this process.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) == 0 }
+}
+
+/// The nice value of thread `tid` (0 when it cannot be read).
+pub(crate) fn nice_of(tid: i32) -> i32 {
+    // SAFETY: getpriority has no preconditions; errno tells -1 from an error.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let n = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+        if n == -1 && *libc::__errno_location() != 0 {
+            0
+        } else {
+            n
+        }
+    }
+}
+
 /// A running recorder: programs attached, ring buffer open.
 pub struct Recorder {
     probe: probe::Probe,
@@ -528,23 +552,31 @@ impl Recorder {
         Ok(())
     }
 
+    /// Hands the records now in the ring buffer on, each where it lies in
+    /// the ring (no copy of a chunk's bytes but into its syscall's buffer).
     fn read_ring(&mut self, sink: &mut dyn Sink) -> Result<()> {
-        let offset = self.offset;
-        let mut batch = Vec::new();
-        let mut errors = 0u64;
-        let bytes = self.probe.drain(|rec| match raw::decode_record(rec, offset) {
-            Ok(x) => batch.push(x),
-            Err(e) => {
-                errors += 1;
-                tracing::warn!("{e}");
-            }
+        let Some(mut ring) = self.probe.ring.take() else { return Ok(()) };
+        let mut res = Ok(());
+        let bytes = ring.drain(|rec| {
+            res = self.handle_record(sink, rec);
+            res.is_ok()
         });
+        self.probe.ring = Some(ring);
         self.metrics.ring_fill.set(bytes as f64 / self.probe.ring_bytes as f64);
-        if errors > 0 {
-            self.decode_errors += errors;
-            self.metrics.decode_errors.inc_by(errors);
-        }
-        for rec in batch {
+        res
+    }
+
+    fn handle_record(&mut self, sink: &mut dyn Sink, buf: &[u8]) -> Result<()> {
+        let rec = match raw::decode_record(buf, self.offset) {
+            Ok(x) => x,
+            Err(e) => {
+                self.decode_errors += 1;
+                self.metrics.decode_errors.inc_by(1);
+                tracing::warn!("{e}");
+                return Ok(());
+            }
+        };
+        {
             match rec {
                 raw::Record::Event(ev, hook, out) => {
                     self.received[hook] += 1;
@@ -625,16 +657,16 @@ impl Recorder {
                     tracing::debug!("chunk tid {} index {} addr {:#x} {} bytes", c.tid, c.index, c.addr, c.bytes.len());
                     self.received[1] += 1;
                     let Some(p) = self.pending.get_mut(&c.tid) else {
-                        continue; // its syscall record was dropped (counted)
+                        return Ok(()); // its syscall record was dropped (counted)
                     };
                     if c.index == raw::PATH_INDEX {
-                        p.path = Some(String::from_utf8_lossy(&c.bytes).into_owned());
+                        p.path = Some(String::from_utf8_lossy(c.bytes).into_owned());
                     } else {
                         if c.index != p.got || c.bytes.is_empty() {
                             p.incomplete = true; // a chunk was dropped or unreadable
                         }
                         if !p.incomplete {
-                            p.add(c.addr, &c.bytes);
+                            p.add(c.addr, c.bytes);
                         }
                         p.got = c.index + 1;
                     }

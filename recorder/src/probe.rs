@@ -3,10 +3,9 @@
 
 use crate::config::{Config, Filter, Hooks};
 use anyhow::{bail, Context, Result};
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/recorder.bpf.o"));
@@ -26,7 +25,8 @@ pub struct HookCounts {
 /// The loaded and attached programs.
 pub struct Probe {
     ebpf: Option<Ebpf>,
-    ring: RingBuf<MapData>,
+    /// The ring buffer (taken out while the reader hands its records on in place).
+    pub(crate) ring: Option<crate::ring::Ring>,
     stats: PerCpuArray<MapData, u64>,
     /// Ring-buffer size in bytes.
     pub ring_bytes: usize,
@@ -172,7 +172,10 @@ impl Probe {
         if fault {
             attach(&mut ebpf, &btf, "on_page_fault_user", "page_fault_user")?;
         }
-        let ring = RingBuf::try_from(ebpf.take_map("events").context("map events")?)?;
+        let Map::RingBuf(events) = ebpf.take_map("events").context("map events")? else {
+            bail!("map events is not a ring buffer");
+        };
+        let ring = Some(crate::ring::Ring::new(events, ring_bytes)?);
         let stats = PerCpuArray::try_from(ebpf.take_map("stats").context("map stats")?)?;
         Ok(Probe { ebpf: Some(ebpf), ring, stats, ring_bytes })
     }
@@ -183,21 +186,25 @@ impl Probe {
         self.ebpf = None;
     }
 
-    /// Waits until the ring buffer signals data or `timeout` passes.
+    /// Waits until the programs wake the reader (the ring buffer's fill
+    /// threshold) or `timeout` passes.
     pub fn wait(&self, timeout: Duration) {
-        let mut pfd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+        if let Some(r) = &self.ring {
+            r.wait(timeout);
+        }
     }
 
     /// Hands every record now in the ring buffer to `f`; returns the bytes read.
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
-        let mut bytes = 0;
-        while let Some(item) = self.ring.next() {
-            bytes += item.len() + 8;
-            f(&item);
-        }
-        bytes
+        self.ring
+            .as_mut()
+            .map(|r| {
+                r.drain(|rec| {
+                    f(rec);
+                    true
+                })
+            })
+            .unwrap_or(0)
     }
 
     /// Per-hook counters, summed over CPUs.

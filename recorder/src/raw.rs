@@ -29,6 +29,8 @@ const R_SIGNAL: u16 = 15;
 const DATA_BIG: usize = 32768;
 const DATA_SMALL: usize = 256;
 const OUT_INLINE: u32 = 16;
+/// A syscall record without its output-buffer tail (outside replay-grade capture).
+const SYSCALL_SHORT: usize = 104;
 
 /// A buffer the kernel wrote during a syscall (replay-grade capture); its
 /// bytes are `inline` (small buffers) or follow in [`Record::Data`] chunks
@@ -56,9 +58,9 @@ pub struct OutBuf {
 /// Index of the chunk that carries the path of an `open`/`openat`/`openat2`.
 pub const PATH_INDEX: u32 = 0xffff;
 
-/// One chunk of an output buffer.
+/// One chunk of an output buffer (its bytes still in the ring buffer).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Chunk {
+pub struct Chunk<'a> {
     /// Thread that made the syscall.
     pub tid: u32,
     /// Address of the first byte.
@@ -66,16 +68,16 @@ pub struct Chunk {
     /// Position among the syscall's chunks.
     pub index: u32,
     /// The bytes (empty when the memory could not be read).
-    pub bytes: Vec<u8>,
+    pub bytes: &'a [u8],
 }
 
 /// A decoded ring-buffer record.
 #[derive(Clone, Debug)]
-pub enum Record {
+pub enum Record<'a> {
     /// An event, the hook it belongs to, and (replay-grade syscalls) the output buffer whose chunks follow.
     Event(Event, usize, Option<OutBuf>),
     /// A chunk of an output buffer.
-    Data(Chunk),
+    Data(Chunk<'a>),
 }
 
 /// A record the decoder could not understand (a bug, never expected).
@@ -155,14 +157,14 @@ fn fd_type(v: u32) -> FdType {
 
 /// Decodes one record. `clock_offset` turns the BPF monotonic clock into
 /// wall-clock nanoseconds.
-pub fn decode_record(buf: &[u8], clock_offset: i128) -> Result<Record, BadRecord> {
+pub fn decode_record(buf: &[u8], clock_offset: i128) -> Result<Record<'_>, BadRecord> {
     if buf.len() >= 48 && u16::from_le_bytes([buf[24], buf[25]]) == R_DATA {
         let r = R(buf);
         let len = (r.u32(40) as usize).min(DATA_BIG);
         if buf.len() < 48 + len {
             return Err(BadRecord { len: buf.len(), kind: R_DATA, reason: "data chunk shorter than its length" });
         }
-        return Ok(Record::Data(Chunk { tid: r.u32(20), addr: r.u64(32), index: r.u32(44), bytes: buf[48..48 + len].to_vec() }));
+        return Ok(Record::Data(Chunk { tid: r.u32(20), addr: r.u64(32), index: r.u32(44), bytes: &buf[48..48 + len] }));
     }
     let (ev, hook) = decode(buf, clock_offset)?;
     let out = if ev.kind() == kpl::Kind::Syscall && buf.len() >= 128 {
@@ -212,7 +214,7 @@ pub fn decode(buf: &[u8], clock_offset: i128) -> Result<(Event, usize), BadRecor
         R_WAKEUP => 48,
         R_DELAY => 72,
         R_MIGRATE => 40,
-        R_SYSCALL => 128,
+        R_SYSCALL => SYSCALL_SHORT,
         R_TCP_SEND | R_TCP_RECV | R_TCP_RETRANS | R_TCP_STATE => 96,
         R_FAULT => 72,
         R_FORK | R_EXIT => 40,

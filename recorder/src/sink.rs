@@ -72,9 +72,13 @@ pub fn event_json(ev: &Event, meta: &EventMeta) -> Value {
 /// a block is compressed; events go to it in batches (one per reader
 /// cycle, or per MiB: no thread hand-off per event) through a bounded
 /// queue (at most about 64 MiB wait; a full queue makes the reader wait,
-/// and then the ring buffer counts drops). A lower priority for the writer
-/// was tried: on a busy machine it fell behind and the ring dropped
-/// records, so it runs at the recorder's priority.
+/// and then the ring buffer counts drops). The writer yields the CPU to
+/// the recorded programs while its queue is short: it runs at nice 19
+/// while at most [`KPL_CALM`] batches wait, and at the recorder's own
+/// priority once [`KPL_BEHIND`] do, until it has caught up again (a writer
+/// kept at a low priority throughout fell behind on a busy machine and
+/// the ring dropped records). Only when the recorder may raise the
+/// priority back (root); otherwise it keeps the recorder's priority.
 pub struct KplSink {
     path: PathBuf,
     tx: Option<std::sync::mpsc::SyncSender<Vec<Job>>>,
@@ -85,6 +89,14 @@ pub struct KplSink {
     events: u64,
     /// Events the writer thread has written.
     written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Batches handed to the writer, and those it has finished.
+    sent: u64,
+    done: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The writer thread's id (0 until it has started), and whether it runs at the low priority now.
+    writer_tid: std::sync::Arc<std::sync::atomic::AtomicI32>,
+    low: bool,
+    /// The recorder's own nice value.
+    normal: i32,
 }
 
 /// Work for the writer thread of a [`KplSink`].
@@ -99,7 +111,10 @@ enum Job {
 const KPL_QUEUE: usize = 64;
 /// Bytes of buffers at which a batch goes to the writer before the reader's cycle ends.
 const KPL_BATCH_BYTES: usize = 1 << 20;
-
+/// Waiting batches at which the writer goes back to the recorder's priority.
+pub const KPL_BEHIND: u64 = KPL_QUEUE as u64 / 4;
+/// Waiting batches at which it yields again.
+pub const KPL_CALM: u64 = 2;
 impl KplSink {
     /// Creates `path` with recorder metadata.
     pub fn create(path: &Path, command: Vec<String>) -> Result<KplSink> {
@@ -108,19 +123,34 @@ impl KplSink {
         let mut w = Writer::create(path, &meta).with_context(|| format!("creating {}", path.display()))?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Job>>(KPL_QUEUE);
         let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (name, done) = (path.to_owned(), written.clone());
+        let done_batches = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let writer_tid = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+        // yield only when the priority can be raised back
+        // SAFETY: geteuid has no preconditions.
+        let adaptive = unsafe { libc::geteuid() } == 0;
+        // SAFETY: gettid has no preconditions.
+        let normal = crate::nice_of(unsafe { libc::gettid() });
+        let (name, done, batches, tid_out) = (path.to_owned(), written.clone(), done_batches.clone(), writer_tid.clone());
         let worker = std::thread::Builder::new()
             .name("kpl-writer".into())
             .spawn(move || -> Result<kpl::WriteStats> {
-                for job in rx.into_iter().flatten() {
-                    match job {
-                        Job::Event(ev) => {
-                            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            w.append(ev).map(|_| ())
+                // SAFETY: gettid has no preconditions.
+                let tid = unsafe { libc::gettid() };
+                if adaptive && crate::set_nice(tid, crate::LOW_NICE.max(normal)) {
+                    tid_out.store(tid, std::sync::atomic::Ordering::Release);
+                }
+                for batch in rx {
+                    for job in batch {
+                        match job {
+                            Job::Event(ev) => {
+                                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                w.append(ev).map(|_| ())
+                            }
+                            Job::File(b) => w.store_file(&b).map(|_| ()),
                         }
-                        Job::File(b) => w.store_file(&b).map(|_| ()),
+                        .with_context(|| format!("writing {}", name.display()))?;
                     }
-                    .with_context(|| format!("writing {}", name.display()))?;
+                    batches.fetch_add(1, std::sync::atomic::Ordering::Release);
                 }
                 let (_, st) = w.finish().with_context(|| format!("finishing {}", name.display()))?;
                 Ok(st)
@@ -135,7 +165,27 @@ impl KplSink {
             files: Default::default(),
             events: 0,
             written,
+            sent: 0,
+            done: done_batches,
+            writer_tid,
+            low: true,
+            normal,
         })
+    }
+
+    /// Gives the writer the recorder's priority while it is behind, and the
+    /// low one again once it has caught up.
+    fn pace_writer(&mut self) {
+        let tid = self.writer_tid.load(std::sync::atomic::Ordering::Acquire);
+        if tid == 0 {
+            return;
+        }
+        let waiting = self.sent.saturating_sub(self.done.load(std::sync::atomic::Ordering::Acquire));
+        if self.low && waiting >= KPL_BEHIND {
+            self.low = !crate::set_nice(tid, self.normal);
+        } else if !self.low && waiting <= KPL_CALM {
+            self.low = crate::set_nice(tid, crate::LOW_NICE.max(self.normal));
+        }
     }
 
     fn queue(&mut self, job: Job, bytes: usize) -> Result<()> {
@@ -152,8 +202,10 @@ impl KplSink {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let tx = self.tx.as_ref().context("kpl sink already finished")?;
         self.batch_bytes = 0;
+        self.sent += 1;
+        self.pace_writer();
+        let tx = self.tx.as_ref().context("kpl sink already finished")?;
         if tx.send(std::mem::take(&mut self.batch)).is_err() {
             // the writer stopped on an error: it is in its result
             return Err(self.join().err().unwrap_or_else(|| anyhow::anyhow!("the writer of {} stopped", self.path.display())));
@@ -198,6 +250,11 @@ impl Sink for KplSink {
             return Ok(String::new());
         }
         self.flush()?;
+        // nothing more to yield to: finish at the recorder's priority
+        let tid = self.writer_tid.load(std::sync::atomic::Ordering::Acquire);
+        if tid != 0 && self.low {
+            self.low = !crate::set_nice(tid, self.normal);
+        }
         let st = self.join()?;
         Ok(format!("{}: {} events, {} bytes", self.path.display(), st.events, st.bytes))
     }

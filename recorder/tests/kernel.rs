@@ -78,6 +78,73 @@ fn syscall_counts_are_exact() {
     assert_eq!(summary.received, summary.hooks.map(|h| h.events));
 }
 
+const FD_REUSE_FIXTURE: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static int d, pr;
+static void *other(void *a) { dup2(pr, d); return a; }
+int main(int argc, char **argv) {
+    char b[64] = {0};
+    int p[2], s[2];
+    pipe(p);
+    pr = p[0];
+    socketpair(AF_UNIX, SOCK_STREAM, 0, s);
+    d = open("/dev/zero", O_RDONLY);
+    for (int i = 0; i < 2; i++) syscall(SYS_read, d, b, 11);   /* char */
+    close(d);
+    open(argv[1], O_RDWR | O_CREAT, 0600);                  /* the same number again */
+    for (int i = 0; i < 2; i++) syscall(SYS_pwrite64, d, b, 12, 0); /* file */
+    write(p[1], b, 40);
+    dup2(p[0], d);
+    for (int i = 0; i < 2; i++) syscall(SYS_read, d, b, 13);   /* pipe */
+    dup3(s[0], d, 0);
+    for (int i = 0; i < 2; i++) syscall(SYS_write, d, b, 14);  /* unix */
+    syscall(SYS_close_range, d, d, 0);
+    open("/dev/zero", O_RDONLY);
+    for (int i = 0; i < 2; i++) syscall(SYS_read, d, b, 15);   /* char */
+    write(p[1], b, 40);
+    pthread_t t;
+    pthread_create(&t, 0, other, 0);                          /* another thread replaces it */
+    pthread_join(t, 0);
+    for (int i = 0; i < 2; i++) syscall(SYS_read, d, b, 16);   /* pipe */
+    return 0;
+}
+"#;
+
+/// The fd type of a descriptor number that names another file after
+/// close, dup2, dup3, close_range, and dup2 in another thread (the programs
+/// remember the type of recently used descriptors).
+#[test]
+fn fd_types_follow_reused_descriptors() {
+    let dir = tempdir();
+    let comm = unique_comm("kpfdre");
+    let exe = compile_c(dir.path(), &comm, FD_REUSE_FIXTURE);
+    let cfg = Config { hooks: hooks("syscall"), filter: Filter::Comm(comm.clone()), ..Config::default() };
+    let rec = start(cfg);
+    let child = Command::new(&exe).arg(dir.path().join("data")).spawn().unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let (summary, evs) = rec.finish();
+    assert_eq!(summary.dropped(), 0, "{summary:?}");
+    let sys = syscalls_of(&evs, pid);
+    for (nr, count, want) in [
+        (0, 11, FdType::Char),
+        (18, 12, FdType::File),
+        (0, 13, FdType::Pipe),
+        (1, 14, FdType::Unix),
+        (0, 15, FdType::Char),
+        (0, 16, FdType::Pipe),
+    ] {
+        let got: Vec<_> = sys.iter().filter(|s| s.nr == nr && s.args[2] == count).map(|s| s.fd_type).collect();
+        assert_eq!(got, vec![want, want], "syscall {nr} with count {count}");
+    }
+}
+
 #[test]
 fn cgroup_filter_and_container_id() {
     let root = recorder::cgroup::v2_root().expect("cgroup v2 is mounted");

@@ -340,13 +340,16 @@ int main(int argc, char **argv) {
     long n = atol(argv[2]);
     int fd = open("/dev/zero", O_RDONLY);
     char b[64];
-    struct timespec a, z;
+    struct timespec a, z, ca, cz;
     clock_gettime(CLOCK_MONOTONIC, &a);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ca);
     for (long i = 0; i < n; i++) {
         if (mode == 0) syscall(SYS_getpid); else syscall(SYS_read, fd, b, 1);
     }
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cz);
     clock_gettime(CLOCK_MONOTONIC, &z);
-    printf("%.3f\n", ((z.tv_sec - a.tv_sec) * 1e9 + (z.tv_nsec - a.tv_nsec)) / n);
+    printf("%.3f %.3f\n", ((z.tv_sec - a.tv_sec) * 1e9 + (z.tv_nsec - a.tv_nsec)) / n,
+           ((cz.tv_sec - ca.tv_sec) * 1e9 + (cz.tv_nsec - ca.tv_nsec)) / n);
     return 0;
 }
 "#;
@@ -364,12 +367,20 @@ impl Sink for NullSink {
     }
 }
 
-fn run_loop(exe: &std::path::Path, mode: u32, n: u64) -> Result<f64> {
+/// One timed loop: ns per call of wall-clock time, and of the loop's own
+/// CPU time (`CLOCK_THREAD_CPUTIME_ID`: user and kernel time of the
+/// syscalls, without the time the loop waited for a CPU on a loaded machine).
+fn run_loop(exe: &std::path::Path, mode: u32, n: u64) -> Result<(f64, f64)> {
     let out = std::process::Command::new(exe).arg(mode.to_string()).arg(n.to_string()).output()?;
     if !out.status.success() {
         bail!("benchmark loop failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    let s = String::from_utf8_lossy(&out.stdout);
+    let mut it = s.split_whitespace().map(|v| v.parse::<f64>());
+    match (it.next(), it.next()) {
+        (Some(Ok(w)), Some(Ok(c))) => Ok((w, c)),
+        _ => bail!("benchmark loop printed {s:?}"),
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -430,13 +441,13 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
     println!(
         "   all hooks attached; `filtered out`: the recorder selects another process; `hit`: it records the loop (sink: counting only)"
     );
+    println!("   wall: elapsed time per call; cpu: the loop's own CPU time per call (without the time it waited for a CPU)");
     for p in &a.parts {
         if !["overhead", "throughput", "slowdown"].contains(&p.as_str()) {
             bail!("--parts {p}: one of overhead, throughput, slowdown");
         }
     }
     let part = |p: &str| a.parts.iter().any(|x| x == p);
-    let mut rows = Vec::new();
     for (mode, name) in [(0u32, "getpid"), (1, "read")] {
         if !part("overhead") {
             break;
@@ -453,17 +464,19 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
             drops += s.dropped();
             rgv.push(v);
         }
-        let (b, f, h, r) = (median(base), median(filt), median(hitv), median(rgv));
-        println!(
-            "{name:7} ns/call: no probes {b:8.1} | filtered out {f:8.1} (+{:6.1}, x{:.2}) | hit {h:8.1} (+{:6.1}, x{:.2}) | replay-grade {r:8.1} (+{:6.1}, x{:.2}) | drops {drops}",
-            f - b,
-            f / b,
-            h - b,
-            h / b,
-            r - b,
-            r / b
-        );
-        rows.push((name, b, f, h, drops));
+        for (i, what) in [(0, "wall"), (1, "cpu")] {
+            let pick = |v: &[(f64, f64)]| median(v.iter().map(|x| if i == 0 { x.0 } else { x.1 }).collect());
+            let (b, f, h, r) = (pick(&base), pick(&filt), pick(&hitv), pick(&rgv));
+            println!(
+                "{name:7} ns/call ({what:4}): no probes {b:8.1} | filtered out {f:8.1} (+{:6.1}, x{:.2}) | hit {h:8.1} (+{:6.1}, x{:.2}) | replay-grade {r:8.1} (+{:6.1}, x{:.2}) | drops {drops}",
+                f - b,
+                f / b,
+                h - b,
+                h / b,
+                r - b,
+                r / b
+            );
+        }
     }
     drop(idle);
     if !part("throughput") {
