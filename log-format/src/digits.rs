@@ -144,7 +144,8 @@ pub(crate) fn encode(plain: &[u8], out: &mut Vec<u8>, pack_refs: &mut dyn FnMut(
     }
     let (split_len, n) = lens.into_iter().max_by_key(|&(l, n)| (n, l)).unwrap_or((0, 0));
     let sample: Vec<&[u8]> = strings.iter().filter(|s| s.len() == split_len).take(SAMPLE).copied().collect();
-    let split = if n >= MIN_STRINGS { choose_split(&sample, split_len) } else { 0 };
+    // The split is stored in a byte.
+    let split = if n >= MIN_STRINGS && split_len <= u8::MAX as usize { choose_split(&sample, split_len) } else { 0 };
     let cap = strings.len();
     let mut dicts: [HashMap<&[u8], u32, foldhash::fast::FixedState>; 2] =
         std::array::from_fn(|_| HashMap::with_capacity_and_hasher(cap, Default::default()));
@@ -301,6 +302,15 @@ mod tests {
         let coded = round(&plain).unwrap();
         assert_eq!(coded[1], 12, "split after the routing code");
         assert!(coded.len() < plain.len() / 4, "{} coded bytes for {}", coded.len(), plain.len());
+    }
+
+    #[test]
+    fn strings_longer_than_a_split_byte() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let heads: Vec<String> = (0..3).map(|_| (0..280).map(|_| char::from(b'0' + rng.gen_range(0..10u8))).collect()).collect();
+        let plain: Vec<u8> = (0..40).flat_map(|i| format!("{}{:020}\n", heads[i % 3], rng.gen_range(0..u64::MAX)).into_bytes()).collect();
+        let coded = round(&plain).unwrap();
+        assert_eq!(coded[1], 0, "no split for 300-digit strings");
     }
 
     #[test]
