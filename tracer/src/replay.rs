@@ -1083,8 +1083,13 @@ impl Replayer {
             }
         }
         if st != Stop::Exiting {
-            // Killed with its group: let the sibling that ends the group go on.
-            self.drive_group_exit(tid)?;
+            // Killed with its group: let the sibling that ends the group go on. With no
+            // sibling on its way there and every other thread stopped by us, nothing will
+            // end this stopped task: waiting would hang (seen when an eBPF log lost the
+            // records between the task's last syscall and its exit).
+            if !self.drive_group_exit(tid)? && !os::group_may_end_without_tracer(self.real(tid)?) {
+                return Err(self.diverge(ev, "to exit", &st));
+            }
             st = self.wait_stop(tid)?;
         }
         if st != Stop::Exiting {
@@ -1122,24 +1127,28 @@ impl Replayer {
 
     /// A task is recorded as exiting because a sibling ended the process
     /// (exit_group, exec, fatal signal): resume the sibling that does it.
-    fn drive_group_exit(&mut self, tid: u32) -> Result<(), Error> {
+    /// Resumes the sibling of `tid` that ends their thread group, if one is
+    /// stopped on its way; true when some sibling is (now) on its way to end
+    /// the group (resumed into exit_group, in an exec, or running).
+    fn drive_group_exit(&mut self, tid: u32) -> Result<bool, Error> {
         let tgid = self.task(tid)?.tgid;
         let sibs: Vec<(u32, Stop)> =
             self.tasks.iter().filter(|(t, x)| **t != tid && x.tgid == tgid).map(|(t, x)| (*t, x.stop.clone())).collect();
+        let mut running = false;
         for (s, st) in sibs {
-            if let Stop::Entry { nr, .. } = st {
-                if nr == sys::nr(Sysno::exit_group) {
+            match st {
+                Stop::Entry { nr, .. } if nr == sys::nr(Sysno::exit_group) => {
                     os::cont(self.real(s)?, 0).map_err(os_err("resuming into exit_group"))?;
                     self.set_stop(s, Stop::Running);
-                    return Ok(());
+                    return Ok(true);
                 }
-                if nr == sys::nr(Sysno::execve) || nr == sys::nr(Sysno::execveat) {
-                    // The exec event of that sibling will find it in flight.
-                    return Ok(());
-                }
+                // The exec event of that sibling will find it in flight.
+                Stop::Entry { nr, .. } if nr == sys::nr(Sysno::execve) || nr == sys::nr(Sysno::execveat) => return Ok(true),
+                Stop::Running => running = true,
+                _ => {}
             }
         }
-        Ok(())
+        Ok(running)
     }
 
     fn signal(&mut self, ev: &Event, s: &Signal) -> Result<(), Error> {
