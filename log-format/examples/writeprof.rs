@@ -7,20 +7,11 @@
 
 use std::time::Duration;
 
+/// CPU time (user + system) of this thread so far.
 fn thread_cpu() -> Duration {
-    let mut ts = std::mem::MaybeUninit::<[i64; 2]>::uninit();
-    // SAFETY: clock_gettime writes a timespec (two longs on x86-64 Linux) into ts.
-    let r = unsafe {
-        clock_gettime(3 /* CLOCK_THREAD_CPUTIME_ID */, ts.as_mut_ptr())
-    };
-    assert_eq!(r, 0);
-    // SAFETY: initialized by the successful call above.
-    let [s, ns] = unsafe { ts.assume_init() };
-    Duration::new(s as u64, ns as u32)
-}
-
-extern "C" {
-    fn clock_gettime(clk: i32, ts: *mut [i64; 2]) -> i32;
+    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_THREAD).expect("getrusage of this thread");
+    let us = |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+    us(u.user_time()) + us(u.system_time())
 }
 
 fn main() {

@@ -27,7 +27,8 @@
 //! forms apart by the first byte.
 
 use crate::block::put;
-use integer_encoding::VarInt;
+use crate::format::Packer;
+use crate::payload::{unpack_stream, Cur};
 use std::collections::HashMap;
 
 /// First byte of the coded form.
@@ -60,13 +61,12 @@ fn pack(digits: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-fn unpack(b: &[u8], at: &mut usize, n: usize, out: &mut Vec<u8>) -> Result<(), String> {
+fn unpack(lits: &mut Cur<'_>, n: usize, out: &mut Vec<u8>) -> Result<(), String> {
     let mut left = n;
     while left > 0 {
         let c = left.min(CHUNK);
         let nb = PACKED[c] as usize;
-        let bytes = b.get(*at..*at + nb).ok_or_else(|| format!("long stream: literal digits cut short at byte {}", *at))?;
-        *at += nb;
+        let bytes = lits.take(nb as u64)?;
         let mut le = [0u8; 16];
         le[..nb].copy_from_slice(bytes);
         let mut v = u128::from_le_bytes(le);
@@ -121,8 +121,8 @@ fn choose_split(sample: &[&[u8]], len: usize) -> usize {
 
 /// Codes a plain `long` stream (digit strings, each followed by a line
 /// feed) into `out`; false (and `out` untouched) when it is too short to
-/// be worth it. `pack_refs` compresses the references region.
-pub(crate) fn encode(plain: &[u8], out: &mut Vec<u8>, pack_refs: &mut dyn FnMut(&[u8], &mut Vec<u8>) -> u8) -> bool {
+/// be worth it. `p` compresses the references region.
+pub(crate) fn encode(plain: &[u8], out: &mut Vec<u8>, p: &mut Packer) -> bool {
     let mut strings: Vec<&[u8]> = Vec::with_capacity(plain.len() / 20);
     let mut from = 0;
     for nl in memchr::memchr_iter(b'\n', plain) {
@@ -172,7 +172,7 @@ pub(crate) fn encode(plain: &[u8], out: &mut Vec<u8>, pack_refs: &mut dyn FnMut(
     put(out, split_len as u64);
     put(out, strings.len() as u64);
     let mut packed = Vec::new();
-    let codec = pack_refs(&refs, &mut packed);
+    let (codec, _) = p.pack(&refs, &mut packed);
     out.push(codec);
     put(out, refs.len() as u64);
     put(out, packed.len() as u64);
@@ -181,47 +181,27 @@ pub(crate) fn encode(plain: &[u8], out: &mut Vec<u8>, pack_refs: &mut dyn FnMut(
     true
 }
 
-struct Cur<'a> {
-    b: &'a [u8],
-    at: usize,
-}
-
-impl Cur<'_> {
-    fn get(&mut self) -> Result<u64, String> {
-        let (v, n) =
-            u64::decode_var(&self.b[self.at.min(self.b.len())..]).ok_or_else(|| format!("long stream: bad varint at byte {}", self.at))?;
-        self.at += n;
-        Ok(v)
-    }
-}
-
 /// Decodes a coded `long` stream back into its plain form, which may not
-/// exceed `max` bytes. `unpack_refs(codec, stored, len)` undoes `pack_refs`.
-pub(crate) fn decode(
-    coded: &[u8],
-    max: usize,
-    unpack_refs: &dyn Fn(u8, &[u8], usize) -> Result<Vec<u8>, String>,
-) -> Result<Vec<u8>, String> {
-    let mut c = Cur { b: coded, at: 1 };
-    let split = *coded.get(1).ok_or("long stream: cut short in its header")? as usize;
-    c.at = 2;
-    let split_len = c.get()? as usize;
-    let count = c.get()?;
-    let codec = *coded.get(c.at).ok_or("long stream: cut short in its header")?;
-    c.at += 1;
-    let (rlen, slen) = (c.get()? as usize, c.get()? as usize);
-    if rlen > max.saturating_mul(4) + 16 || count as usize > max {
+/// exceed `max` bytes.
+pub(crate) fn decode(coded: &[u8], max: usize) -> Result<Vec<u8>, String> {
+    let mut c = Cur { name: "long", b: coded, at: 1 };
+    let split = c.byte()? as usize;
+    let split_len: u64 = c.get()?;
+    let count: u64 = c.get()?;
+    let codec = c.byte()?;
+    let (rlen, slen): (u64, u64) = (c.get()?, c.get()?);
+    if rlen > (max as u64).saturating_mul(4) + 16 || count > max as u64 {
         return Err(format!("long stream: {count} strings in {rlen} bytes of references, out of range for {max} bytes"));
     }
-    let stored = coded.get(c.at..c.at.saturating_add(slen)).ok_or("long stream: references cut short")?;
-    let refs = unpack_refs(codec, stored, rlen)?;
-    let (lits, mut at) = (&coded[c.at + slen..], 0usize);
-    let mut r = Cur { b: &refs, at: 0 };
+    let refs = unpack_stream("long references", codec, c.take(slen)?, rlen as usize)?;
+    let mut lits = Cur { name: "long literals", b: &coded[c.at..], at: 0 };
+    let split_len = split_len as usize;
+    let mut r = Cur { name: "long references", b: &refs, at: 0 };
     // Each dictionary: (start, length) of its parts in `out`.
     let mut dicts: [Vec<(usize, usize)>; 2] = [Vec::new(), Vec::new()];
     let mut out = Vec::new();
     for i in 0..count {
-        let len = r.get()? as usize;
+        let len = r.get::<u64>()? as usize;
         if out.len() + len + 1 > max {
             return Err(format!("long stream: string {i} of {len} digits overruns the {max}-byte stream"));
         }
@@ -230,11 +210,11 @@ pub(crate) fn decode(
             if k == 1 && plen == 0 {
                 break;
             }
-            let x = r.get()? as usize;
+            let x = r.get::<u64>()? as usize;
             let d = &mut dicts[k];
             if x == 0 {
                 let start = out.len();
-                unpack(lits, &mut at, plen, &mut out)?;
+                unpack(&mut lits, plen, &mut out)?;
                 d.push((start, plen));
             } else {
                 let id = x - 1;
@@ -247,8 +227,8 @@ pub(crate) fn decode(
         }
         out.push(b'\n');
     }
-    if r.at != refs.len() || at != lits.len() {
-        return Err(format!("long stream: {} bytes of references and {} of digits left over", refs.len() - r.at, lits.len() - at));
+    if r.at != refs.len() || lits.at != lits.b.len() {
+        return Err(format!("long stream: {} bytes of references and {} of digits left over", refs.len() - r.at, lits.b.len() - lits.at));
     }
     Ok(out)
 }
@@ -260,14 +240,10 @@ mod tests {
 
     fn round(plain: &[u8]) -> Option<Vec<u8>> {
         let mut coded = Vec::new();
-        let zstd = &mut |s: &[u8], o: &mut Vec<u8>| {
-            o.extend_from_slice(s);
-            0
-        };
-        if !encode(plain, &mut coded, zstd) {
+        if !encode(plain, &mut coded, &mut Packer::new(1).unwrap()) {
             return None;
         }
-        let back = decode(&coded, plain.len(), &|_, s, _| Ok(s.to_vec())).unwrap();
+        let back = decode(&coded, plain.len()).unwrap();
         assert_eq!(back, plain);
         Some(coded)
     }
@@ -279,8 +255,8 @@ mod tests {
             let nines = vec![b'9'; c];
             let mut out = Vec::new();
             pack(&nines, &mut out);
-            let (mut back, mut at) = (Vec::new(), 0);
-            unpack(&out, &mut at, c, &mut back).unwrap();
+            let mut back = Vec::new();
+            unpack(&mut Cur { name: "test", b: &out, at: 0 }, c, &mut back).unwrap();
             assert_eq!(back, nines);
         }
         assert_eq!(packed_len(12), 5);
@@ -326,15 +302,14 @@ mod tests {
     fn damaged_coded_streams_are_errors() {
         let plain: Vec<u8> = (0..40u64).flat_map(|i| format!("{:020}\n", i % 7 * 1_000_003).into_bytes()).collect();
         let coded = round(&plain).unwrap();
-        let raw = |_: u8, s: &[u8], _: usize| Ok(s.to_vec());
         for i in 0..coded.len() {
             for bit in 0..8 {
                 let mut b = coded.clone();
                 b[i] ^= 1 << bit;
-                let _ = decode(&b, plain.len(), &raw);
+                let _ = decode(&b, plain.len());
             }
-            let _ = decode(&coded[..i], plain.len(), &raw);
+            let _ = decode(&coded[..i], plain.len());
         }
-        assert!(decode(&coded, plain.len() - 1, &raw).is_err());
+        assert!(decode(&coded, plain.len() - 1).is_err());
     }
 }

@@ -382,7 +382,7 @@ impl PayloadBuilder {
         for (i, s) in streams.enumerate() {
             coded.clear();
             // A lane's long digit strings: coded (crate::digits) when there are enough of them.
-            let (codec, raw, n) = if i > 0 && i % PER_LANE == 0 && crate::digits::encode(s, &mut coded, &mut |r, o| p.pack(r, o).0) {
+            let (codec, raw, n) = if is_long(i) && crate::digits::encode(s, &mut coded, p) {
                 data.extend_from_slice(&coded);
                 (0, coded.len(), coded.len())
             } else {
@@ -425,14 +425,30 @@ pub fn encode(pieces: &[(u64, &[u8])]) -> Vec<u8> {
     body
 }
 
-struct Cur<'a> {
-    name: &'static str,
-    b: &'a [u8],
-    at: usize,
+/// Undoes [`crate::format::Packer::pack`] of one stream (`rlen` bytes once decoded).
+pub(crate) fn unpack_stream(name: &str, codec: u8, stored: &[u8], rlen: usize) -> Result<Vec<u8>, String> {
+    match codec {
+        0 if stored.len() == rlen => Ok(stored.to_vec()),
+        1 => {
+            let s = crate::format::unzstd(stored, rlen).map_err(|e| format!("{name} stream: zstd: {e}"))?;
+            if s.len() != rlen {
+                return Err(format!("{name} stream: decompressed {} bytes, header says {rlen}", s.len()));
+            }
+            Ok(s)
+        }
+        c => Err(format!("{name} stream: bad codec {c} ({} of {rlen} bytes)", stored.len())),
+    }
+}
+
+/// A cursor over one stream; errors name the stream and the byte.
+pub(crate) struct Cur<'a> {
+    pub name: &'static str,
+    pub b: &'a [u8],
+    pub at: usize,
 }
 
 impl<'a> Cur<'a> {
-    fn get<V: VarInt>(&mut self) -> Result<V, String> {
+    pub fn get<V: VarInt>(&mut self) -> Result<V, String> {
         match V::decode_var(&self.b[self.at..]) {
             Some((v, n)) => {
                 self.at += n;
@@ -441,12 +457,12 @@ impl<'a> Cur<'a> {
             None => Err(format!("{} stream: bad or missing varint at byte {}", self.name, self.at)),
         }
     }
-    fn byte(&mut self) -> Result<u8, String> {
+    pub fn byte(&mut self) -> Result<u8, String> {
         let v = *self.b.get(self.at).ok_or_else(|| format!("{} stream: cut short at byte {}", self.name, self.at))?;
         self.at += 1;
         Ok(v)
     }
-    fn take(&mut self, n: u64) -> Result<&'a [u8], String> {
+    pub fn take(&mut self, n: u64) -> Result<&'a [u8], String> {
         let left = self.b.len() - self.at;
         if (left as u64) < n {
             return Err(format!("{} stream: {n} bytes wanted at byte {}, {left} left", self.name, self.at));
@@ -459,6 +475,11 @@ impl<'a> Cur<'a> {
 
 const PER_LANE: usize = 5;
 const NAMES: [&str; PER_LANE] = ["raw", "template", "numbers", "wide", "long"];
+
+/// Whether stream `i` of a frame (0 is the pieces) is a lane's `long` stream.
+fn is_long(i: usize) -> bool {
+    i > 0 && (i - 1) % PER_LANE == PER_LANE - 1
+}
 
 /// Decodes a frame body back into `raw_len` payload bytes.
 pub fn decode(body: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
@@ -479,29 +500,9 @@ pub fn decode(body: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
         if rlen > (raw_len as u64).saturating_mul(10) + 16 {
             return Err(format!("{name} stream of {rlen} bytes is out of range for a {raw_len}-byte frame"));
         }
-        let stored = rest.take(slen)?;
-        let s = match codec {
-            0 if slen == rlen => stored.to_vec(),
-            1 => {
-                let s = crate::format::unzstd(stored, rlen as usize).map_err(|e| format!("{name} stream: zstd: {e}"))?;
-                if s.len() as u64 != rlen {
-                    return Err(format!("{name} stream: decompressed {} bytes, header says {rlen}", s.len()));
-                }
-                s
-            }
-            c => return Err(format!("{name} stream: bad codec {c} ({slen} of {rlen} bytes)")),
-        };
+        let s = unpack_stream(name, codec, rest.take(slen)?, rlen as usize)?;
         // A long stream in coded form (format 2.1) back to digit strings.
-        let s = if i > 0 && i % PER_LANE == 0 && s.first() == Some(&crate::digits::CODED) {
-            let refs = |codec: u8, stored: &[u8], rlen: usize| match codec {
-                0 if stored.len() == rlen => Ok(stored.to_vec()),
-                1 => crate::format::unzstd(stored, rlen).map_err(|e| format!("long stream references: zstd: {e}")),
-                c => Err(format!("long stream references: bad codec {c}")),
-            };
-            crate::digits::decode(&s, raw_len, &refs)?
-        } else {
-            s
-        };
+        let s = if is_long(i) && s.first() == Some(&crate::digits::CODED) { crate::digits::decode(&s, raw_len)? } else { s };
         streams.push(s);
     }
     if rest.at != body.len() {

@@ -20,16 +20,16 @@ const CACHE_BLOCKS: usize = 8;
 /// cannot be started, the block is freed here.
 fn drop_later(evs: Arc<Vec<Event>>) {
     use std::sync::mpsc::{channel, Sender};
-    use std::sync::{Mutex, OnceLock};
-    static TX: OnceLock<Option<Mutex<Sender<Arc<Vec<Event>>>>>> = OnceLock::new();
+    use std::sync::OnceLock;
+    static TX: OnceLock<Option<Sender<Arc<Vec<Event>>>>> = OnceLock::new();
     let tx = TX.get_or_init(|| {
         let (tx, rx) = channel::<Arc<Vec<Event>>>();
         let spawned = std::thread::Builder::new().name("kpl-free".into()).spawn(move || rx.into_iter().for_each(drop));
-        spawned.ok().map(|_| Mutex::new(tx))
+        spawned.ok().map(|_| tx)
     });
     if let Some(tx) = tx {
         // A send fails only if the thread is gone; then the block comes back and is freed here.
-        let _ = tx.lock().unwrap().send(evs);
+        let _ = tx.send(evs);
     }
 }
 

@@ -523,17 +523,13 @@ pub fn file_size_limit(pid: Pid) -> std::io::Result<Option<u64>> {
     Ok((old.rlim_cur != libc::RLIM64_INFINITY).then_some(old.rlim_cur))
 }
 
-/// True when another thread of `pid`'s process is not in a ptrace or job
-/// control stop (running, sleeping, exiting or a zombie): one that may still
-/// end the thread group and so take `pid` with it. False when `pid` is alone
-/// or every other thread waits on its tracer.
-pub fn group_may_end_without_tracer(pid: Pid) -> bool {
-    let tgid = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Tgid:").and_then(|v| v.trim().parse::<i32>().ok())))
-        .unwrap_or(pid.as_raw());
+/// True when a thread of process `tgid` other than `tid` is not in a ptrace
+/// or job control stop (running, sleeping, exiting or a zombie): one that
+/// may still end the thread group and so take `tid` with it. False when
+/// `tid` is alone or every other thread waits on its tracer.
+pub fn group_may_end_without_tracer(tgid: Pid, tid: Pid) -> bool {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{tgid}/task")) else { return false };
-    dir.flatten().filter(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) != Some(pid.as_raw())).any(|e| {
+    dir.flatten().filter(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) != Some(tid.as_raw())).any(|e| {
         // The state is the first field after the command name's closing parenthesis.
         std::fs::read_to_string(e.path().join("stat"))
             .ok()

@@ -1087,7 +1087,7 @@ impl Replayer {
             // sibling on its way there and every other thread stopped by us, nothing will
             // end this stopped task: waiting would hang (seen when an eBPF log lost the
             // records between the task's last syscall and its exit).
-            if !self.drive_group_exit(tid)? && !os::group_may_end_without_tracer(self.real(tid)?) {
+            if !self.drive_group_exit(tid)? && !os::group_may_end_without_tracer(self.proc_of(tid)?.real, self.real(tid)?) {
                 return Err(self.diverge(ev, "to exit", &st));
             }
             st = self.wait_stop(tid)?;
