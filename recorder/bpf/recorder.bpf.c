@@ -32,6 +32,10 @@ const volatile __u64 cfg_stdout_ino = 0;
 const volatile __u32 cfg_stdout_dev = 0;
 const volatile __u64 cfg_stderr_ino = 0;
 const volatile __u32 cfg_stderr_dev = 0;
+/* Replay-grade reads of unchanged regular files by reference (file_ref),
+ * and CLOCK_REALTIME minus CLOCK_MONOTONIC at load, ns (the file's age). */
+const volatile __u32 cfg_file_refs = 0;
+const volatile __s64 cfg_realtime_off = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -81,6 +85,7 @@ struct sys_entry {
 	struct fd_cache fdc[FDC_SLOTS];
 	__u64 ts;
 	__u64 args[6];
+	__u64 pos; /* a read of a regular file: the file position at entry (file_ref) */
 	__u32 nr;
 	__u32 fd_type;
 	__u32 shown; /* OUT_STDOUT or OUT_STDERR: a write to the recorder's own stdout/stderr */
@@ -102,6 +107,16 @@ struct {
 	__type(key, int);
 	__type(value, struct sys_entry);
 } sys_inflight SEC(".maps");
+
+/* Filesystems (kernel dev_t of the superblock) whose files the reader can
+ * open by handle, with the handle format (file_ref.fmt): set by the loader
+ * from the recorder's mount table. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u32);
+} ref_devs SEC(".maps");
 
 struct sk_owner {
 	__u32 pid;
@@ -509,6 +524,10 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 	e->args[4] = regs->r8;
 	e->args[5] = regs->r9;
 	e->fd_type = cfg_emit_syscalls ? fd_type_cached(e, e->args[0]) : 0;
+	if (cfg_file_refs && id == 0 && e->fd_type == 1) {
+		struct file *f = (struct file *)e->fdc[e->args[0] & (FDC_SLOTS - 1)].file;
+		e->pos = BPF_CORE_READ(f, f_pos);
+	}
 	e->shown = 0;
 	e->exit_valid = 0;
 	if (cfg_replay && is_write_out(id) && (e->args[0] == 1 || e->args[0] == 2))
@@ -832,6 +851,64 @@ static __always_inline void fill_syscall(struct rec_syscall *r, struct sys_entry
 	r->fd_type = e->fd_type;
 }
 
+/* A read or pread64 of `ret` (> DATA_SMALL) bytes into `addr` from a regular
+ * file nobody has open for writing, unchanged for a second, on a filesystem
+ * the reader can open by handle: sent as a reference to the file's bytes
+ * (struct rec_syscall_ref) instead of the bytes. False: send the bytes. */
+static __always_inline bool send_file_ref(struct sys_entry *e, __u64 ts, long ret, __u64 now, __u64 addr, __u32 flags)
+{
+	struct file *f = fd_file(e->args[0]);
+	if (!f)
+		return false;
+	struct inode *ino = BPF_CORE_READ(f, f_inode);
+	if (!ino || (BPF_CORE_READ(ino, i_mode) & S_IFMT) != S_IFREG)
+		return false;
+	__u32 dev = BPF_CORE_READ(ino, i_sb, s_dev);
+	__u32 *fmt = bpf_map_lookup_elem(&ref_devs, &dev);
+	if (!fmt)
+		return false;
+	if (BPF_CORE_READ(ino, i_writecount.counter) > 0)
+		return false; /* open for writing: it may change before the reader reads it */
+	__s64 csec = BPF_CORE_READ(ino, i_ctime_sec);
+	__u32 cns = BPF_CORE_READ(ino, i_ctime_nsec) & ((1U << 30) - 1); /* without I_CTIME_QUERIED */
+	__s64 real = (__s64)now + cfg_realtime_off;
+	if (csec * 1000000000LL + cns > real - 1000000000LL)
+		return false; /* changed in the last second: a change in the same clock tick would not show */
+	__u64 pos;
+	if (e->nr == 17) {
+		pos = e->args[3];
+	} else {
+		__s64 at = BPF_CORE_READ(f, f_pos);
+		if (at - ret != (__s64)e->pos)
+			return false; /* the position moved by more than this read: shared with another reader */
+		pos = e->pos;
+	}
+	if (BPF_CORE_READ(ino, i_size) < (__s64)(pos + ret))
+		return false;
+	struct rec_syscall_ref *r = reserve(HOOK_SYSCALL, sizeof(*r));
+	if (!r)
+		return true; /* counted as a drop, like any record */
+	fill_syscall(&r->s, e, ts, ret, now, sizeof(*r));
+	r->s.out_addr = addr;
+	r->s.out_len = ret;
+	r->s.chunks = 0;
+	r->s.flags = flags | OUT_FILEREF;
+	r->f.ino = BPF_CORE_READ(ino, i_ino);
+	r->f.pos = pos;
+	r->f.ctime_sec = csec;
+	r->f.ctime_nsec = cns;
+	r->f.gen = BPF_CORE_READ(ino, i_generation);
+	r->f.dev = dev;
+	r->f.fmt = *fmt;
+	if (bpf_probe_read_user(r->f.head, FILEREF_HEAD, (void *)addr) ||
+	    bpf_probe_read_user(r->f.tail, FILEREF_HEAD, (void *)(addr + ret - FILEREF_HEAD))) {
+		bpf_ringbuf_discard(r, BPF_RB_NO_WAKEUP);
+		return false;
+	}
+	submit(HOOK_SYSCALL, r);
+	return true;
+}
+
 SEC("tp_btf/sys_exit")
 int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 {
@@ -888,6 +965,10 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 		path = e->nr == 2 ? e->args[0] : e->args[1];
 	if (path)
 		flags |= OUT_PATH;
+	/* a read of a regular file, of any length (OUT_MAX does not apply) */
+	if (cfg_file_refs && ret > DATA_SMALL && (e->nr == 0 || e->nr == 17) && e->fd_type == 1 && !e->shown &&
+	    send_file_ref(e, ts, ret, now, addr, 0))
+		return 0;
 	if (!vec && len && len <= DATA_SMALL) {
 		/* a small buffer: inline, one reservation */
 		struct rec_syscall_out *o = reserve(HOOK_SYSCALL, sizeof(*o));

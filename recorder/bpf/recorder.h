@@ -118,6 +118,7 @@ struct rec_data_small {
 #define OUT_STDOUT 4     /* a write to the recorder's own stdout (its bytes follow: write, pwrite64, writev, pwritev(2)) */
 #define OUT_STDERR 8     /* the same for stderr */
 #define OUT_INLINE 16   /* struct rec_syscall_out: the out_len bytes follow the record */
+#define OUT_FILEREF 32  /* struct rec_syscall_ref: the out_len bytes are the file's at ref.pos (not copied) */
 #define PATH_INDEX 0xffff
 
 struct rec_data {
@@ -141,6 +142,28 @@ struct rec_data_big {
 struct rec_syscall_out {
 	struct rec_syscall s;
 	__u8 data[DATA_SMALL];
+};
+
+/* A read of an unchanged regular file, by reference: its bytes are not
+ * copied into the ring; the reader fills them from the file itself (open by
+ * handle), after checking the file is still the same (inode, generation,
+ * ctime) and that the bytes it finds begin and end as the program's did. */
+#define FILEREF_HEAD 16
+struct file_ref {
+	__u64 ino;
+	__u64 pos;       /* file offset of the first byte read */
+	__s64 ctime_sec; /* the inode's ctime at the read */
+	__u32 ctime_nsec;
+	__u32 gen;       /* i_generation */
+	__u32 dev;       /* kernel dev_t of the inode's superblock */
+	__u32 fmt;       /* file handle format (ref_devs map): 1 = FILEID_INO32_GEN */
+	__u8 head[FILEREF_HEAD]; /* the first and last bytes of the buffer the program got */
+	__u8 tail[FILEREF_HEAD];
+};
+
+struct rec_syscall_ref {
+	struct rec_syscall s;
+	struct file_ref f;
 };
 
 struct rec_tcp {
@@ -207,6 +230,7 @@ _Static_assert(sizeof(struct rec_syscall) == 128, "rec_syscall");
 _Static_assert(__builtin_offsetof(struct rec_syscall, out_addr) == SYSCALL_SHORT, "SYSCALL_SHORT");
 _Static_assert(sizeof(struct rec_data) == 32 + 16 + DATA_CHUNK, "rec_data");
 _Static_assert(sizeof(struct rec_tcp) == 96, "rec_tcp");
+_Static_assert(sizeof(struct rec_syscall_ref) == 200, "rec_syscall_ref");
 _Static_assert(sizeof(struct rec_fault) == 72, "rec_fault");
 _Static_assert(sizeof(struct rec_fork) == 40, "rec_fork");
 _Static_assert(sizeof(struct rec_exit) == 40, "rec_exit");

@@ -95,6 +95,11 @@ pub struct Config {
     pub poll_ms: u64,
     /// Capture-policy rules.
     pub redact: Vec<RedactRule>,
+    /// Replay-grade: reads of unchanged regular files by reference, their
+    /// bytes read from the file by the recorder ([`crate::fileref`];
+    /// `probe.capture.fileRefs`, default on). Off: every byte goes through
+    /// the ring buffer.
+    pub file_refs: bool,
     /// `kafka.retentionMs` for the topics the recorder creates.
     pub kafka_retention_ms: u64,
     /// `kafka.replicationFactor` for the topics the recorder creates.
@@ -111,6 +116,7 @@ impl Default for Config {
             wakeup_fill_percent: 25,
             poll_ms: 10,
             redact: Vec::new(),
+            file_refs: true,
             kafka_retention_ms: 86_400_000,
             kafka_replication_factor: 3,
         }
@@ -165,6 +171,8 @@ fn yes() -> bool {
 struct Capture {
     #[serde(default)]
     redact: Vec<RedactRule>,
+    #[serde(default)]
+    file_refs: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -202,6 +210,9 @@ impl Config {
             }
             if let Some(cap) = p.capture {
                 c.redact = cap.redact;
+                if let Some(f) = cap.file_refs {
+                    c.file_refs = f;
+                }
             }
         }
         if let Some(k) = v.kafka {

@@ -22,6 +22,7 @@
 
 pub mod cgroup;
 pub mod config;
+pub mod fileref;
 pub mod kafka;
 pub mod metrics;
 pub mod policy;
@@ -61,6 +62,14 @@ pub struct Summary {
     pub async_signals: u64,
     /// The first of those: (event sequence number, thread id, signal number).
     pub first_async_signal: Option<(u64, u32, i32)>,
+    /// Replay-grade: reads of regular files captured by reference and
+    /// filled from the file ([`fileref`]), and their bytes.
+    pub file_refs: u64,
+    /// Their bytes.
+    pub file_ref_bytes: u64,
+    /// Reads by reference whose bytes could not be had (the file changed or
+    /// went away): their syscalls are marked incomplete.
+    pub file_ref_misses: u64,
 }
 
 impl Summary {
@@ -75,6 +84,13 @@ impl Summary {
         let mut w = Vec::new();
         if self.dropped() > 0 {
             w.push(format!("the ring buffer dropped {} records: the log cannot replay in full", self.dropped()));
+        }
+        if self.file_ref_misses > 0 {
+            w.push(format!(
+                "{} read(s) of files captured by reference could not be filled (the file changed or went away): \
+                 the replay stops at the first",
+                self.file_ref_misses
+            ));
         }
         if let Some((seq, tid, signo)) = self.first_async_signal {
             w.push(format!(
@@ -329,6 +345,10 @@ pub struct Recorder {
     exec_hint: Option<ExecHint>,
     async_signals: u64,
     first_async_signal: Option<(u64, u32, i32)>,
+    /// Replay-grade: fills reads captured by reference.
+    filler: Option<fileref::Filler>,
+    /// The first miss of the filler: (event sequence number, reason).
+    first_miss: Option<(u64, fileref::Miss)>,
 }
 
 /// What the recorder knows of a command it started itself.
@@ -392,12 +412,19 @@ impl Recorder {
                 libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
             }
         }
-        let probe = probe::Probe::load(&cfg)?;
+        let filler = (cfg.replay_grade && cfg.file_refs).then(|| {
+            let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            fileref::Filler::new(&fileref::ref_mounts(&table))
+        });
+        let ref_devs: Vec<(u32, u32)> =
+            filler.as_ref().map(|f| f.devices().into_iter().map(|d| (d, fileref::FMT_INO32_GEN)).collect()).unwrap_or_default();
+        let offset = clock_offset();
+        let probe = probe::Probe::load(&cfg, &ref_devs, offset as i64)?;
         let host = kpl::Metadata::for_this_host("ebpf", vec![]).host;
         Ok(Recorder {
             probe,
             cfg,
-            offset: clock_offset(),
+            offset,
             seq: 0,
             host,
             resolver: cgroup::Resolver::new(),
@@ -412,6 +439,8 @@ impl Recorder {
             exec_hint: None,
             async_signals: 0,
             first_async_signal: None,
+            filler,
+            first_miss: None,
         })
     }
 
@@ -597,7 +626,20 @@ impl Recorder {
                             // no chunks: a small buffer inline, or nothing captured (a
                             // buffer that could not be read, a write shown on stdout
                             // that was empty)
-                            let inline = std::mem::take(&mut out.inline);
+                            let mut inline = std::mem::take(&mut out.inline);
+                            if let Some(r) = out.file.take() {
+                                // a read by reference: its bytes from the file
+                                match self.filler.as_mut().map(|f| f.fill(&r, out.len as usize)) {
+                                    Some(Ok(b)) => inline = b,
+                                    Some(Err(m)) => {
+                                        tracing::debug!("read by reference of inode {} not filled: {}", r.ino, m.what());
+                                        if self.first_miss.is_none() {
+                                            self.first_miss = Some((self.seq, m));
+                                        }
+                                    }
+                                    None => {}
+                                }
+                            }
                             let incomplete = out.truncated
                                 || (out.len as usize > inline.len())
                                 || (out.shown != 0 && s_ret(&ev) > 0 && inline.is_empty());
@@ -746,6 +788,24 @@ impl Recorder {
             first_async_signal: self.first_async_signal,
             ..Default::default()
         };
+        if let Some(f) = &self.filler {
+            s.file_refs = f.filled;
+            s.file_ref_bytes = f.bytes;
+            s.file_ref_misses = f.missed();
+        }
+        if let Some((seq, m)) = self.first_miss {
+            let why: Vec<String> = self.filler.iter().flat_map(|f| f.misses.iter().map(|(m, n)| format!("{n} {}", m.what()))).collect();
+            self.note(
+                sink,
+                format!(
+                    "{} read(s) of files captured by reference could not be filled ({}; first at event {seq}: {}): \
+                     those syscalls are marked incomplete and the replay stops at the first",
+                    s.file_ref_misses,
+                    why.join(", "),
+                    m.what()
+                ),
+            )?;
+        }
         if let Some((seq, tid, signo)) = self.first_async_signal {
             self.note(
                 sink,

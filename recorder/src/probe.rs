@@ -63,7 +63,10 @@ pub fn cgroup_id_level(path: &str) -> Result<(u64, u32)> {
 
 impl Probe {
     /// Loads the programs of the configured hooks and attaches them.
-    pub fn load(cfg: &Config) -> Result<Probe> {
+    /// `ref_devs`: filesystems (kernel dev_t, handle format) whose reads go
+    /// by reference in replay-grade capture ([`crate::fileref`]); none: every
+    /// byte is copied. `realtime_off`: CLOCK_REALTIME minus CLOCK_MONOTONIC, ns.
+    pub fn load(cfg: &Config, ref_devs: &[(u32, u32)], realtime_off: i64) -> Result<Probe> {
         let ring_bytes = cfg.ring_buffer_kb as usize * 1024;
         if ring_bytes < 4096 || !ring_bytes.is_power_of_two() {
             bail!("ring buffer size {} KiB: must be a power of two of at least 4 KiB (probe.ebpf.ringBufferSizeKb)", cfg.ring_buffer_kb);
@@ -110,6 +113,7 @@ impl Probe {
         };
         let (out_ino, out_dev) = stdio(1);
         let (err_ino, err_dev) = stdio(2);
+        let file_refs: u32 = (cfg.replay_grade && !ref_devs.is_empty()) as u32;
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&btf))
@@ -128,7 +132,9 @@ impl Probe {
             .override_global("cfg_stdout_ino", &out_ino, true)
             .override_global("cfg_stdout_dev", &out_dev, true)
             .override_global("cfg_stderr_ino", &err_ino, true)
-            .override_global("cfg_stderr_dev", &err_dev, true);
+            .override_global("cfg_stderr_dev", &err_dev, true)
+            .override_global("cfg_file_refs", &file_refs, true)
+            .override_global("cfg_realtime_off", &realtime_off, true);
         let mut ebpf = loader.load(BPF_OBJECT).context("loading the BPF object")?;
 
         // Selected processes first, so nothing they do is missed once attached.
@@ -141,6 +147,13 @@ impl Probe {
             let mut targets: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(ebpf.map_mut("targets").context("map targets")?)?;
             for p in selected {
                 targets.insert(p, 1, 0).with_context(|| format!("selecting pid {p}"))?;
+            }
+        }
+
+        if file_refs != 0 {
+            let mut devs: BpfHashMap<_, u32, u32> = BpfHashMap::try_from(ebpf.map_mut("ref_devs").context("map ref_devs")?)?;
+            for &(dev, fmt) in ref_devs {
+                devs.insert(dev, fmt, 0).with_context(|| format!("ref_devs: device {dev:#x}"))?;
             }
         }
 

@@ -29,6 +29,9 @@ const R_SIGNAL: u16 = 15;
 const DATA_BIG: usize = 32768;
 const DATA_SMALL: usize = 256;
 const OUT_INLINE: u32 = 16;
+const OUT_FILEREF: u32 = 32;
+/// struct rec_syscall_ref.
+const SYSCALL_REF: usize = 200;
 /// A syscall record without its output-buffer tail (outside replay-grade capture).
 const SYSCALL_SHORT: usize = 104;
 
@@ -53,6 +56,9 @@ pub struct OutBuf {
     /// The bytes of a small buffer, sent in the syscall record itself
     /// (`chunks` is then 0); empty otherwise.
     pub inline: Vec<u8>,
+    /// A read of a regular file by reference: the recorder reads its `len`
+    /// bytes from the file (`chunks` is then 0).
+    pub file: Option<Box<crate::fileref::FileRead>>,
 }
 
 /// Index of the chunk that carries the path of an `open`/`openat`/`openat2`.
@@ -177,11 +183,32 @@ pub fn decode_record(buf: &[u8], clock_offset: i128) -> Result<Record<'_>, BadRe
         } else {
             Vec::new()
         };
+        if flags & OUT_FILEREF != 0 && buf.len() < SYSCALL_REF {
+            return Err(BadRecord { len: buf.len(), kind: R_SYSCALL, reason: "file-reference syscall record too short" });
+        }
+        let file = (flags & OUT_FILEREF != 0).then(|| {
+            let mut head = [0u8; crate::fileref::HEAD];
+            let mut tail = [0u8; crate::fileref::HEAD];
+            head.copy_from_slice(&buf[168..184]);
+            tail.copy_from_slice(&buf[184..200]);
+            Box::new(crate::fileref::FileRead {
+                ino: r.u64(128),
+                pos: r.u64(136),
+                ctime_sec: r.u64(144) as i64,
+                ctime_nsec: r.u32(152),
+                gen: r.u32(156),
+                dev: r.u32(160),
+                fmt: r.u32(164),
+                head,
+                tail,
+            })
+        });
         (chunks > 0 || flags != 0).then(|| OutBuf {
             addr: r.u64(104),
             len,
             chunks,
             inline,
+            file,
             truncated: flags & 1 != 0,
             path: flags & 2 != 0,
             shown: match flags & 12 {

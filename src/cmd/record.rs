@@ -38,6 +38,11 @@ pub struct RecordArgs {
     /// files and clock reads itself at the entry stop: one stop per call.
     #[arg(long)]
     no_emulate: bool,
+    /// `--backend ebpf`: copy every byte the program reads through the ring
+    /// buffer. By default a read of a regular file nobody is changing goes
+    /// by reference, and the recorder reads its bytes from the file.
+    #[arg(long)]
+    no_file_refs: bool,
     /// The command to record.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -52,7 +57,7 @@ fn default_output(cmd: &str) -> PathBuf {
 pub fn record(a: RecordArgs) -> Result<ExitCode> {
     let output = a.output.unwrap_or_else(|| default_output(&a.command[0]));
     if a.backend == "ebpf" {
-        return record_ebpf(&a.command, &output);
+        return record_ebpf(&a.command, &output, !a.no_file_refs);
     }
     let out = tracer::record(&tracer::RecordOptions {
         output: output.clone(),
@@ -68,7 +73,7 @@ pub fn record(a: RecordArgs) -> Result<ExitCode> {
 
 /// `kprobe record --backend ebpf`: the command runs under the eBPF
 /// recorder's replay-grade capture from its exec on.
-fn record_ebpf(argv: &[String], output: &std::path::Path) -> Result<ExitCode> {
+fn record_ebpf(argv: &[String], output: &std::path::Path, file_refs: bool) -> Result<ExitCode> {
     use anyhow::Context;
     // One program, every byte it reads: a 64 MiB ring absorbs its bursts
     // (the daemon's default of 4 MiB is sized for kernel events).
@@ -76,6 +81,7 @@ fn record_ebpf(argv: &[String], output: &std::path::Path) -> Result<ExitCode> {
         hooks: recorder::Hooks::parse("syscall")?,
         replay_grade: true,
         ring_buffer_kb: 64 * 1024,
+        file_refs,
         ..recorder::Config::default()
     };
     let mut sink = recorder::sink::KplSink::create(output, argv.to_vec())?;
@@ -83,6 +89,12 @@ fn record_ebpf(argv: &[String], output: &std::path::Path) -> Result<ExitCode> {
         recorder::record_command(argv, cfg, &mut sink).context("recording with the eBPF recorder (it needs root, BTF and tracepoints)")?;
     let bytes = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
     eprintln!("kprobe: recorded {} events ({bytes} bytes) to {} (eBPF, {} dropped)", summary.events, output.display(), summary.dropped());
+    if summary.file_refs + summary.file_ref_misses > 0 {
+        eprintln!(
+            "kprobe: {} file reads by reference ({} bytes read from the files), {} not filled",
+            summary.file_refs, summary.file_ref_bytes, summary.file_ref_misses
+        );
+    }
     for w in summary.replay_warnings() {
         eprintln!("kprobe: warning: {w}");
     }

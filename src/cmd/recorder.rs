@@ -33,6 +33,11 @@ pub struct RecorderArgs {
     /// Replay-grade capture of the selected processes.
     #[arg(long)]
     pub replay_grade: bool,
+    /// Replay-grade: copy every byte read through the ring buffer, also
+    /// reads of unchanged regular files (by default those go by reference
+    /// and the recorder reads the bytes from the file; `probe.capture.fileRefs`).
+    #[arg(long)]
+    pub no_file_refs: bool,
     /// Write a `.kpl` log here (the default sink; default file `kprobe-recorder.kpl`).
     #[arg(short, long, conflicts_with_all = ["kafka", "json"])]
     pub output: Option<PathBuf>,
@@ -114,6 +119,9 @@ fn config_of(a: &RecorderArgs) -> Result<Config> {
         Filter::All
     };
     c.replay_grade = a.replay_grade;
+    if a.no_file_refs {
+        c.file_refs = false;
+    }
     if c.replay_grade && c.filter == Filter::All && a.command.is_empty() {
         bail!("--replay-grade needs the processes to capture: --pid, --comm or --cgroup");
     }
@@ -130,6 +138,9 @@ fn summary_json(s: &Summary) -> serde_json::Value {
         "dropped": s.dropped(),
         "decode_errors": s.decode_errors,
         "async_signals": s.async_signals,
+        "file_refs": s.file_refs,
+        "file_ref_bytes": s.file_ref_bytes,
+        "file_ref_misses": s.file_ref_misses,
         "hooks": hooks,
         "sink": s.sink,
         "max_rss_kb": max_rss_kb(),
@@ -160,7 +171,13 @@ fn report(a: &RecorderArgs, summary: &Summary) -> Result<()> {
         }
     }
     if a.replay_grade {
-        for w in summary.replay_warnings().iter().filter(|w| w.contains("signal")) {
+        if summary.file_refs + summary.file_ref_misses > 0 {
+            eprintln!(
+                "  file reads by reference: {} ({} bytes read from the files), {} not filled",
+                summary.file_refs, summary.file_ref_bytes, summary.file_ref_misses
+            );
+        }
+        for w in summary.replay_warnings().iter().filter(|w| w.contains("signal") || w.contains("reference")) {
             eprintln!("kprobe recorder: warning: {w}");
         }
     }
@@ -319,12 +336,19 @@ fn slowdown(a: &BenchArgs, dir: &std::path::Path) -> Result<()> {
         syscalls = n;
         bytes = std::fs::metadata(&log)?.len();
     }
+    let span = |v: &[f64]| {
+        let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().cloned().fold(0.0, f64::max);
+        format!("{lo:.1}–{hi:.1}")
+    };
+    let (nat_span, rec_span) = (span(&nat), span(&rec));
     let (n, r, w) = (median(nat), median(rec), median(wall));
     println!(
         "native {n:.1} ms | recorded {r:.1} ms (x{:.2}) | `kprobe record` wall time {w:.1} ms (start-up, capture, writing the log) | {syscalls} syscalls, log {:.1} MB, drops {drops}",
         r / n,
         bytes as f64 / 1e6
     );
+    println!("  runs: native {nat_span} ms, recorded {rec_span} ms");
     Ok(())
 }
 
