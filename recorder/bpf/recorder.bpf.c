@@ -523,7 +523,7 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 	e->args[3] = regs->r10;
 	e->args[4] = regs->r8;
 	e->args[5] = regs->r9;
-	e->fd_type = cfg_emit_syscalls ? fd_type_cached(e, e->args[0]) : 0;
+	e->fd_type = cfg_emit_syscalls && rw_family(id) ? fd_type_cached(e, e->args[0]) : 0;
 	if (cfg_file_refs && id == 0 && e->fd_type == 1) {
 		struct file *f = (struct file *)e->fdc[e->args[0] & (FDC_SLOTS - 1)].file;
 		e->pos = BPF_CORE_READ(f, f_pos);
@@ -963,8 +963,24 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 	__u64 path = 0;
 	if (ret >= 0 && (e->nr == 2 || e->nr == 257 || e->nr == 437))
 		path = e->nr == 2 ? e->args[0] : e->args[1];
-	if (path)
+	if (path) {
+		/* the path inline in the syscall record (one reservation) when it fits */
+		struct rec_syscall_out *o = reserve(HOOK_SYSCALL, sizeof(*o));
+		if (!o)
+			return 0;
+		long n = bpf_probe_read_user_str(o->data, DATA_SMALL, (void *)path);
+		if (n > 0 && n < DATA_SMALL) {
+			fill_syscall(&o->s, e, ts, ret, now, sizeof(*o));
+			o->s.out_addr = path;
+			o->s.out_len = n - 1;
+			o->s.chunks = 0;
+			o->s.flags = flags | OUT_PATH_INLINE;
+			submit(HOOK_SYSCALL, o);
+			return 0;
+		}
+		bpf_ringbuf_discard(o, BPF_RB_NO_WAKEUP);
 		flags |= OUT_PATH;
+	}
 	/* a read of a regular file, of any length (OUT_MAX does not apply) */
 	if (cfg_file_refs && ret > DATA_SMALL && (e->nr == 0 || e->nr == 17) && e->fd_type == 1 && !e->shown &&
 	    send_file_ref(e, ts, ret, now, addr, 0))

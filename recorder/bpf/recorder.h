@@ -119,6 +119,7 @@ struct rec_data_small {
 #define OUT_STDERR 8     /* the same for stderr */
 #define OUT_INLINE 16   /* struct rec_syscall_out: the out_len bytes follow the record */
 #define OUT_FILEREF 32  /* struct rec_syscall_ref: the out_len bytes are the file's at ref.pos (not copied) */
+#define OUT_PATH_INLINE 64 /* struct rec_syscall_out: the opened path (out_len bytes) is its data; no record follows */
 #define PATH_INDEX 0xffff
 
 struct rec_data {

@@ -643,7 +643,9 @@ impl Recorder {
                             let incomplete = out.truncated
                                 || (out.len as usize > inline.len())
                                 || (out.shown != 0 && s_ret(&ev) > 0 && inline.is_empty());
+                            let opened = out.opened.take();
                             let mut p = Pending::new(ev, out, incomplete);
+                            p.path = opened;
                             if !inline.is_empty() {
                                 p.add(p.out.addr, &inline);
                             }

@@ -30,6 +30,7 @@ const DATA_BIG: usize = 32768;
 const DATA_SMALL: usize = 256;
 const OUT_INLINE: u32 = 16;
 const OUT_FILEREF: u32 = 32;
+const OUT_PATH_INLINE: u32 = 64;
 /// struct rec_syscall_ref.
 const SYSCALL_REF: usize = 200;
 /// A syscall record without its output-buffer tail (outside replay-grade capture).
@@ -59,6 +60,9 @@ pub struct OutBuf {
     /// A read of a regular file by reference: the recorder reads its `len`
     /// bytes from the file (`chunks` is then 0).
     pub file: Option<Box<crate::fileref::FileRead>>,
+    /// The path an open call opened, sent in the syscall record itself
+    /// (`path` is then false: no chunk follows).
+    pub opened: Option<String>,
 }
 
 /// Index of the chunk that carries the path of an `open`/`openat`/`openat2`.
@@ -178,11 +182,9 @@ pub fn decode_record(buf: &[u8], clock_offset: i128) -> Result<Record<'_>, BadRe
         let chunks = r.u32(120);
         let flags = r.u32(124);
         let len = r.u64(112);
-        let inline = if flags & OUT_INLINE != 0 && buf.len() >= 128 + DATA_SMALL {
-            buf[128..128 + (len as usize).min(DATA_SMALL)].to_vec()
-        } else {
-            Vec::new()
-        };
+        let small = |n: u64| buf.get(128..128 + (n as usize).min(DATA_SMALL)).unwrap_or_default();
+        let inline = if flags & OUT_INLINE != 0 { small(len).to_vec() } else { Vec::new() };
+        let opened = (flags & OUT_PATH_INLINE != 0).then(|| String::from_utf8_lossy(small(len)).into_owned());
         if flags & OUT_FILEREF != 0 && buf.len() < SYSCALL_REF {
             return Err(BadRecord { len: buf.len(), kind: R_SYSCALL, reason: "file-reference syscall record too short" });
         }
@@ -203,12 +205,15 @@ pub fn decode_record(buf: &[u8], clock_offset: i128) -> Result<Record<'_>, BadRe
                 tail,
             })
         });
+        // an inline path is no memory the kernel wrote
+        let (addr, len) = if opened.is_some() { (0, 0) } else { (r.u64(104), len) };
         (chunks > 0 || flags != 0).then(|| OutBuf {
-            addr: r.u64(104),
+            addr,
             len,
             chunks,
             inline,
             file,
+            opened,
             truncated: flags & 1 != 0,
             path: flags & 2 != 0,
             shown: match flags & 12 {
