@@ -851,7 +851,7 @@ static __always_inline void fill_syscall(struct rec_syscall *r, struct sys_entry
 	r->fd_type = e->fd_type;
 }
 
-/* A read or pread64 of `ret` (> DATA_SMALL) bytes into `addr` from a regular
+/* A read or pread64 of `ret` (> DATA_SMALL, <= FILEREF_MAX) bytes into `addr` from a regular
  * file nobody has open for writing, unchanged for a second, on a filesystem
  * the reader can open by handle: sent as a reference to the file's bytes
  * (struct rec_syscall_ref) instead of the bytes. False: send the bytes. */
@@ -982,7 +982,7 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 		flags |= OUT_PATH;
 	}
 	/* a read of a regular file, of any length (OUT_MAX does not apply) */
-	if (cfg_file_refs && ret > DATA_SMALL && (e->nr == 0 || e->nr == 17) && e->fd_type == 1 && !e->shown &&
+	if (cfg_file_refs && ret > DATA_SMALL && ret <= FILEREF_MAX && (e->nr == 0 || e->nr == 17) && e->fd_type == 1 && !e->shown &&
 	    send_file_ref(e, ts, ret, now, addr, 0))
 		return 0;
 	if (!vec && len && len <= DATA_SMALL) {

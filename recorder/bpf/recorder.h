@@ -150,6 +150,7 @@ struct rec_syscall_out {
  * handle), after checking the file is still the same (inode, generation,
  * ctime) and that the bytes it finds begin and end as the program's did. */
 #define FILEREF_HEAD 16
+#define FILEREF_MAX (64 << 20) /* longer reads are copied (and cut at OUT_MAX) */
 struct file_ref {
 	__u64 ino;
 	__u64 pos;       /* file offset of the first byte read */

@@ -38,6 +38,9 @@ pub const FMT_INO32_GEN: u32 = 1;
 /// Bytes of the buffer's head and tail that travel with the reference.
 pub const HEAD: usize = 16;
 
+/// The longest read that goes by reference (`FILEREF_MAX` in `recorder.h`).
+pub const MAX: usize = 64 << 20;
+
 /// A read by reference, as the BPF program saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileRead {
@@ -74,6 +77,8 @@ pub enum Miss {
     Short,
     /// The bytes found do not begin or end as the program's did.
     Mismatch,
+    /// Longer than [`MAX`] (the BPF program never sends such a read).
+    TooLong,
 }
 
 impl Miss {
@@ -85,6 +90,7 @@ impl Miss {
             Miss::Changed => "it changed after the read",
             Miss::Short => "it is shorter than the read",
             Miss::Mismatch => "its bytes differ from those read",
+            Miss::TooLong => "longer than a read by reference carries",
         }
     }
 }
@@ -184,6 +190,9 @@ impl Filler {
     }
 
     fn try_fill(&mut self, r: &FileRead, len: usize) -> Result<Vec<u8>, Miss> {
+        if len > MAX {
+            return Err(Miss::TooLong);
+        }
         let key = (r.dev, r.ino, r.gen);
         if !self.open.contains_key(&key) {
             let mount = self.mounts.get(&r.dev).ok_or(Miss::NoMount)?;

@@ -76,6 +76,8 @@ fn fills_a_read_from_the_file_and_checks_it() {
     let mut other = r2.clone();
     other.gen = other.gen.wrapping_add(1);
     assert_eq!(f.fill(&other, 300), Err(Miss::Open));
+    // longer than a read by reference carries
+    assert_eq!(f.fill(&r2, recorder::fileref::MAX + 1), Err(Miss::TooLong));
     // a filesystem it has no mount of
     let mut nomount = r2.clone();
     nomount.dev = 0xfff00ff;
@@ -84,7 +86,7 @@ fn fills_a_read_from_the_file_and_checks_it() {
     // the file changes after the read: its ctime moves, the read is refused
     std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"late entry\n").unwrap();
     assert_eq!(f.fill(&r, 100_000), Err(Miss::Changed));
-    assert_eq!(f.missed(), 5);
+    assert_eq!(f.missed(), 6);
     assert_eq!(f.misses[&Miss::Changed], 1);
 
     // replaced by another file of the same name: another inode, refused
