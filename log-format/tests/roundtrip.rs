@@ -211,6 +211,13 @@ fn format_2_0_logs_still_read() {
     old_log_reads("v2.0.kpl", (2, 0));
 }
 
+/// A log written by format 2.1 (before cross-frame payload dictionaries):
+/// every event, payload and file reads back.
+#[test]
+fn format_2_1_logs_still_read() {
+    old_log_reads("v2.1.kpl", (2, 1));
+}
+
 fn old_log_reads(name: &str, version: (u16, u16)) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name);
     let r = Reader::open(&path).unwrap();
@@ -298,4 +305,23 @@ fn get_event_by_event_reads_every_event() {
     for s in (0..3000u64).rev() {
         assert_eq!(r.get(s).unwrap().seq, s);
     }
+}
+
+/// Writes the fixture of the current format version (3,000 synthetic
+/// events of seed 7, a stored file, exit code 3) to `$KPL_FIXTURE`; run by
+/// hand before a format change (`KPL_FIXTURE=tests/data/vX.Y.kpl cargo test
+/// --release -p log-format --test roundtrip -- --ignored write_fixture`).
+#[test]
+#[ignore]
+fn write_fixture() {
+    let path = std::env::var("KPL_FIXTURE").expect("KPL_FIXTURE names the file to write");
+    let opts = WriterOptions { block_size: 8192, payload_block_size: 8192, ..small_blocks() };
+    let mut w = Writer::create_with(&path, &meta(), opts).unwrap();
+    for e in kpl::synth::Synth::new(7).take(3000) {
+        w.append(e).unwrap();
+    }
+    let file: Vec<u8> = (0..10000u32).flat_map(|i| i.to_le_bytes()).collect();
+    w.store_file(&file).unwrap();
+    w.set_exit_code(Some(3));
+    w.finish().unwrap();
 }
