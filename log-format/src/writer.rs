@@ -56,8 +56,9 @@ pub struct Writer<W: Write = File> {
     opts: WriterOptions,
     block: BlockBuilder,
     payload: PayloadBuilder,
-    /// Payload frames finished while an event was being appended, not yet written.
-    payload_done: Vec<(u64, u32, Vec<u8>)>,
+    /// Payload frames finished while an event was being appended, not yet
+    /// written: start, length, position in the dictionary group, frame.
+    payload_done: Vec<(u64, u32, u64, Vec<u8>)>,
     payload_start: u64,
     next_seq: u64,
     index: IndexBuilder,
@@ -140,8 +141,8 @@ impl<W: Write> Writer<W> {
                         if payload.len() >= max {
                             let len = payload.len() as u32;
                             let mut frame = vec![0; format::FRAME_HEADER_LEN];
-                            payload.finish(zstd, &mut frame);
-                            done.push((start, len, frame));
+                            let pos = payload.finish(zstd, &mut frame);
+                            done.push((start, len, pos, frame));
                             start += len as u64;
                         }
                     }
@@ -243,14 +244,15 @@ impl<W: Write> Writer<W> {
 
     /// Writes the payload frames finished so far.
     fn emit_payload_done(&mut self) -> Result<(), Error> {
-        for (start, len, mut frame) in std::mem::take(&mut self.payload_done) {
-            self.emit_payload(start, len, &mut frame)?;
+        for (start, len, pos, mut frame) in std::mem::take(&mut self.payload_done) {
+            self.emit_payload(start, len, pos, &mut frame)?;
         }
         Ok(())
     }
 
-    fn emit_payload(&mut self, start: u64, len: u32, frame: &mut [u8]) -> Result<(), Error> {
-        format::seal_frame(frame, FrameKind::Payload, format::CODEC_FIELDS, start, 0, len);
+    /// Writes a payload frame, `pos` its position in its dictionary group.
+    fn emit_payload(&mut self, start: u64, len: u32, pos: u64, frame: &mut [u8]) -> Result<(), Error> {
+        format::seal_frame(frame, FrameKind::Payload, format::CODEC_FIELDS, start, pos, len);
         let offset = self.emit(frame)?;
         self.index.add_payload(PayloadInfo { offset, frame_len: frame.len() as u32, start, len });
         self.payload_start = start + len as u64;
@@ -265,8 +267,8 @@ impl<W: Write> Writer<W> {
             let mut frame = std::mem::take(&mut self.frame);
             frame.clear();
             frame.resize(format::FRAME_HEADER_LEN, 0);
-            self.payload.finish(&mut self.zstd, &mut frame);
-            let r = self.emit_payload(self.payload_start, len, &mut frame);
+            let pos = self.payload.finish(&mut self.zstd, &mut frame);
+            let r = self.emit_payload(self.payload_start, len, pos, &mut frame);
             self.frame = frame;
             r?;
         }

@@ -249,11 +249,11 @@ fn old_log_reads(name: &str, version: (u16, u16)) {
 #[test]
 fn format_version_is_2_and_others_are_named() {
     let bytes = write_log(&[note(1)], small_blocks());
-    assert_eq!(Reader::from_bytes(bytes.clone(), "v2.kpl").unwrap().version(), (2, 1));
+    assert_eq!(Reader::from_bytes(bytes.clone(), "v2.kpl").unwrap().version(), (2, 2));
     let mut b = bytes;
     b[8] = 3;
     let e = Reader::from_bytes(b, "v3.kpl").err().expect("version 3 is not readable").to_string();
-    assert!(e.contains("v3.kpl") && e.contains("format version 3.1") && e.contains("1.x to 2.x"), "{e}");
+    assert!(e.contains("v3.kpl") && e.contains("format version 3.2") && e.contains("1.x to 2.x"), "{e}");
 }
 
 /// Seeks decode a block only up to the event they look for; whatever is
