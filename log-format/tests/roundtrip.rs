@@ -325,3 +325,23 @@ fn write_fixture() {
     w.set_exit_code(Some(3));
     w.finish().unwrap();
 }
+
+/// `append_ref` leaves the caller's event as it was and writes the same
+/// log as `append` (same blocks and payload frames).
+#[test]
+fn append_by_reference_writes_what_append_writes() {
+    let events: Vec<Event> = kpl::synth::Synth::new(3).take(4000).collect();
+    let by_value = write_log(&events, small_blocks());
+    let mut w = Writer::new(Vec::new(), "ref.kpl", &meta(), small_blocks()).unwrap();
+    for e in &events {
+        w.append_ref(e).unwrap();
+    }
+    let (by_ref, _) = w.finish().unwrap();
+    assert_eq!(events, kpl::synth::Synth::new(3).take(4000).collect::<Vec<_>>(), "events untouched");
+    let (a, b) = (Reader::from_bytes(by_value, "a").unwrap(), Reader::from_bytes(by_ref, "b").unwrap());
+    assert_eq!(a.index().blocks, b.index().blocks);
+    assert_eq!(a.index().payload, b.index().payload);
+    for (x, y) in a.events().zip(b.events()) {
+        assert_eq!(resolved(&a, x.unwrap()), resolved(&b, y.unwrap()));
+    }
+}
