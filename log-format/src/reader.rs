@@ -412,7 +412,8 @@ impl Reader {
         Ok(buf)
     }
 
-    /// Reads the frame at `offset`: its header and its checked stored body.
+    /// Reads the frame at `offset`: its checked header and its stored body
+    /// (checked by [`format::open_body`]).
     fn read_stored(&self, offset: u64, frame_len: u64) -> Result<(FrameHeader, Vec<u8>), Error> {
         if offset.checked_add(frame_len).is_none_or(|e| e > self.len) || frame_len < FRAME_HEADER_LEN as u64 {
             return Err(self.bad_block(
@@ -426,28 +427,14 @@ impl Reader {
         if h.frame_len() != frame_len {
             return Err(self.bad_block(offset, h.kind.name(), format!("frame is {} bytes, index says {frame_len}", h.frame_len())));
         }
-        if crc32c::crc32c(&buf[FRAME_HEADER_LEN..]) != h.body_crc {
-            return Err(self.bad_block(offset, h.kind.name(), "body checksum mismatch".into()));
-        }
         buf.drain(..FRAME_HEADER_LEN);
         Ok((h, buf))
     }
 
     /// Reads and opens the frame at `offset`.
     fn read_frame(&self, offset: u64, frame_len: u64) -> Result<(FrameHeader, Vec<u8>), Error> {
-        if offset.checked_add(frame_len).is_none_or(|e| e > self.len) || frame_len < FRAME_HEADER_LEN as u64 {
-            return Err(self.bad_block(
-                offset,
-                "frame",
-                format!("frame of {frame_len} bytes lies beyond the end of the file ({} bytes)", self.len),
-            ));
-        }
-        let buf = self.read_at(offset, frame_len)?;
-        let h = FrameHeader::decode(&buf).map_err(|r| self.bad_block(offset, "frame", r.into()))?;
-        if h.frame_len() != frame_len {
-            return Err(self.bad_block(offset, h.kind.name(), format!("frame is {} bytes, index says {frame_len}", h.frame_len())));
-        }
-        let raw = format::open_body(&h, &buf[FRAME_HEADER_LEN..]).map_err(|r| self.bad_block(offset, h.kind.name(), r))?;
+        let (h, stored) = self.read_stored(offset, frame_len)?;
+        let raw = format::open_body(&h, &stored).map_err(|r| self.bad_block(offset, h.kind.name(), r))?;
         Ok((h, raw))
     }
 
@@ -556,6 +543,9 @@ impl Reader {
                     q.start,
                     q.start.saturating_add(q.len as u64)
                 )));
+            }
+            if crc32c::crc32c(&stored) != h.body_crc {
+                return Err(lost(format!("the payload frame at byte offset {}: body checksum mismatch", q.offset)));
             }
             crate::payload::learn(&stored, h.raw_len as usize, g)
                 .map_err(|e| lost(format!("the payload frame at byte offset {}: {e}", q.offset)))?;
