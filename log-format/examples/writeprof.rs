@@ -3,7 +3,7 @@
 //! writing thread: what "writing N events/s on one core" means on a shared
 //! machine, where wall time also counts other programs' turns.
 //!
-//!     cargo run --release -p log-format --example writeprof [EVENTS] [ROUNDS]
+//!     [BY_REF=1] cargo run --release -p log-format --example writeprof [EVENTS] [ROUNDS]
 
 use std::time::Duration;
 
@@ -23,9 +23,17 @@ fn main() {
         let level = std::env::var("LEVEL").map(|v| v.parse().expect("LEVEL is a number")).unwrap_or(1);
         let opts = kpl::WriterOptions { level, ..Default::default() };
         let mut w = kpl::Writer::new(Vec::with_capacity(n * 20), "memory", &kpl::Metadata::default(), opts).unwrap();
+        // BY_REF=1: append_ref, the events freed after the timing (by their maker).
+        let by_ref = std::env::var("BY_REF").is_ok_and(|v| v == "1");
         let t = thread_cpu();
-        for ev in evs {
-            w.append(ev).unwrap();
+        if by_ref {
+            for ev in &evs {
+                w.append_ref(ev).unwrap();
+            }
+        } else {
+            for ev in evs {
+                w.append(ev).unwrap();
+            }
         }
         let (bytes, _) = w.finish().unwrap();
         let cpu = thread_cpu() - t;

@@ -327,17 +327,19 @@ impl BlockBuilder {
         &mut self.generic[i].1
     }
 
-    /// Adds an event (its `seq` must be `first_seq + count`).
-    pub fn push(&mut self, ev: &Event) {
-        self.push_as(ev, ev.kind().id())
+    /// Adds an event as event number `seq` (`first_seq + count`) (its own `seq` is not looked
+    /// at), the buffer of its write `i` stored in the payload stream at
+    /// `stored[i]` (offset, length) when that is given.
+    pub(crate) fn push_ref(&mut self, ev: &Event, seq: u64, stored: &[Option<(u64, u32)>]) {
+        self.push_as(ev, ev.kind().id(), seq, stored)
     }
 
     /// Adds an event written with kind id `kind_id` (its own, or for tests
     /// an id unknown to readers: its body is then not modelled).
-    fn push_as(&mut self, ev: &Event, kind_id: u16) {
+    fn push_as(&mut self, ev: &Event, kind_id: u16, seq: u64, stored: &[Option<(u64, u32)>]) {
         let known = kind_id == ev.kind().id();
         if self.count == 0 {
-            self.first_seq = ev.seq;
+            self.first_seq = seq;
             self.min_ts = ev.ts_ns;
             self.max_ts = ev.ts_ns;
             self.model.reset();
@@ -346,7 +348,7 @@ impl BlockBuilder {
             self.min_ts = self.min_ts.min(ev.ts_ns);
             self.max_ts = self.max_ts.max(ev.ts_ns);
         }
-        debug_assert_eq!(ev.seq, self.first_seq + self.count as u64);
+        debug_assert_eq!(seq, self.first_seq + self.count as u64);
         let first = self.count == 0;
         let p = self.model.prev;
         let mut flags = 0u8;
@@ -400,7 +402,7 @@ impl BlockBuilder {
         match &ev.body {
             EventBody::Syscall(s) => {
                 assert!(known, "syscalls are always written as syscalls");
-                self.push_syscall(ev, s, &st)
+                self.push_syscall(ev, s, &st, stored)
             }
             body => {
                 self.scratch.clear();
@@ -431,7 +433,7 @@ impl BlockBuilder {
         self.count += 1;
     }
 
-    fn push_syscall(&mut self, ev: &Event, s: &Syscall, st: &TidState) {
+    fn push_syscall(&mut self, ev: &Event, s: &Syscall, st: &TidState, stored: &[Option<(u64, u32)>]) {
         let [_, _, _, nr, args, ret, dur, misc, waddr, wdata] = &mut self.fixed;
         if self.model.v2 {
             let slot = self.model.next_nr.entry((ev.tid, st.last_nr)).or_insert(u32::MAX);
@@ -465,7 +467,7 @@ impl BlockBuilder {
             put(misc, m.1);
             put(misc, m.2);
         }
-        for w in &s.writes {
+        for (i, w) in s.writes.iter().enumerate() {
             match s.args.iter().position(|a| *a == w.addr) {
                 Some(i) => put(waddr, i as u64 + 1),
                 None => {
@@ -473,7 +475,15 @@ impl BlockBuilder {
                     put(waddr, w.addr.wrapping_sub(s.args[1]) as i64);
                 }
             }
-            match &w.data {
+            let moved;
+            let data = match stored.get(i).copied().flatten() {
+                Some((offset, len)) => {
+                    moved = Data::Stored { offset, len };
+                    &moved
+                }
+                None => &w.data,
+            };
+            match data {
                 Data::Bytes(b) => {
                     if let (true, Some(ns)) = (s.nr == NR_CLOCK_GETTIME, timespec_ns(b)) {
                         let slot = &mut self.model.clock[(s.args[0] & 15) as usize];
@@ -958,7 +968,7 @@ pub(crate) fn decode_until(
 pub fn encode_with_raw_kind(events: &[(u16, Event)]) -> Vec<u8> {
     let mut b = BlockBuilder::default();
     for (id, ev) in events {
-        b.push_as(ev, *id);
+        b.push_as(ev, *id, ev.seq, &[]);
     }
     b.finish()
 }

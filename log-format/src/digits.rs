@@ -25,14 +25,66 @@
 //!
 //! A plain stream starts with a digit (or is empty), so readers tell the
 //! forms apart by the first byte.
+//!
+//! Format 2.2: the parts met before are those of the lane's coded long
+//! streams in the earlier frames of the frame's dictionary group too
+//! (see [`crate::payload`]): part numbers go on counting from frame to
+//! frame, and the dictionaries start empty at each group's first frame. A
+//! lane whose dictionary holds parts is coded however few strings it has.
 
 use crate::block::put;
 use crate::format::Packer;
 use crate::payload::{unpack_stream, Cur};
 use std::collections::HashMap;
 
-/// First byte of the coded form.
+/// A part as a dictionary key: its value and its number of digits (parts
+/// of up to [`CHUNK`] digits), or its digits (longer ones, rare).
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Short(u128, u8),
+    Long(Box<[u8]>),
+}
+
+/// The value of up to [`CHUNK`] digits.
+#[inline]
+fn value(d: &[u8]) -> u128 {
+    if d.len() <= 19 {
+        d.iter().fold(0u64, |v, &c| v * 10 + (c - b'0') as u64) as u128
+    } else {
+        d.iter().fold(0u128, |v, &c| v * 10 + (c - b'0') as u128)
+    }
+}
+
+/// The parts (heads, then tails or whole strings) a lane's coded long
+/// streams met so far in the dictionary group, for the encoder.
+#[derive(Default)]
+pub(crate) struct EncDict {
+    ids: [HashMap<Key, u32, foldhash::fast::FixedState>; 2],
+}
+
+impl EncDict {
+    /// Forgets every part (a group's first frame).
+    pub fn clear(&mut self) {
+        for d in &mut self.ids {
+            d.clear();
+        }
+    }
+    fn is_empty(&self) -> bool {
+        self.ids.iter().all(HashMap::is_empty)
+    }
+}
+
+/// The same for the decoder: the digits of each part, in the order met.
+#[derive(Clone, Default)]
+pub(crate) struct DecDict {
+    digits: [Vec<u8>; 2],
+    parts: [Vec<(u32, u32)>; 2],
+}
+
+/// First byte of the coded form of format 2.1 (one references region).
 pub(crate) const CODED: u8 = 0x01;
+/// First byte of the coded form of format 2.2 (three references regions).
+pub(crate) const CODED_SPLIT: u8 = 0x02;
 /// Strings sampled to choose the split.
 const SAMPLE: usize = 128;
 /// Fewer strings than this are left plain.
@@ -51,13 +103,7 @@ static PACKED: std::sync::LazyLock<[u8; CHUNK + 1]> = std::sync::LazyLock::new(|
 fn pack(digits: &[u8], out: &mut Vec<u8>) {
     for ch in digits.chunks(CHUNK) {
         let nb = PACKED[ch.len()] as usize;
-        if ch.len() <= 19 {
-            let v = ch.iter().fold(0u64, |v, &d| v * 10 + (d - b'0') as u64);
-            out.extend_from_slice(&v.to_le_bytes()[..nb]);
-        } else {
-            let v = ch.iter().fold(0u128, |v, &d| v * 10 + (d - b'0') as u128);
-            out.extend_from_slice(&v.to_le_bytes()[..nb]);
-        }
+        out.extend_from_slice(&value(ch).to_le_bytes()[..nb]);
     }
 }
 
@@ -121,8 +167,9 @@ fn choose_split(sample: &[&[u8]], len: usize) -> usize {
 
 /// Codes a plain `long` stream (digit strings, each followed by a line
 /// feed) into `out`; false (and `out` untouched) when it is too short to
-/// be worth it. `p` compresses the references region.
-pub(crate) fn encode(plain: &[u8], out: &mut Vec<u8>, p: &mut Packer) -> bool {
+/// be worth it. `p` compresses the references region; `dict` holds the
+/// parts of the group's earlier frames and learns this frame's.
+pub(crate) fn encode(plain: &[u8], out: &mut Vec<u8>, p: &mut Packer, dict: &mut EncDict) -> bool {
     let mut strings: Vec<&[u8]> = Vec::with_capacity(plain.len() / 20);
     let mut from = 0;
     for nl in memchr::memchr_iter(b'\n', plain) {
@@ -134,7 +181,7 @@ pub(crate) fn encode(plain: &[u8], out: &mut Vec<u8>, p: &mut Packer) -> bool {
     if from < plain.len() {
         strings.push(&plain[from..]);
     }
-    if strings.len() < MIN_STRINGS {
+    if strings.is_empty() || (strings.len() < MIN_STRINGS && dict.is_empty()) {
         return false;
     }
     // The most common length among the first strings, and its split.
@@ -146,62 +193,77 @@ pub(crate) fn encode(plain: &[u8], out: &mut Vec<u8>, p: &mut Packer) -> bool {
     let sample: Vec<&[u8]> = strings.iter().filter(|s| s.len() == split_len).take(SAMPLE).copied().collect();
     // The split is stored in a byte.
     let split = if n >= MIN_STRINGS && split_len <= u8::MAX as usize { choose_split(&sample, split_len) } else { 0 };
-    let cap = strings.len();
-    let mut dicts: [HashMap<&[u8], u32, foldhash::fast::FixedState>; 2] =
-        std::array::from_fn(|_| HashMap::with_capacity_and_hasher(cap, Default::default()));
-    let (mut refs, mut literals) = (Vec::with_capacity(strings.len() * 4), Vec::new());
+    // References in three regions (format 2.2): string lengths, head (or whole string) parts, tail parts.
+    let mut refs: [Vec<u8>; 3] = std::array::from_fn(|_| Vec::with_capacity(strings.len() * 2));
+    let mut literals = Vec::new();
     for s in &strings {
-        put(&mut refs, s.len() as u64);
+        put(&mut refs[0], s.len() as u64);
         let parts: [&[u8]; 2] = if split > 0 && s.len() == split_len { [&s[..split], &s[split..]] } else { [s, &[]] };
         for (k, part) in parts.into_iter().enumerate() {
             if k == 1 && part.is_empty() {
                 break;
             }
-            let next = dicts[k].len() as u32;
-            let id = *dicts[k].entry(part).or_insert(next);
+            let key = if part.len() <= CHUNK { Key::Short(value(part), part.len() as u8) } else { Key::Long(part.into()) };
+            let d = &mut dict.ids[k];
+            let next = d.len() as u32;
+            let id = *d.entry(key).or_insert(next);
             if id == next {
-                put(&mut refs, 0u64);
+                put(&mut refs[1 + k], 0u64);
                 pack(part, &mut literals);
             } else {
-                put(&mut refs, id as u64 + 1);
+                put(&mut refs[1 + k], id as u64 + 1);
             }
         }
     }
-    out.push(CODED);
+    out.push(CODED_SPLIT);
     out.push(split as u8);
     put(out, split_len as u64);
     put(out, strings.len() as u64);
     let mut packed = Vec::new();
-    let (codec, _) = p.pack(&refs, &mut packed);
-    out.push(codec);
-    put(out, refs.len() as u64);
-    put(out, packed.len() as u64);
+    for r in &refs {
+        let at = packed.len();
+        let (codec, _) = p.pack(r, &mut packed);
+        out.push(codec);
+        put(out, r.len() as u64);
+        put(out, (packed.len() - at) as u64);
+    }
     out.extend_from_slice(&packed);
     out.extend_from_slice(&literals);
     true
 }
 
 /// Decodes a coded `long` stream back into its plain form, which may not
-/// exceed `max` bytes.
-pub(crate) fn decode(coded: &[u8], max: usize) -> Result<Vec<u8>, String> {
-    let mut c = Cur { name: "long", b: coded, at: 1 };
+/// exceed `max` bytes; `dict` holds the parts of the group's earlier
+/// frames and learns this frame's.
+pub(crate) fn decode(coded: &[u8], max: usize, dict: &mut DecDict) -> Result<Vec<u8>, String> {
+    let mut c = Cur { name: "long", b: coded, at: 0 };
+    let regions = if c.byte()? == CODED_SPLIT { 3 } else { 1 };
     let split = c.byte()? as usize;
     let split_len: u64 = c.get()?;
     let count: u64 = c.get()?;
-    let codec = c.byte()?;
-    let (rlen, slen): (u64, u64) = (c.get()?, c.get()?);
+    let mut table = [(0u8, 0u64, 0u64); 3];
+    for t in &mut table[..regions] {
+        *t = (c.byte()?, c.get()?, c.get()?);
+    }
+    let rlen: u64 = table.iter().map(|t| t.1).fold(0, u64::saturating_add);
     if rlen > (max as u64).saturating_mul(4) + 16 || count > max as u64 {
         return Err(format!("long stream: {count} strings in {rlen} bytes of references, out of range for {max} bytes"));
     }
-    let refs = unpack_stream("long references", codec, c.take(slen)?, rlen as usize)?;
+    const NAMES: [&str; 3] = ["long lengths", "long head references", "long tail references"];
+    let mut refs: Vec<Vec<u8>> = Vec::with_capacity(regions);
+    for (k, &(codec, rlen, slen)) in table[..regions].iter().enumerate() {
+        let name = if regions == 1 { "long references" } else { NAMES[k] };
+        refs.push(unpack_stream(name, codec, c.take(slen)?, rlen as usize)?);
+    }
     let mut lits = Cur { name: "long literals", b: &coded[c.at..], at: 0 };
     let split_len = split_len as usize;
-    let mut r = Cur { name: "long references", b: &refs, at: 0 };
-    // Each dictionary: (start, length) of its parts in `out`.
-    let mut dicts: [Vec<(usize, usize)>; 2] = [Vec::new(), Vec::new()];
+    let mut rs: Vec<Cur<'_>> =
+        refs.iter().enumerate().map(|(k, b)| Cur { name: if regions == 1 { "long references" } else { NAMES[k] }, b, at: 0 }).collect();
+    // The cursor of each region: all three are the one region of format 2.1.
+    let which = |k: usize| if regions == 1 { 0 } else { k };
     let mut out = Vec::new();
     for i in 0..count {
-        let len = r.get::<u64>()? as usize;
+        let len = rs[which(0)].get::<u64>()? as usize;
         if out.len() + len + 1 > max {
             return Err(format!("long stream: string {i} of {len} digits overruns the {max}-byte stream"));
         }
@@ -210,25 +272,27 @@ pub(crate) fn decode(coded: &[u8], max: usize) -> Result<Vec<u8>, String> {
             if k == 1 && plen == 0 {
                 break;
             }
-            let x = r.get::<u64>()? as usize;
-            let d = &mut dicts[k];
+            let x = rs[which(1 + k)].get::<u64>()? as usize;
+            let (digits, parts) = (&mut dict.digits[k], &mut dict.parts[k]);
             if x == 0 {
                 let start = out.len();
                 unpack(&mut lits, plen, &mut out)?;
-                d.push((start, plen));
+                parts.push((digits.len() as u32, plen as u32));
+                digits.extend_from_slice(&out[start..]);
             } else {
                 let id = x - 1;
-                let &(s, l) = d.get(id).ok_or_else(|| format!("long stream: string {i} names part {id} of {}", d.len()))?;
-                if l != plen {
+                let &(s, l) = parts.get(id).ok_or_else(|| format!("long stream: string {i} names part {id} of {}", parts.len()))?;
+                if l as usize != plen {
                     return Err(format!("long stream: string {i} names a {l}-digit part for {plen} digits"));
                 }
-                out.extend_from_within(s..s + l);
+                out.extend_from_slice(&digits[s as usize..(s + l) as usize]);
             }
         }
         out.push(b'\n');
     }
-    if r.at != refs.len() || lits.at != lits.b.len() {
-        return Err(format!("long stream: {} bytes of references and {} of digits left over", refs.len() - r.at, lits.b.len() - lits.at));
+    let left: usize = rs.iter().map(|r| r.b.len() - r.at).sum();
+    if left > 0 || lits.at != lits.b.len() {
+        return Err(format!("long stream: {left} bytes of references and {} of digits left over", lits.b.len() - lits.at));
     }
     Ok(out)
 }
@@ -240,10 +304,10 @@ mod tests {
 
     fn round(plain: &[u8]) -> Option<Vec<u8>> {
         let mut coded = Vec::new();
-        if !encode(plain, &mut coded, &mut Packer::new(1).unwrap()) {
+        if !encode(plain, &mut coded, &mut Packer::new(1).unwrap(), &mut EncDict::default()) {
             return None;
         }
-        let back = decode(&coded, plain.len()).unwrap();
+        let back = decode(&coded, plain.len(), &mut DecDict::default()).unwrap();
         assert_eq!(back, plain);
         Some(coded)
     }
@@ -306,10 +370,10 @@ mod tests {
             for bit in 0..8 {
                 let mut b = coded.clone();
                 b[i] ^= 1 << bit;
-                let _ = decode(&b, plain.len());
+                let _ = decode(&b, plain.len(), &mut DecDict::default());
             }
-            let _ = decode(&coded[..i], plain.len());
+            let _ = decode(&coded[..i], plain.len(), &mut DecDict::default());
         }
-        assert!(decode(&coded, plain.len() - 1).is_err());
+        assert!(decode(&coded, plain.len() - 1, &mut DecDict::default()).is_err());
     }
 }

@@ -24,7 +24,7 @@
 //! | kind | body | `a` | `b` |
 //! |---|---|---|---|
 //! | 1 events  | codec 2: the block's columns, each zstd'd on its own (see [`crate::block`]); format 1: codec 1, zstd(block) | first sequence number | event count |
-//! | 2 payload | codec 3: buffers split into lanes, templates and numbers (see [`crate::payload`]); format 1: codec 1, zstd(bytes) | logical start offset | 0 |
+//! | 2 payload | codec 3: buffers split into lanes, templates and numbers (see [`crate::payload`]); format 1: codec 1, zstd(bytes) | logical start offset | position in its dictionary group (2.2; 0 before) |
 //! | 3 file    | zstd(hash(32) total_len(u64) chunk_offset(u64) bytes) | chunk offset | total length |
 //! | 4 footer  | zstd(postcard [`crate::index::Index`]) | 0 | 0 |
 
@@ -37,8 +37,11 @@ pub const MAGIC: [u8; 8] = *b"\x89KPL\r\n\x1a\n";
 pub const VERSION_MAJOR: u16 = 2;
 /// Format minor version this crate writes. Minors add to what a frame may
 /// hold: 2.1 adds template line references to payload frames (a 2.0 reader
-/// stops at them with "bad template byte"; 2.0 files read unchanged).
-pub const VERSION_MINOR: u16 = 1;
+/// stops at them with "bad template byte"; 2.0 files read unchanged); 2.2
+/// adds dictionary groups of payload frames (a payload frame's `b` is its
+/// position in its group, see [`crate::payload`]; 2.1 and 2.0 frames all
+/// have 0, the first frame of a group).
+pub const VERSION_MINOR: u16 = 2;
 /// Oldest format major version this crate reads (1.x: whole-block zstd
 /// events, plain zstd payload, the version-1 prediction model).
 pub const OLDEST_MAJOR: u16 = 1;
@@ -285,6 +288,13 @@ pub fn frame_with_body(kind: FrameKind, codec: u8, a: u64, b: u64, raw_len: u32,
 /// Checks the body checksum and decodes it (for events frames: into the raw
 /// block; for payload frames: into the payload bytes).
 pub fn open_body(h: &FrameHeader, stored: &[u8]) -> Result<Vec<u8>, String> {
+    open_body_in(h, stored, None)
+}
+
+/// As [`open_body`]; a payload frame is decoded with the dictionaries of
+/// its group's earlier frames in `g` (which learns this frame's), or on
+/// its own when it is a group's first frame.
+pub fn open_body_in(h: &FrameHeader, stored: &[u8], g: Option<&mut crate::payload::Group>) -> Result<Vec<u8>, String> {
     if stored.len() != h.stored_len as usize {
         return Err(format!("body cut short: {} of {} bytes", stored.len(), h.stored_len));
     }
@@ -294,7 +304,9 @@ pub fn open_body(h: &FrameHeader, stored: &[u8]) -> Result<Vec<u8>, String> {
     match h.codec {
         0 => Ok(stored.to_vec()),
         CODEC_COLUMNS => crate::block::columns_to_raw(stored, h.raw_len as usize),
-        CODEC_FIELDS => crate::payload::decode(stored, h.raw_len as usize),
+        CODEC_FIELDS if g.is_some() => crate::payload::decode_in(stored, h.raw_len as usize, g.expect("checked")),
+        CODEC_FIELDS if h.b == 0 => crate::payload::decode(stored, h.raw_len as usize),
+        CODEC_FIELDS => Err(format!("frame {} of a dictionary group: it decodes only after the frames before it", h.b)),
         _ => {
             let raw = unzstd(stored, h.raw_len as usize).map_err(|e| format!("zstd: {e}"))?;
             if raw.len() != h.raw_len as usize {

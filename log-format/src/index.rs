@@ -145,6 +145,10 @@ pub(crate) struct IndexBuilder {
 impl IndexBuilder {
     /// Notes an event of the block being built (the next block to be added).
     pub fn note_event(&mut self, ev: &Event) {
+        self.note_event_as(ev, ev.seq)
+    }
+    /// As [`IndexBuilder::note_event`], the event being number `seq`.
+    pub fn note_event_as(&mut self, ev: &Event, seq: u64) {
         let bi = self.index.blocks.len() as u32;
         let v = self.tids.entry(ev.tid).or_default();
         if v.last() != Some(&bi) {
@@ -153,9 +157,9 @@ impl IndexBuilder {
         if let Some(t) = ev.txn() {
             // Look up by &str first: `entry` would allocate a key for every event.
             match self.txns.get_mut(t) {
-                Some(v) => v.push(ev.seq),
+                Some(v) => v.push(seq),
                 None => {
-                    self.txns.insert(t.to_owned(), vec![ev.seq]);
+                    self.txns.insert(t.to_owned(), vec![seq]);
                 }
             }
         }

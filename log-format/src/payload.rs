@@ -43,8 +43,19 @@
 //! ```
 //!
 //! Each stream is compressed with zstd on its own (codec 1) or stored
-//! (codec 0). All context state starts fresh in each frame, so every frame
-//! decodes on its own.
+//! (codec 0).
+//!
+//! Dictionary groups (format 2.2): the payload frames of a log form groups
+//! of up to [`GROUP_FRAMES`] consecutive frames, and each frame's header
+//! gives its position in its group (`b`, 0 for a group's first frame; every
+//! frame of a 2.0 or 2.1 log is a first frame). Within a group a lane keeps
+//! its number and, from frame to frame, its template line slots and the
+//! parts dictionaries of its long digit strings: a line or account met in
+//! an earlier frame of the group costs a reference. A frame at position
+//! `k` therefore decodes only after the dictionary streams (pieces,
+//! templates, long digits) of the `k` frames before it ([`learn`]), and a
+//! damaged frame makes the rest of its group unreadable; the next group
+//! decodes on its own. The number contexts start fresh in each frame.
 
 use crate::block::put;
 use integer_encoding::VarInt;
@@ -55,6 +66,8 @@ const MARK: u8 = 0x80;
 const SLOT_BITS: u32 = 14;
 /// Most lanes in a frame.
 pub const MAX_LANES: usize = 8;
+/// Frames in a dictionary group (format 2.2; see the module documentation).
+pub const GROUP_FRAMES: u64 = 16;
 
 #[inline]
 fn is_hex(c: u8) -> bool {
@@ -138,6 +151,7 @@ struct Lane {
     wide: Vec<u8>,
     long: Vec<u8>,
     lines: Lines,
+    dict: crate::digits::EncDict,
 }
 
 /// Template bytes from `LINE_REF` up stand for a line met before.
@@ -157,6 +171,12 @@ struct Lines {
     arena: Vec<u8>,
 }
 
+impl Clone for Lines {
+    fn clone(&self) -> Self {
+        Lines { hash: self.hash, at: self.at, arena: self.arena.clone() }
+    }
+}
+
 impl Default for Lines {
     fn default() -> Self {
         Lines { hash: [0; LINE_SLOTS], at: [(0, 0); LINE_SLOTS], arena: Vec::new() }
@@ -173,6 +193,19 @@ impl Lines {
     fn clear(&mut self) {
         self.at = [(0, 0); LINE_SLOTS];
         self.arena.clear();
+    }
+
+    /// Keeps only the lines in the slots (between two frames of a group).
+    fn compact(&mut self) {
+        let mut arena = Vec::with_capacity(self.at.iter().map(|a| a.1 as usize).sum());
+        for a in &mut self.at {
+            let (o, l) = *a;
+            if l > 0 {
+                *a = (arena.len() as u32, l);
+                arena.extend_from_slice(&self.arena[o as usize..(o + l) as usize]);
+            }
+        }
+        self.arena = arena;
     }
 
     #[inline]
@@ -256,6 +289,8 @@ pub(crate) struct PayloadBuilder {
     packed: Vec<u8>,
     /// A long stream in coded form (kept for its capacity).
     coded: Vec<u8>,
+    /// Position in its dictionary group of the frame being built.
+    group_pos: u64,
 }
 
 /// What a number context remembers: the last value, and whether the last
@@ -285,6 +320,7 @@ impl Default for PayloadBuilder {
             len: 0,
             packed: Vec::new(),
             coded: Vec::new(),
+            group_pos: 0,
         }
     }
 }
@@ -371,18 +407,18 @@ impl PayloadBuilder {
         put(&mut self.pieces, (template.len() - t0) as u64);
     }
 
-    /// Appends the frame body to `head`; resets the builder.
-    pub(crate) fn finish(&mut self, p: &mut crate::format::Packer, head: &mut Vec<u8>) {
+    /// Appends the frame body to `head` and returns the frame's position in
+    /// its dictionary group (the frame header's `b`); resets the builder,
+    /// keeping its dictionaries for the group's next frame.
+    pub(crate) fn finish(&mut self, p: &mut crate::format::Packer, head: &mut Vec<u8>) -> u64 {
         head.push(self.used as u8);
         let mut data = std::mem::take(&mut self.packed);
         data.clear();
-        let streams = std::iter::once(&self.pieces)
-            .chain(self.lanes[..self.used].iter().flat_map(|l| [&l.raw, &l.template, &l.numbers, &l.wide, &l.long]));
         let mut coded = std::mem::take(&mut self.coded);
-        for (i, s) in streams.enumerate() {
+        let mut one = |s: &[u8], dict: Option<&mut crate::digits::EncDict>, head: &mut Vec<u8>| {
             coded.clear();
             // A lane's long digit strings: coded (crate::digits) when there are enough of them.
-            let (codec, raw, n) = if is_long(i) && crate::digits::encode(s, &mut coded, p) {
+            let (codec, raw, n) = if dict.is_some_and(|d| crate::digits::encode(s, &mut coded, p, d)) {
                 data.extend_from_slice(&coded);
                 (0, coded.len(), coded.len())
             } else {
@@ -392,22 +428,41 @@ impl PayloadBuilder {
             head.push(codec);
             put(head, raw as u64);
             put(head, n as u64);
+        };
+        one(&self.pieces, None, head);
+        for l in &mut self.lanes[..self.used] {
+            for s in [&l.raw, &l.template, &l.numbers, &l.wide] {
+                one(s, None, head);
+            }
+            one(&l.long, Some(&mut l.dict), head);
         }
         self.coded = coded;
         head.extend_from_slice(&data);
         self.packed = data;
         self.pieces.clear();
+        let pos = self.group_pos;
+        self.group_pos += 1;
+        let last = self.group_pos == GROUP_FRAMES;
         for l in &mut self.lanes {
             l.raw.clear();
             l.template.clear();
             l.numbers.clear();
             l.wide.clear();
             l.long.clear();
-            l.lines.clear();
+            if last {
+                l.lines.clear();
+                l.dict.clear();
+            } else {
+                l.lines.compact();
+            }
         }
-        self.used = 0;
+        if last {
+            self.used = 0;
+            self.group_pos = 0;
+        }
         self.slots.fill(Slot::default());
         self.len = 0;
+        pos
     }
 }
 
@@ -423,6 +478,26 @@ pub fn encode(pieces: &[(u64, &[u8])]) -> Vec<u8> {
     let mut body = Vec::new();
     b.finish(&mut p, &mut body);
     body
+}
+
+/// The frame bodies of consecutive frames of `frames` (each a list of
+/// (lane, bytes)) as the writer builds them, with each frame's position
+/// in its dictionary group: for tests and fuzzing.
+#[doc(hidden)]
+pub fn encode_frames(frames: &[Vec<(u64, &[u8])>]) -> Vec<(u64, Vec<u8>)> {
+    let mut b = PayloadBuilder::default();
+    let mut p = crate::format::Packer::new(1).expect("zstd context");
+    frames
+        .iter()
+        .map(|f| {
+            for (lane, bytes) in f {
+                b.push(*lane, bytes);
+            }
+            let mut body = Vec::new();
+            let pos = b.finish(&mut p, &mut body);
+            (pos, body)
+        })
+        .collect()
 }
 
 /// Undoes [`crate::format::Packer::pack`] of one stream (`rlen` bytes once decoded).
@@ -481,8 +556,41 @@ fn is_long(i: usize) -> bool {
     i > 0 && (i - 1) % PER_LANE == PER_LANE - 1
 }
 
-/// Decodes a frame body back into `raw_len` payload bytes.
+/// What a lane carries from frame to frame of a dictionary group, for the decoder.
+#[derive(Clone, Default)]
+struct LaneDicts {
+    lines: Lines,
+    long: crate::digits::DecDict,
+}
+
+/// The dictionaries of a payload frame's group met so far (format 2.2):
+/// empty for a group's first frame; [`decode_in`] and [`learn`] of each
+/// frame of the group in turn bring it up to date for the next.
+#[derive(Clone, Default)]
+pub struct Group {
+    lanes: Vec<LaneDicts>,
+}
+
+/// Decodes a frame body back into `raw_len` payload bytes (a frame that is
+/// the first of its dictionary group: all frames of 2.0 and 2.1 logs).
 pub fn decode(body: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
+    decode_in(body, raw_len, &mut Group::default())
+}
+
+/// Decodes a frame body, the dictionaries of its group's earlier frames
+/// in `g`, which learns this frame's.
+pub fn decode_in(body: &[u8], raw_len: usize, g: &mut Group) -> Result<Vec<u8>, String> {
+    run(body, raw_len, g, false)
+}
+
+/// Learns a frame's dictionaries (for the group's next frames) without
+/// decoding its numbers and binary buffers: what reading a buffer in a
+/// later frame of the group costs for each frame before it.
+pub fn learn(body: &[u8], raw_len: usize, g: &mut Group) -> Result<(), String> {
+    run(body, raw_len, g, true).map(|_| ())
+}
+
+fn run(body: &[u8], raw_len: usize, g: &mut Group, learn: bool) -> Result<Vec<u8>, String> {
     let mut head = Cur { name: "payload header", b: body, at: 0 };
     let nlanes = head.byte()? as usize;
     if nlanes > MAX_LANES {
@@ -492,6 +600,9 @@ pub fn decode(body: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
     for _ in 0..1 + PER_LANE * nlanes {
         table.push((head.byte()?, head.get::<u64>()?, head.get::<u64>()?));
     }
+    if g.lanes.len() < nlanes {
+        g.lanes.resize_with(nlanes, LaneDicts::default);
+    }
     let mut streams: Vec<Vec<u8>> = Vec::with_capacity(table.len());
     let mut rest = Cur { name: "payload body", b: body, at: head.at };
     for (i, (codec, rlen, slen)) in table.into_iter().enumerate() {
@@ -500,9 +611,19 @@ pub fn decode(body: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
         if rlen > (raw_len as u64).saturating_mul(10) + 16 {
             return Err(format!("{name} stream of {rlen} bytes is out of range for a {raw_len}-byte frame"));
         }
-        let s = unpack_stream(name, codec, rest.take(slen)?, rlen as usize)?;
+        let stored = rest.take(slen)?;
+        // Learning needs only the dictionary streams: pieces, templates, long digits.
+        if learn && i > 0 && !matches!((i - 1) % PER_LANE, 1 | 4) {
+            streams.push(Vec::new());
+            continue;
+        }
+        let s = unpack_stream(name, codec, stored, rlen as usize)?;
         // A long stream in coded form (format 2.1) back to digit strings.
-        let s = if is_long(i) && s.first() == Some(&crate::digits::CODED) { crate::digits::decode(&s, raw_len)? } else { s };
+        let s = if is_long(i) && matches!(s.first(), Some(&crate::digits::CODED | &crate::digits::CODED_SPLIT)) {
+            crate::digits::decode(&s, raw_len, &mut g.lanes[(i - 1) / PER_LANE].long)?
+        } else {
+            s
+        };
         streams.push(s);
     }
     if rest.at != body.len() {
@@ -511,26 +632,34 @@ pub fn decode(body: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
     let mut pieces = Cur { name: "pieces", b: &streams[0], at: 0 };
     let mut lanes: Vec<[Cur<'_>; PER_LANE]> =
         streams[1..].chunks(PER_LANE).map(|c| std::array::from_fn(|k| Cur { name: NAMES[k], b: &c[k], at: 0 })).collect();
-    let mut slots = vec![Slot::default(); 1 << SLOT_BITS];
-    let mut lines: Vec<Lines> = (0..nlanes).map(|_| Lines::default()).collect();
+    let mut slots = if learn { Vec::new() } else { vec![Slot::default(); 1 << SLOT_BITS] };
     let mut expanded = Vec::new();
-    let mut out = Vec::with_capacity(raw_len);
+    let mut out = Vec::with_capacity(if learn { 0 } else { raw_len });
+    // Bytes of the frame decoded (or, learning, passed over).
+    let mut done = 0usize;
     let mut piece = 0u64;
     while pieces.at < pieces.b.len() {
         let len: u64 = pieces.get()?;
-        if len > (raw_len - out.len()) as u64 {
-            return Err(format!("buffer {piece} of {len} bytes overruns the frame ({} bytes left)", raw_len - out.len()));
+        if len > (raw_len - done) as u64 {
+            return Err(format!("buffer {piece} of {len} bytes overruns the frame ({} bytes left)", raw_len - done));
         }
         let start = out.len();
         let mode = pieces.byte()? as usize;
         let li = mode / 2;
         let [raw, template, numbers, wide, long] = lanes.get_mut(li).ok_or_else(|| format!("buffer {piece}: lane {li} of {nlanes}"))?;
+        done += len as usize;
         if mode & 1 == 0 {
-            out.extend_from_slice(raw.take(len)?);
+            if !learn {
+                out.extend_from_slice(raw.take(len)?);
+            }
         } else {
             let tlen: u64 = pieces.get()?;
             expanded.clear();
-            lines[li].decode(template.take(tlen)?, &mut expanded, len as usize).map_err(|e| format!("buffer {piece}: {e}"))?;
+            g.lanes[li].lines.decode(template.take(tlen)?, &mut expanded, len as usize).map_err(|e| format!("buffer {piece}: {e}"))?;
+            if learn {
+                piece += 1;
+                continue;
+            }
             let mut win = 0u32;
             for &c in &expanded {
                 if c < MARK {
@@ -583,12 +712,15 @@ pub fn decode(body: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
         piece += 1;
     }
     for c in lanes.iter().flatten() {
-        if c.at != c.b.len() {
+        if c.at != c.b.len() && !(learn && c.name != "template") {
             return Err(format!("{} stream has {} trailing bytes", c.name, c.b.len() - c.at));
         }
     }
-    if out.len() != raw_len {
-        return Err(format!("frame gives {} payload bytes, header says {raw_len}", out.len()));
+    if done != raw_len {
+        return Err(format!("frame gives {done} payload bytes, header says {raw_len}"));
+    }
+    for l in &mut g.lanes {
+        l.lines.compact();
     }
     Ok(out)
 }
@@ -671,6 +803,57 @@ mod tests {
         l.decode(b"a line of text\n", &mut out, 100).unwrap();
         let k = Lines::slot(line_hash(b"a line of text\n")) as u8;
         assert!(l.decode(&[LINE_REF + k, LINE_REF + k], &mut out, 40).unwrap_err().contains("longer than its 40 bytes"));
+    }
+
+    /// Frames of a dictionary group refer to the lines and accounts of the
+    /// frames before them: later frames are smaller, decode in turn (or
+    /// after `learn` of the earlier ones), and not at all on their own.
+    #[test]
+    fn group_frames_share_dictionaries() {
+        let mut rng = 12345u64;
+        let mut next = move || {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            rng >> 33
+        };
+        let accounts: Vec<u64> = (0..200).map(|_| next() * 1000 % 1_000_000_000_000).collect();
+        let frames: Vec<Vec<Vec<u8>>> = (0..GROUP_FRAMES + 3)
+            .map(|_| {
+                (0..60)
+                    .map(|_| {
+                        let a = accounts[(next() % 200) as usize];
+                        format!(
+                            "6 ACME PAYROLL SETTLEMENT {:012}{a:012} {:08}\nEND OF RECORD BATCH\n",
+                            621021000021u64,
+                            next() % 99_999_999
+                        )
+                        .into_bytes()
+                    })
+                    .collect()
+            })
+            .collect();
+        let lists: Vec<Vec<(u64, &[u8])>> = frames.iter().map(|f| f.iter().map(|b| (7, &b[..])).collect()).collect();
+        let bodies = encode_frames(&lists);
+        let positions: Vec<u64> = bodies.iter().map(|b| b.0).collect();
+        assert_eq!(positions[..3], [0, 1, 2]);
+        assert_eq!(positions[GROUP_FRAMES as usize..], [0, 1, 2]);
+        let want: Vec<Vec<u8>> = frames.iter().map(|f| f.concat()).collect();
+        let mut g = Group::default();
+        for (i, ((pos, body), w)) in bodies.iter().zip(&want).enumerate() {
+            if *pos == 0 {
+                g = Group::default();
+            }
+            assert_eq!(&decode_in(body, w.len(), &mut g).unwrap(), w, "frame {i}");
+        }
+        // Frame 5 after learning frames 0 to 4.
+        let mut g = Group::default();
+        for (body, w) in bodies.iter().zip(&want).take(5) {
+            learn(&body.1, w.len(), &mut g).unwrap();
+        }
+        assert_eq!(decode_in(&bodies[5].1, want[5].len(), &mut g).unwrap(), want[5]);
+        // Without the group's earlier frames: an error, not a panic or wrong bytes.
+        assert!(decode(&bodies[5].1, want[5].len()).is_err());
+        // The first frame learns the accounts; later ones mostly refer to them.
+        assert!(bodies[8].1.len() * 10 < bodies[0].1.len() * 8, "{} and {} bytes", bodies[8].1.len(), bodies[0].1.len());
     }
 
     #[test]

@@ -90,6 +90,9 @@ struct Cache {
     /// (a seek decodes only up to the event it looks for).
     blocks: VecDeque<(usize, Arc<Vec<Event>>, bool)>,
     payload: Option<(usize, Arc<Vec<u8>>)>,
+    /// The dictionaries of a payload frame's group after that frame (for
+    /// the group's next frame, as reading in order needs).
+    group: Option<(usize, crate::payload::Group)>,
 }
 
 /// Where the bytes of a log come from.
@@ -161,7 +164,7 @@ impl Reader {
             index: Index::default(),
             ts_prefix_max: Vec::new(),
             recovery: None,
-            cache: Mutex::new(Cache { blocks: VecDeque::new(), payload: None }),
+            cache: Mutex::new(Cache { blocks: VecDeque::new(), payload: None, group: None }),
         };
         match r.read_footer() {
             Ok(index) => r.index = index,
@@ -409,8 +412,9 @@ impl Reader {
         Ok(buf)
     }
 
-    /// Reads and opens the frame at `offset`.
-    fn read_frame(&self, offset: u64, frame_len: u64) -> Result<(FrameHeader, Vec<u8>), Error> {
+    /// Reads the frame at `offset`: its checked header and its stored body
+    /// (checked by [`format::open_body`]).
+    fn read_stored(&self, offset: u64, frame_len: u64) -> Result<(FrameHeader, Vec<u8>), Error> {
         if offset.checked_add(frame_len).is_none_or(|e| e > self.len) || frame_len < FRAME_HEADER_LEN as u64 {
             return Err(self.bad_block(
                 offset,
@@ -418,12 +422,19 @@ impl Reader {
                 format!("frame of {frame_len} bytes lies beyond the end of the file ({} bytes)", self.len),
             ));
         }
-        let buf = self.read_at(offset, frame_len)?;
+        let mut buf = self.read_at(offset, frame_len)?;
         let h = FrameHeader::decode(&buf).map_err(|r| self.bad_block(offset, "frame", r.into()))?;
         if h.frame_len() != frame_len {
             return Err(self.bad_block(offset, h.kind.name(), format!("frame is {} bytes, index says {frame_len}", h.frame_len())));
         }
-        let raw = format::open_body(&h, &buf[FRAME_HEADER_LEN..]).map_err(|r| self.bad_block(offset, h.kind.name(), r))?;
+        buf.drain(..FRAME_HEADER_LEN);
+        Ok((h, buf))
+    }
+
+    /// Reads and opens the frame at `offset`.
+    fn read_frame(&self, offset: u64, frame_len: u64) -> Result<(FrameHeader, Vec<u8>), Error> {
+        let (h, stored) = self.read_stored(offset, frame_len)?;
+        let raw = format::open_body(&h, &stored).map_err(|r| self.bad_block(offset, h.kind.name(), r))?;
         Ok((h, raw))
     }
 
@@ -477,13 +488,69 @@ impl Reader {
             }
         }
         let p = &self.index.payload[pi];
-        let (h, raw) = self.read_frame(p.offset, p.frame_len as u64)?;
-        if h.kind != FrameKind::Payload || h.a != p.start || raw.len() != p.len as usize {
+        let (h, stored) = self.read_stored(p.offset, p.frame_len as u64)?;
+        if h.kind != FrameKind::Payload || h.a != p.start || h.raw_len != p.len {
             return Err(self.bad_block(p.offset, h.kind.name(), format!("expected payload bytes from {}", p.start)));
         }
+        // A frame inside a dictionary group (format 2.2) decodes after the
+        // group's earlier frames: the cached state after the frame before it
+        // when reading in order, or learnt from the group's first frame on.
+        let pos = if h.codec == format::CODEC_FIELDS { h.b } else { 0 };
+        let mut g = crate::payload::Group::default();
+        if pos > 0 {
+            let cached = self.cache.lock().unwrap().group.take_if(|(i, _)| *i + 1 == pi);
+            match cached {
+                Some((_, c)) => g = c,
+                None => self.learn_group(pi, pos, &mut g)?,
+            }
+        }
+        let raw = format::open_body_in(&h, &stored, Some(&mut g)).map_err(|r| self.bad_block(p.offset, h.kind.name(), r))?;
+        if raw.len() != p.len as usize {
+            return Err(self.bad_block(p.offset, h.kind.name(), format!("expected {} payload bytes, decoded {}", p.len, raw.len())));
+        }
         let v = Arc::new(raw);
-        self.cache.lock().unwrap().payload = Some((pi, v.clone()));
+        let mut c = self.cache.lock().unwrap();
+        c.payload = Some((pi, v.clone()));
+        c.group = Some((pi, g));
         Ok(v)
+    }
+
+    /// Learns into `g` the dictionaries of the `pos` payload frames before
+    /// frame `pi` of the index, the earlier frames of its dictionary group.
+    fn learn_group(&self, pi: usize, pos: u64, g: &mut crate::payload::Group) -> Result<(), Error> {
+        let p = &self.index.payload[pi];
+        let lost = |why: String| {
+            self.bad_block(
+                p.offset,
+                "payload",
+                format!("frame {pos} of a dictionary group cannot be decoded without the group's earlier frames: {why}"),
+            )
+        };
+        let first = pi.checked_sub(pos as usize).ok_or_else(|| lost(format!("only {pi} payload frames come before it")))?;
+        for (k, j) in (first..pi).enumerate() {
+            let q = &self.index.payload[j];
+            let next = &self.index.payload[j + 1];
+            let (h, stored) = self.read_stored(q.offset, q.frame_len as u64).map_err(|e| lost(e.to_string()))?;
+            if h.kind != FrameKind::Payload
+                || h.codec != format::CODEC_FIELDS
+                || h.b != k as u64
+                || q.start.checked_add(q.len as u64) != Some(next.start)
+            {
+                return Err(lost(format!(
+                    "the payload frame at byte offset {} is not frame {k} of the group (frame {} of one, bytes {}..{})",
+                    q.offset,
+                    h.b,
+                    q.start,
+                    q.start.saturating_add(q.len as u64)
+                )));
+            }
+            if crc32c::crc32c(&stored) != h.body_crc {
+                return Err(lost(format!("the payload frame at byte offset {}: body checksum mismatch", q.offset)));
+            }
+            crate::payload::learn(&stored, h.raw_len as usize, g)
+                .map_err(|e| lost(format!("the payload frame at byte offset {}: {e}", q.offset)))?;
+        }
+        Ok(())
     }
 
     fn read_footer(&self) -> Result<Index, String> {
@@ -530,6 +597,10 @@ impl Reader {
         let end = self.len;
         // Problems found by resynchronising, whose losses are known only from neighbours.
         let mut resyncs: Vec<usize> = Vec::new();
+        // The payload dictionary group being read: next position, next start, dictionaries.
+        let mut chain: Option<(u64, u64, crate::payload::Group)> = None;
+        // Where the last group broke (a damaged or missing payload frame).
+        let mut chain_lost: Option<u64> = None;
         while pos < end {
             if end - pos < FRAME_HEADER_LEN as u64 {
                 if end - pos == TRAILER_LEN as u64 && s.footer_at.is_some() {
@@ -592,7 +663,46 @@ impl Reader {
                     break;
                 }
             };
-            match format::open_body(&h, &body) {
+            // Payload frames of a dictionary group (format 2.2) decode in turn
+            // from the group's first frame; a damaged one costs the rest of its group.
+            let opened = if h.kind == FrameKind::Payload && h.codec == format::CODEC_FIELDS {
+                if h.b == 0 {
+                    chain = Some((0, h.a, crate::payload::Group::default()));
+                }
+                let r = match &mut chain {
+                    Some((next, start, g)) if *next == h.b && *start == h.a => format::open_body_in(&h, &body, Some(g)),
+                    Some((next, ..)) => Err(format!(
+                        "frame {} of a dictionary group whose frame {next} is missing (lost before byte offset {pos}): \
+                         its dictionaries are lost, so it cannot be decoded (the next group decodes again)",
+                        h.b
+                    )),
+                    None => Err(match chain_lost {
+                        Some(at) => format!(
+                            "frame {} of a dictionary group whose earlier frame at byte offset {at} is damaged or missing: \
+                             its dictionaries are lost, so it cannot be decoded (the next group decodes again)",
+                            h.b
+                        ),
+                        None => format!("frame {} of a dictionary group whose first frames are missing", h.b),
+                    }),
+                };
+                match &r {
+                    Ok(_) => {
+                        if let Some((next, start, _)) = &mut chain {
+                            *next += 1;
+                            *start = h.a + h.raw_len as u64;
+                        }
+                    }
+                    Err(_) => {
+                        if chain.take().is_some() {
+                            chain_lost = Some(pos);
+                        }
+                    }
+                }
+                r
+            } else {
+                format::open_body(&h, &body)
+            };
+            match opened {
                 Err(reason) => s.problems.push(frame_problem(pos, flen, &h, format!("{} block: {reason}", h.kind.name()))),
                 Ok(raw) => match h.kind {
                     FrameKind::Events => match u32::try_from(h.b).ok().map(|c| block::decode(&raw, h.a, Some(c), self.header.major)) {

@@ -56,8 +56,9 @@ pub struct Writer<W: Write = File> {
     opts: WriterOptions,
     block: BlockBuilder,
     payload: PayloadBuilder,
-    /// Payload frames finished while an event was being appended, not yet written.
-    payload_done: Vec<(u64, u32, Vec<u8>)>,
+    /// Payload frames finished while an event was being appended, not yet
+    /// written: start, length, position in the dictionary group, frame.
+    payload_done: Vec<(u64, u32, u64, Vec<u8>)>,
     payload_start: u64,
     next_seq: u64,
     index: IndexBuilder,
@@ -65,6 +66,8 @@ pub struct Writer<W: Write = File> {
     zstd: format::Packer,
     /// The frame being built (kept for its capacity).
     frame: Vec<u8>,
+    /// Where each write of the event being appended went in the payload stream (kept for its capacity).
+    stored: Vec<Option<(u64, u32)>>,
 }
 
 impl Writer<File> {
@@ -100,6 +103,7 @@ impl<W: Write> Writer<W> {
             summary: Summary::default(),
             zstd,
             frame: Vec::new(),
+            stored: Vec::new(),
             opts,
         })
     }
@@ -116,47 +120,60 @@ impl<W: Write> Writer<W> {
 
     /// Appends an event and returns its sequence number (the event's own
     /// `seq` is ignored). Buffers longer than `inline_max` move to the
-    /// payload stream.
-    pub fn append(&mut self, mut ev: Event) -> Result<u64, Error> {
-        ev.seq = self.next_seq;
+    /// payload stream. The event is dropped here: a caller that makes
+    /// events one by one can keep (and reuse) them with [`Writer::append_ref`].
+    pub fn append(&mut self, ev: Event) -> Result<u64, Error> {
+        self.append_ref(&ev)
+    }
+
+    /// As [`Writer::append`], leaving the event to the caller (whose own
+    /// `seq` and buffers are not changed): the writer copies what it keeps.
+    pub fn append_ref(&mut self, ev: &Event) -> Result<u64, Error> {
+        let seq = self.next_seq;
         let inline_max = self.opts.inline_max;
-        let max = self.opts.payload_block_size.clamp(1, format::MAX_FRAME_LEN as usize / 2);
         // Buffers of one kind of source share a lane: the syscall and the type of its file.
         let lane = match &ev.body {
             EventBody::Syscall(s) => ((s.fd_type as u64) << 32) | s.nr as u64,
             b => (1 << 63) | b.kind().id() as u64,
         };
-        let (payload, done, zstd) = (&mut self.payload, &mut self.payload_done, &mut self.zstd);
-        let mut start = self.payload_start;
-        ev.data_mut(|d| {
-            if let Data::Bytes(b) = d {
-                if b.len() > inline_max {
-                    let offset = start + payload.len() as u64;
-                    let mut rest = &b[..];
-                    while !rest.is_empty() {
-                        let n = rest.len().min(max - payload.len());
-                        payload.push(lane, &rest[..n]);
-                        rest = &rest[n..];
-                        if payload.len() >= max {
-                            let len = payload.len() as u32;
-                            let mut frame = vec![0; format::FRAME_HEADER_LEN];
-                            payload.finish(zstd, &mut frame);
-                            done.push((start, len, frame));
-                            start += len as u64;
-                        }
-                    }
-                    *d = Data::Stored { offset, len: b.len() as u32 };
-                }
-            }
+        let mut stored = std::mem::take(&mut self.stored);
+        stored.clear();
+        ev.data(|d| {
+            stored.push(match d {
+                Data::Bytes(b) if b.len() > inline_max => Some((self.store_bytes(lane, b), b.len() as u32)),
+                _ => None,
+            })
         });
-        self.block.push(&ev);
-        self.index.note_event(&ev);
+        self.block.push_ref(ev, seq, &stored);
+        self.stored = stored;
+        self.index.note_event_as(ev, seq);
         self.next_seq += 1;
         self.emit_payload_done()?;
         if self.block.raw_len() >= self.opts.block_size {
             self.write_block()?;
         }
-        Ok(ev.seq)
+        Ok(seq)
+    }
+
+    /// Adds a buffer to the payload stream (finishing payload frames as
+    /// they fill up) and returns its offset there.
+    fn store_bytes(&mut self, lane: u64, b: &[u8]) -> u64 {
+        let max = self.opts.payload_block_size.clamp(1, format::MAX_FRAME_LEN as usize / 2);
+        let offset = self.payload_start + self.payload.len() as u64;
+        let mut rest = b;
+        while !rest.is_empty() {
+            let n = rest.len().min(max - self.payload.len());
+            self.payload.push(lane, &rest[..n]);
+            rest = &rest[n..];
+            if self.payload.len() >= max {
+                let len = self.payload.len() as u32;
+                let mut frame = vec![0; format::FRAME_HEADER_LEN];
+                let pos = self.payload.finish(&mut self.zstd, &mut frame);
+                self.payload_done.push((self.payload_start, len, pos, frame));
+                self.payload_start += len as u64;
+            }
+        }
+        offset
     }
 
     /// Stores a file's content in the file store (once per distinct
@@ -243,14 +260,15 @@ impl<W: Write> Writer<W> {
 
     /// Writes the payload frames finished so far.
     fn emit_payload_done(&mut self) -> Result<(), Error> {
-        for (start, len, mut frame) in std::mem::take(&mut self.payload_done) {
-            self.emit_payload(start, len, &mut frame)?;
+        for (start, len, pos, mut frame) in std::mem::take(&mut self.payload_done) {
+            self.emit_payload(start, len, pos, &mut frame)?;
         }
         Ok(())
     }
 
-    fn emit_payload(&mut self, start: u64, len: u32, frame: &mut [u8]) -> Result<(), Error> {
-        format::seal_frame(frame, FrameKind::Payload, format::CODEC_FIELDS, start, 0, len);
+    /// Writes a payload frame, `pos` its position in its dictionary group.
+    fn emit_payload(&mut self, start: u64, len: u32, pos: u64, frame: &mut [u8]) -> Result<(), Error> {
+        format::seal_frame(frame, FrameKind::Payload, format::CODEC_FIELDS, start, pos, len);
         let offset = self.emit(frame)?;
         self.index.add_payload(PayloadInfo { offset, frame_len: frame.len() as u32, start, len });
         self.payload_start = start + len as u64;
@@ -265,8 +283,8 @@ impl<W: Write> Writer<W> {
             let mut frame = std::mem::take(&mut self.frame);
             frame.clear();
             frame.resize(format::FRAME_HEADER_LEN, 0);
-            self.payload.finish(&mut self.zstd, &mut frame);
-            let r = self.emit_payload(self.payload_start, len, &mut frame);
+            let pos = self.payload.finish(&mut self.zstd, &mut frame);
+            let r = self.emit_payload(self.payload_start, len, pos, &mut frame);
             self.frame = frame;
             r?;
         }

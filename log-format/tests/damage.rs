@@ -197,3 +197,78 @@ fn overlapping_payload_pieces_are_an_error() {
     }
     let _ = r.verify();
 }
+
+/// A damaged payload frame inside a dictionary group (format 2.2) costs
+/// the rest of its group and nothing else: `verify` names the damaged
+/// frame and each frame that depended on it, with byte offsets and the
+/// payload bytes lost; buffers of the other groups and every event read.
+#[test]
+fn a_damaged_payload_frame_costs_the_rest_of_its_group() {
+    let events: Vec<Event> = kpl::synth::Synth::new(9).take(3000).collect();
+    let bytes = write_log(&events, small_blocks());
+    let r = Reader::from_bytes(bytes.clone(), "g.kpl").unwrap();
+    let pays = r.index().payload.clone();
+    assert!(pays.len() > 40, "{} payload frames", pays.len());
+    // Frame headers give the position in the group (b, bytes 24..32).
+    let pos = |p: &kpl::index::PayloadInfo| u64::from_le_bytes(bytes[p.offset as usize + 24..][..8].try_into().unwrap());
+    let g = kpl::payload::GROUP_FRAMES as usize;
+    assert_eq!(
+        (0..pays.len()).map(|i| pos(&pays[i])).collect::<Vec<_>>()[..g + 1],
+        (0..=g as u64).map(|i| i % g as u64).collect::<Vec<_>>()
+    );
+    // Damage the body of frame 3 of the second group.
+    let hit = &pays[g + 3];
+    let mut bad = bytes.clone();
+    bad[hit.offset as usize + kpl::format::FRAME_HEADER_LEN + 5] ^= 0x10;
+    let r = Reader::from_bytes(bad.clone(), "g.kpl").unwrap();
+    let v = r.verify();
+    assert!(!v.is_sound());
+    let lost: Vec<&kpl::Problem> = v.problems.iter().filter(|p| p.offset >= hit.offset && p.offset < pays[2 * g].offset).collect();
+    assert_eq!(lost.len(), g - 3, "{:#?}", v.problems);
+    assert!(lost[0].what.contains("checksum"), "{}", lost[0]);
+    for (k, p) in lost[1..].iter().enumerate() {
+        let q = &pays[g + 4 + k];
+        assert_eq!(p.offset, q.offset);
+        assert!(p.what.contains(&format!("earlier frame at byte offset {}", hit.offset)), "{p}");
+        assert!(p.lost.contains(&format!("payload bytes {}..{}", q.start, q.start + q.len as u64)), "{p}");
+    }
+    // Besides them, only the footer (which lists the lost frames) is reported.
+    assert!(
+        v.problems.iter().all(|p| (p.offset >= hit.offset && p.offset < pays[2 * g].offset) || p.what.contains("footer index")),
+        "{:#?}",
+        v.problems
+    );
+    // Every event reads; a buffer stored in the lost frames is an error naming the damage; others read.
+    let (mut ok, mut missing) = (0, 0);
+    for (e, want) in r.events().zip(&events) {
+        let e = e.unwrap();
+        let mut stored_at = None;
+        e.clone().data_mut(|d| {
+            if let kpl::Data::Stored { offset, len } = d {
+                stored_at = Some((*offset, *offset + *len as u64));
+            }
+        });
+        match try_resolved(&r, e) {
+            Ok(mut got) => {
+                got.seq = 0;
+                let mut w = want.clone();
+                w.seq = 0;
+                assert_eq!(got, w);
+                ok += stored_at.is_some() as u32;
+            }
+            Err(err) => {
+                let (at, end) = stored_at.expect("only stored buffers fail");
+                assert!(end > hit.start && at < pays[2 * g].start, "buffer at {at}..{end} lost");
+                let err = err.to_string();
+                assert!(err.contains("byte offset") && (err.contains("checksum") || err.contains("dictionary group")), "{err}");
+                missing += 1;
+            }
+        }
+    }
+    assert!(missing > 0 && ok > missing, "{ok} buffers read, {missing} lost");
+    // Without the footer (a rebuilt index), the same frames are reported.
+    let cut = &bad[..bad.len() - kpl::format::TRAILER_LEN];
+    let r = Reader::from_bytes(cut.to_vec(), "g.kpl").unwrap();
+    let n = r.recovery().unwrap().problems.iter().filter(|p| p.offset >= hit.offset && p.offset < pays[2 * g].offset).count();
+    assert_eq!(n, g - 3);
+}
