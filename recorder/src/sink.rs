@@ -112,7 +112,7 @@ const KPL_QUEUE: usize = 64;
 /// Bytes of buffers at which a batch goes to the writer before the reader's cycle ends.
 const KPL_BATCH_BYTES: usize = 1 << 20;
 /// Waiting batches at which the writer goes back to the recorder's priority.
-pub const KPL_BEHIND: u64 = KPL_QUEUE as u64 * 3 / 4;
+pub const KPL_BEHIND: u64 = KPL_QUEUE as u64 / 4;
 /// Waiting batches at which it yields again.
 pub const KPL_CALM: u64 = 2;
 impl KplSink {
