@@ -29,7 +29,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 /// Handle format of ext2/3/4 (`FILEID_INO32_GEN`: u32 inode, u32 generation).
@@ -232,32 +231,7 @@ fn open_by_handle(mount: &File, r: &FileRead) -> Option<File> {
     if r.fmt != FMT_INO32_GEN || r.ino > u32::MAX as u64 {
         return None;
     }
-    /// `struct file_handle` with the 8 bytes of a FILEID_INO32_GEN handle.
-    #[repr(C)]
-    struct Handle {
-        bytes: u32,
-        kind: i32,
-        ino: u32,
-        gen: u32,
-    }
-    const FILEID_INO32_GEN: i32 = 1;
-    let mut h = Handle { bytes: 8, kind: FILEID_INO32_GEN, ino: r.ino as u32, gen: r.gen };
-    use std::os::fd::AsRawFd;
-    // SAFETY: `h` is a valid struct file_handle whose f_handle holds
-    // `bytes` bytes; the kernel only reads it. A returned descriptor is new
-    // and owned by nobody else.
-    let fd = unsafe {
-        libc::open_by_handle_at(mount.as_raw_fd(), (&mut h as *mut Handle).cast(), libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOATIME)
-    };
-    let fd = if fd < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) {
-        // O_NOATIME needs the file's owner or CAP_FOWNER
-        // SAFETY: as above.
-        unsafe { libc::open_by_handle_at(mount.as_raw_fd(), (&mut h as *mut Handle).cast(), libc::O_RDONLY | libc::O_CLOEXEC) }
-    } else {
-        fd
-    };
-    // SAFETY: fd is a new descriptor this function owns.
-    (fd >= 0).then(|| File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+    crate::sys::open_by_ino32_gen(mount, r.ino as u32, r.gen)
 }
 
 #[cfg(test)]

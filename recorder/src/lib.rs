@@ -31,6 +31,7 @@ pub mod raw;
 pub mod ring;
 pub mod sink;
 pub mod spool;
+pub mod sys;
 
 pub use config::{Config, Filter, Hooks};
 pub use probe::HookCounts;
@@ -123,15 +124,9 @@ pub fn procs_with_comm(comm: &str) -> Vec<u32> {
 }
 
 fn clock_offset() -> i128 {
-    let get = |clk| {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: valid timespec pointer.
-        unsafe { libc::clock_gettime(clk, &mut ts) };
-        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-    };
-    let m1 = get(libc::CLOCK_MONOTONIC);
-    let r = get(libc::CLOCK_REALTIME);
-    let m2 = get(libc::CLOCK_MONOTONIC);
+    let m1 = sys::clock_ns(libc::CLOCK_MONOTONIC);
+    let r = sys::clock_ns(libc::CLOCK_REALTIME);
+    let m2 = sys::clock_ns(libc::CLOCK_MONOTONIC);
     r - (m1 + m2) / 2
 }
 
@@ -143,25 +138,16 @@ fn clock_offset() -> i128 {
 /// measured over 20 ms), and `rlimit_stack` (`CUR MAX`: a command started by
 /// the recorder inherits it; it decides where the kernel puts mappings).
 pub fn clock_facts() -> Vec<(String, String)> {
-    let mono = || {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: valid timespec pointer.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-    };
-    // SAFETY: rdtsc exists on every x86-64 CPU.
-    let tsc = || unsafe { core::arch::x86_64::_rdtsc() };
-    let (t0, m0) = (tsc(), mono());
+    let mono = || sys::clock_ns(libc::CLOCK_MONOTONIC) as u64;
+    let (t0, m0) = (sys::rdtsc(), mono());
     std::thread::sleep(Duration::from_millis(20));
-    let (t1, m1) = (tsc(), mono());
+    let (t1, m1) = (sys::rdtsc(), mono());
     let khz = ((t1.wrapping_sub(t0)) as u128 * 1_000_000 / (m1 - m0).max(1) as u128) as u64;
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: valid rlimit pointer.
-    unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut lim) };
+    let (cur, max) = sys::rlimit_stack();
     vec![
         ("clock_offset_ns".into(), clock_offset().to_string()),
         ("tsc".into(), format!("{t0} {m0} {khz}")),
-        ("rlimit_stack".into(), format!("{} {}", lim.rlim_cur, lim.rlim_max)),
+        ("rlimit_stack".into(), format!("{cur} {max}")),
     ]
 }
 
@@ -172,12 +158,9 @@ pub fn clock_facts() -> Vec<(String, String)> {
 /// `kprobe recorder [--replay-grade] -- CMD` (and what `kprobe record
 /// --backend ebpf` runs).
 pub fn record_command(argv: &[String], mut cfg: Config, sink: &mut dyn Sink) -> Result<(std::process::ExitStatus, Summary)> {
-    use anyhow::{bail, Context};
+    use anyhow::Context;
     use std::ffi::CString;
-    use std::os::unix::process::ExitStatusExt;
     let prog = argv.first().context("no command to record")?;
-    // Everything the child needs is made before fork: after it, only
-    // async-signal-safe calls (read, close, execv, _exit).
     let path = if prog.contains('/') {
         std::path::PathBuf::from(prog)
     } else {
@@ -188,53 +171,13 @@ pub fn record_command(argv: &[String], mut cfg: Config, sink: &mut dyn Sink) -> 
     let cpath = CString::new(path.as_os_str().as_encoded_bytes()).context("command path has a NUL byte")?;
     let cargs: Vec<CString> =
         argv.iter().map(|a| CString::new(a.as_bytes())).collect::<Result<_, _>>().context("an argument has a NUL byte")?;
-    let mut ptrs: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
-    ptrs.push(std::ptr::null());
-    let mut fds = [0i32; 2];
-    // SAFETY: a valid array of two ints.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("pipe2");
-    }
-    let (rfd, wfd) = (fds[0], fds[1]);
-    // SAFETY: the child only calls async-signal-safe functions before execv.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(std::io::Error::last_os_error()).context("fork");
-    }
-    if pid == 0 {
-        // SAFETY: in the child; held until the parent has attached the programs.
-        unsafe {
-            libc::close(wfd);
-            // no address-space randomisation, as under `kprobe record`: the
-            // replay restores the stack and mappings at their recorded addresses
-            libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong);
-            let mut b = 0u8;
-            while libc::read(rfd, &mut b as *mut u8 as *mut libc::c_void, 1) < 0 {}
-            libc::execv(cpath.as_ptr(), ptrs.as_ptr());
-            libc::_exit(127);
-        }
-    }
-    // SAFETY: our copy of the read end.
-    unsafe { libc::close(rfd) };
-    let wait = move || -> Result<std::process::ExitStatus> {
-        let mut status = 0;
-        loop {
-            // SAFETY: our own child.
-            let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-            if r == pid {
-                return Ok(std::process::ExitStatus::from_raw(status));
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                bail!("waiting for {prog}: {e}");
-            }
-        }
-    };
-    cfg.filter = Filter::Pid(vec![pid as u32]);
+    let mut child = sys::HeldChild::spawn(&cpath, &cargs).context("starting the command (pipe2, fork)")?;
+    let pid = child.pid();
+    cfg.filter = Filter::Pid(vec![pid]);
     let mut rec = match Recorder::start(cfg) {
         Ok(mut r) => {
             r.exec_hint = Some(ExecHint {
-                pid: pid as u32,
+                pid,
                 argv: argv.to_vec(),
                 env: std::env::vars_os().map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy())).collect(),
                 cwd: std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
@@ -242,24 +185,16 @@ pub fn record_command(argv: &[String], mut cfg: Config, sink: &mut dyn Sink) -> 
             r
         }
         Err(e) => {
-            // SAFETY: our child and our write end.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::close(wfd);
-            }
-            let _ = wait();
+            child.kill();
+            let _ = child.wait();
             return Err(e);
         }
     };
     let done = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         let waiter = s.spawn(|| {
-            // SAFETY: our write end: releases the child into its exec.
-            unsafe {
-                libc::write(wfd, b"g".as_ptr() as *const libc::c_void, 1);
-                libc::close(wfd);
-            }
-            let status = wait();
+            child.release();
+            let status = child.wait().with_context(|| format!("waiting for {prog}"));
             done.store(true, std::sync::atomic::Ordering::Relaxed);
             status
         });
@@ -304,26 +239,6 @@ fn elf_facts(bytes: &[u8]) -> (Option<String>, Vec<u8>) {
 
 /// The nice value of a recorder thread while it yields.
 pub(crate) const LOW_NICE: i32 = 19;
-
-/// Sets the nice value of thread `tid`; false when the kernel refused.
-pub(crate) fn set_nice(tid: i32, nice: i32) -> bool {
-    // SAFETY: setpriority on one thread of this process.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) == 0 }
-}
-
-/// The nice value of thread `tid` (0 when it cannot be read).
-pub(crate) fn nice_of(tid: i32) -> i32 {
-    // SAFETY: getpriority has no preconditions; errno tells -1 from an error.
-    unsafe {
-        *libc::__errno_location() = 0;
-        let n = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
-        if n == -1 && *libc::__errno_location() != 0 {
-            0
-        } else {
-            n
-        }
-    }
-}
 
 /// A running recorder: programs attached, ring buffer open.
 pub struct Recorder {
@@ -406,11 +321,7 @@ impl Recorder {
             // buffers the reader allocates and the log writer frees: keep that
             // memory in the heap (glibc would unmap and the kernel zero it
             // again for every buffer, which cost more than copying the bytes).
-            // SAFETY: mallopt only tunes the allocator.
-            unsafe {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
-                libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
-            }
+            sys::keep_heap_memory();
         }
         let filler = (cfg.replay_grade && cfg.file_refs).then(|| {
             let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -627,6 +538,7 @@ impl Recorder {
                             // buffer that could not be read, a write shown on stdout
                             // that was empty)
                             let mut inline = std::mem::take(&mut out.inline);
+                            let opened = out.opened.then(|| String::from_utf8_lossy(&std::mem::take(&mut inline)).into_owned());
                             if let Some(r) = out.file.take() {
                                 // a read by reference: its bytes from the file
                                 match self.filler.as_mut().map(|f| f.fill(&r, out.len as usize)) {
@@ -643,7 +555,6 @@ impl Recorder {
                             let incomplete = out.truncated
                                 || (out.len as usize > inline.len())
                                 || (out.shown != 0 && s_ret(&ev) > 0 && inline.is_empty());
-                            let opened = out.opened.take();
                             let mut p = Pending::new(ev, out, incomplete);
                             p.path = opened;
                             if !inline.is_empty() {

@@ -102,15 +102,7 @@ impl Probe {
         let wakeup_bytes: u64 = (ring_bytes as u64 * cfg.wakeup_fill_percent as u64 / 100).max(1);
         // The recorder's own stdout and stderr (inode, kernel dev_t): writes
         // of recorded programs there are kept for the replay to show.
-        let stdio = |fd: i32| -> (u64, u32) {
-            // SAFETY: fstat into a zeroed stat buffer.
-            let mut st: libc::stat = unsafe { std::mem::zeroed() };
-            if unsafe { libc::fstat(fd, &mut st) } != 0 {
-                return (0, 0);
-            }
-            let (maj, min) = (libc::major(st.st_dev), libc::minor(st.st_dev));
-            (st.st_ino, (maj << 20) | min)
-        };
+        let stdio = |fd: i32| crate::sys::fd_ino_dev(fd).unwrap_or((0, 0));
         let (out_ino, out_dev) = stdio(1);
         let (err_ino, err_dev) = stdio(2);
         let file_refs: u32 = (cfg.replay_grade && !ref_devs.is_empty()) as u32;

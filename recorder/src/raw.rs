@@ -60,9 +60,10 @@ pub struct OutBuf {
     /// A read of a regular file by reference: the recorder reads its `len`
     /// bytes from the file (`chunks` is then 0).
     pub file: Option<Box<crate::fileref::FileRead>>,
-    /// The path an open call opened, sent in the syscall record itself
-    /// (`path` is then false: no chunk follows).
-    pub opened: Option<String>,
+    /// `inline` holds the path an open call opened, sent in the syscall
+    /// record itself (`path` is then false: no chunk follows; `len` is 0:
+    /// it is no memory the kernel wrote).
+    pub opened: bool,
 }
 
 /// Index of the chunk that carries the path of an `open`/`openat`/`openat2`.
@@ -183,8 +184,8 @@ pub fn decode_record(buf: &[u8], clock_offset: i128) -> Result<Record<'_>, BadRe
         let flags = r.u32(124);
         let len = r.u64(112);
         let small = |n: u64| buf.get(128..128 + (n as usize).min(DATA_SMALL)).unwrap_or_default();
-        let inline = if flags & OUT_INLINE != 0 { small(len).to_vec() } else { Vec::new() };
-        let opened = (flags & OUT_PATH_INLINE != 0).then(|| String::from_utf8_lossy(small(len)).into_owned());
+        let opened = flags & OUT_PATH_INLINE != 0;
+        let inline = if flags & (OUT_INLINE | OUT_PATH_INLINE) != 0 { small(len).to_vec() } else { Vec::new() };
         if flags & OUT_FILEREF != 0 && buf.len() < SYSCALL_REF {
             return Err(BadRecord { len: buf.len(), kind: R_SYSCALL, reason: "file-reference syscall record too short" });
         }
@@ -206,8 +207,8 @@ pub fn decode_record(buf: &[u8], clock_offset: i128) -> Result<Record<'_>, BadRe
             })
         });
         // an inline path is no memory the kernel wrote
-        let (addr, len) = if opened.is_some() { (0, 0) } else { (r.u64(104), len) };
-        (chunks > 0 || flags != 0).then(|| OutBuf {
+        let (addr, len) = if opened { (0, 0) } else { (r.u64(104), len) };
+        (chunks > 0 || flags != 0).then_some(OutBuf {
             addr,
             len,
             chunks,

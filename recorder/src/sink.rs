@@ -126,17 +126,14 @@ impl KplSink {
         let done_batches = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let writer_tid = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
         // yield only when the priority can be raised back
-        // SAFETY: geteuid has no preconditions.
-        let adaptive = unsafe { libc::geteuid() } == 0;
-        // SAFETY: gettid has no preconditions.
-        let normal = crate::nice_of(unsafe { libc::gettid() });
+        let adaptive = crate::sys::is_root();
+        let normal = crate::sys::nice_of(crate::sys::gettid());
         let (name, done, batches, tid_out) = (path.to_owned(), written.clone(), done_batches.clone(), writer_tid.clone());
         let worker = std::thread::Builder::new()
             .name("kpl-writer".into())
             .spawn(move || -> Result<kpl::WriteStats> {
-                // SAFETY: gettid has no preconditions.
-                let tid = unsafe { libc::gettid() };
-                if adaptive && crate::set_nice(tid, crate::LOW_NICE.max(normal)) {
+                let tid = crate::sys::gettid();
+                if adaptive && crate::sys::set_nice(tid, crate::LOW_NICE.max(normal)) {
                     tid_out.store(tid, std::sync::atomic::Ordering::Release);
                 }
                 for batch in rx {
@@ -182,9 +179,9 @@ impl KplSink {
         }
         let waiting = self.sent.saturating_sub(self.done.load(std::sync::atomic::Ordering::Acquire));
         if self.low && waiting >= KPL_BEHIND {
-            self.low = !crate::set_nice(tid, self.normal);
+            self.low = !crate::sys::set_nice(tid, self.normal);
         } else if !self.low && waiting <= KPL_CALM {
-            self.low = crate::set_nice(tid, crate::LOW_NICE.max(self.normal));
+            self.low = crate::sys::set_nice(tid, crate::LOW_NICE.max(self.normal));
         }
     }
 
@@ -253,7 +250,7 @@ impl Sink for KplSink {
         // nothing more to yield to: finish at the recorder's priority
         let tid = self.writer_tid.load(std::sync::atomic::Ordering::Acquire);
         if tid != 0 && self.low {
-            self.low = !crate::set_nice(tid, self.normal);
+            self.low = !crate::sys::set_nice(tid, self.normal);
         }
         let st = self.join()?;
         Ok(format!("{}: {} events, {} bytes", self.path.display(), st.events, st.bytes))
