@@ -248,6 +248,15 @@ mod tests {
     }
 
     #[test]
+    fn file_refs_from_values() {
+        assert!(Config::from_values_str("probe:\n  capture:\n    redact: []\n").unwrap().file_refs, "on by default");
+        let c = Config::from_values_str("probe:\n  capture:\n    fileRefs: false\n").unwrap();
+        assert!(!c.file_refs);
+        let e = Config::from_values_str("probe:\n  capture:\n    fileRefs: sometimes\n").unwrap_err().to_string();
+        assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
     fn bad_values_name_the_place() {
         let e = Config::from_values_str("probe:\n  ebpf:\n    ringBufferSizeKb: lots\n").unwrap_err().to_string();
         assert!(e.contains("line 3"), "{e}");
