@@ -332,24 +332,27 @@ fn reads_of_unchanged_files_go_by_reference() {
     // a file changed in the last second is copied through the ring (a second
     // change within the same clock tick would not show in its ctime): let it age
     std::thread::sleep(Duration::from_millis(1500));
-    std::fs::write(d.join("fresh.txt"), "fresh record\n".repeat(10_000)).unwrap();
-    let cmd = ["grep", "-c", "record", "batch.txt", "fresh.txt"];
+    // a file someone has open for writing is copied however old it is
+    std::fs::write(d.join("open.txt"), "open record\n".repeat(10_000)).unwrap();
+    let writer = std::fs::OpenOptions::new().append(true).open(d.join("open.txt")).unwrap();
+    let cmd = ["grep", "-c", "record", "batch.txt", "open.txt"];
     let rec = round_trip(&d, "by-ref", Via::Record, &cmd);
+    drop(writer);
     let err = String::from_utf8_lossy(&rec.out.stderr);
     // every byte of the aged file by reference (and the ELF headers the
-    // loader reads from the libraries), none of the fresh one's 130,000
+    // loader reads from the libraries), none of the open one's 120,000
     let (n, bytes) = by_reference(&err).unwrap_or_else(|| panic!("no reads by reference: {err}"));
     let want = batch.len() as u64;
     assert!(n >= 1 && bytes >= want && bytes < want + 100_000, "{n} reads, {bytes} bytes by reference; batch.txt has {want}: {err}");
-    assert_eq!(String::from_utf8_lossy(&rec.out.stdout), "batch.txt:30000\nfresh.txt:10000\n");
+    assert_eq!(String::from_utf8_lossy(&rec.out.stdout), "batch.txt:30000\nopen.txt:10000\n");
     // the bytes are in the log: the replay needs neither file
     std::fs::remove_file(d.join("batch.txt")).unwrap();
-    std::fs::remove_file(d.join("fresh.txt")).unwrap();
+    std::fs::remove_file(d.join("open.txt")).unwrap();
     let other = dir("by-ref-elsewhere");
     check_replay("by-ref (files gone)", &rec, &other);
     // and with --no-file-refs everything goes through the ring
     std::fs::write(d.join("batch.txt"), &batch).unwrap();
-    std::fs::write(d.join("fresh.txt"), "fresh record\n".repeat(10_000)).unwrap();
+    std::fs::write(d.join("open.txt"), "open record\n".repeat(10_000)).unwrap();
     let log = d.join("copied.kpl");
     let mut c = kprobe();
     c.args(["record", "--backend", "ebpf", "--no-file-refs", "-o"]).arg(&log).arg("--").args(cmd);
