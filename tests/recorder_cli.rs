@@ -164,3 +164,71 @@ fn bad_input_is_a_clear_error() {
     fails_with(&["recorder", "--cgroup", "/no/such/cgroup", "--duration", "0", "-o", "/dev/null"], "/no/such/cgroup");
     std::fs::remove_dir_all(&d).ok();
 }
+
+#[test]
+fn replay_grade_metrics_count_reads_by_reference() {
+    root();
+    // a system file, long unchanged: md5sum's reads of it go by reference
+    let file = "/usr/share/common-licenses/GPL-3";
+    let size = std::fs::metadata(file).expect("the GPL-3 text of Debian's base-files").len();
+    let mut rec = kprobe()
+        .args([
+            "recorder",
+            "--json",
+            "--replay-grade",
+            "--hooks",
+            "syscall",
+            "--comm",
+            "md5sum",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--print-metrics-addr",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(rec.stderr.take().unwrap());
+    let mut addr = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !addr.starts_with("metrics: http://") {
+        assert!(Instant::now() < deadline);
+        addr.clear();
+        assert!(err.read_line(&mut addr).unwrap() > 0, "recorder exited early");
+    }
+    let addr = addr.trim().trim_start_matches("metrics: http://").to_owned();
+    let mut stdout = rec.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        stdout.read_to_string(&mut out).unwrap();
+        out
+    });
+    let md5 = Command::new("md5sum").arg(file).stdout(Stdio::null()).status().unwrap();
+    assert!(md5.success());
+    let counter = |body: &str, name: &str| -> u64 {
+        body.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, body) = http_get(&addr, "/metrics");
+        assert_eq!(code, 200);
+        if counter(&body, "kprobe_recorder_file_ref_bytes_total") >= size {
+            assert!(counter(&body, "kprobe_recorder_file_refs_total") >= 1, "{body}");
+            assert!(!body.contains("kprobe_recorder_file_ref_misses_total{"), "no read went unfilled: {body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the reads by reference were never counted: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(Command::new("kill").arg("-TERM").arg(rec.id().to_string()).status().unwrap().success());
+    let out = reader.join().unwrap();
+    assert!(rec.wait().unwrap().success());
+    // and the JSON lines carry md5sum's reads with their bytes
+    let read_bytes: u64 = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("one JSON object a line"))
+        .filter(|v| v["name"] == "read")
+        .filter_map(|v| v["writes"].as_array().map(|w| w.iter().filter_map(|x| x["len"].as_u64()).sum::<u64>()))
+        .sum();
+    assert!(read_bytes >= size, "{read_bytes} bytes of reads in the JSON lines, the file has {size}");
+}

@@ -81,6 +81,18 @@ pub enum Miss {
 }
 
 impl Miss {
+    /// A short name (metrics label).
+    pub fn name(self) -> &'static str {
+        match self {
+            Miss::NoMount => "no_mount",
+            Miss::Open => "open",
+            Miss::Changed => "changed",
+            Miss::Short => "short",
+            Miss::Mismatch => "mismatch",
+            Miss::TooLong => "too_long",
+        }
+    }
+
     /// A few words for reports.
     pub fn what(self) -> &'static str {
         match self {

@@ -542,8 +542,13 @@ impl Recorder {
                             if let Some(r) = out.file.take() {
                                 // a read by reference: its bytes from the file
                                 match self.filler.as_mut().map(|f| f.fill(&r, out.len as usize)) {
-                                    Some(Ok(b)) => inline = b,
+                                    Some(Ok(b)) => {
+                                        self.metrics.file_refs.inc();
+                                        self.metrics.file_ref_bytes.inc_by(b.len() as u64);
+                                        inline = b;
+                                    }
                                     Some(Err(m)) => {
+                                        self.metrics.file_ref_misses.get_or_create(&vec![("reason".to_owned(), m.name().to_owned())]).inc();
                                         tracing::debug!("read by reference of inode {} not filled: {}", r.ino, m.what());
                                         if self.first_miss.is_none() {
                                             self.first_miss = Some((self.seq, m));

@@ -34,6 +34,12 @@ pub struct Metrics {
     pub spool_bytes: Gauge,
     /// Records the decoder rejected.
     pub decode_errors: Counter,
+    /// Replay-grade reads by reference filled from the file.
+    pub file_refs: Counter,
+    /// Their bytes.
+    pub file_ref_bytes: Counter,
+    /// Reads by reference not filled, per reason.
+    pub file_ref_misses: Family<Labels, Counter>,
     last_cycle_s: AtomicU64,
 }
 
@@ -57,13 +63,39 @@ impl Metrics {
         let sink_lag = Gauge::default();
         let spool_bytes = Gauge::default();
         let decode_errors = Counter::default();
+        let file_refs = Counter::default();
+        let file_ref_bytes = Counter::default();
+        let file_ref_misses = Family::<Labels, Counter>::default();
         registry.register("events", "Events written to the ring buffer, per hook", events.clone());
         registry.register("drops", "Events dropped in the kernel (ring buffer full), per hook", drops.clone());
         registry.register("ringbuf_fill_ratio", "Share of the ring buffer in use when last read", ring_fill.clone());
         registry.register("sink_lag_events", "Events accepted by the sink but not yet delivered", sink_lag.clone());
         registry.register("spool_bytes", "Bytes waiting in the Kafka disk spool", spool_bytes.clone());
         registry.register("decode_errors", "Ring-buffer records the decoder rejected", decode_errors.clone());
-        Metrics { registry, events, drops, ring_fill, sink_lag, spool_bytes, decode_errors, last_cycle_s: AtomicU64::new(now_s()) }
+        registry.register(
+            "file_refs",
+            "Replay-grade reads of unchanged files captured by reference and filled from the file",
+            file_refs.clone(),
+        );
+        registry.register("file_ref_bytes", "Bytes of those reads, read from the files", file_ref_bytes.clone());
+        registry.register(
+            "file_ref_misses",
+            "Reads by reference that could not be filled (their syscalls are marked incomplete), per reason",
+            file_ref_misses.clone(),
+        );
+        Metrics {
+            registry,
+            events,
+            drops,
+            ring_fill,
+            sink_lag,
+            spool_bytes,
+            decode_errors,
+            file_refs,
+            file_ref_bytes,
+            file_ref_misses,
+            last_cycle_s: AtomicU64::new(now_s()),
+        }
     }
 
     /// The reader loop is alive.
