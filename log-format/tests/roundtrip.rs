@@ -307,25 +307,6 @@ fn get_event_by_event_reads_every_event() {
     }
 }
 
-/// Writes the fixture of the current format version (3,000 synthetic
-/// events of seed 7, a stored file, exit code 3) to `$KPL_FIXTURE`; run by
-/// hand before a format change (`KPL_FIXTURE=tests/data/vX.Y.kpl cargo test
-/// --release -p log-format --test roundtrip -- --ignored write_fixture`).
-#[test]
-#[ignore]
-fn write_fixture() {
-    let path = std::env::var("KPL_FIXTURE").expect("KPL_FIXTURE names the file to write");
-    let opts = WriterOptions { block_size: 8192, payload_block_size: 8192, ..small_blocks() };
-    let mut w = Writer::create_with(&path, &meta(), opts).unwrap();
-    for e in kpl::synth::Synth::new(7).take(3000) {
-        w.append(e).unwrap();
-    }
-    let file: Vec<u8> = (0..10000u32).flat_map(|i| i.to_le_bytes()).collect();
-    w.store_file(&file).unwrap();
-    w.set_exit_code(Some(3));
-    w.finish().unwrap();
-}
-
 /// `append_ref` leaves the caller's event as it was and writes the same
 /// log as `append` (same blocks and payload frames).
 #[test]
