@@ -181,18 +181,7 @@ fn cause_index_answers_like_the_analysis_and_replay_breaks_at_the_cause() {
         Some(t) => (t, idx.clone()),
         None => {
             let high = d.join("incident-high-threshold.kpl");
-            let res = kprobe()
-                .args(["why", "--all", "--threshold-ns", "1000000000000", "--log"])
-                .arg(d.join("ledger.kpl"))
-                .arg("--log")
-                .arg(d.join("kernel.kpl"))
-                .arg("--spans")
-                .arg(d.join("spans.json"))
-                .arg("--save-index")
-                .arg(&high)
-                .output()
-                .unwrap();
-            assert!(res.status.success(), "why --all --save-index: {}", String::from_utf8_lossy(&res.stderr));
+            save_index_with(&d, &high, &["--threshold-ns", "1000000000000"]);
             (calm_in(&high).expect("a payment without a cause above a threshold of 1000 s"), high)
         }
     };

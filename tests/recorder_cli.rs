@@ -77,11 +77,17 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
     (code, r)
 }
 
-#[test]
-fn json_lines_metrics_and_health() {
-    root();
+/// `kprobe recorder --json ARGS` serving metrics on a free port: the
+/// process, the metrics address, a thread collecting its stdout as it
+/// comes (a full pipe would stall the recorder), and its stderr (kept open:
+/// the recorder's next message would meet a closed pipe).
+type MetricsRecorder = (std::process::Child, String, std::thread::JoinHandle<String>, BufReader<std::process::ChildStderr>);
+
+fn json_recorder_with_metrics(args: &[&str]) -> MetricsRecorder {
     let mut rec = kprobe()
-        .args(["recorder", "--json", "--hooks", "syscall", "--comm", "dd", "--metrics-addr", "127.0.0.1:0", "--print-metrics-addr"])
+        .args(["recorder", "--json"])
+        .args(args)
+        .args(["--metrics-addr", "127.0.0.1:0", "--print-metrics-addr"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -95,13 +101,19 @@ fn json_lines_metrics_and_health() {
         assert!(err.read_line(&mut addr).unwrap() > 0, "recorder exited early");
     }
     let addr = addr.trim().trim_start_matches("metrics: http://").to_owned();
-    // read stdout as it comes (a full pipe would stall the recorder)
     let mut stdout = rec.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut out = String::new();
         stdout.read_to_string(&mut out).unwrap();
         out
     });
+    (rec, addr, reader, err)
+}
+
+#[test]
+fn json_lines_metrics_and_health() {
+    root();
+    let (mut rec, addr, reader, _stderr) = json_recorder_with_metrics(&["--hooks", "syscall", "--comm", "dd"]);
     let dd = Command::new("dd").args(["if=/dev/zero", "of=/dev/null", "bs=1", "count=500"]).stderr(Stdio::null()).spawn().unwrap();
     let dd_pid = dd.id();
     assert!(dd.wait_with_output().unwrap().status.success());
@@ -171,38 +183,7 @@ fn replay_grade_metrics_count_reads_by_reference() {
     // a system file, long unchanged: md5sum's reads of it go by reference
     let file = "/usr/share/common-licenses/GPL-3";
     let size = std::fs::metadata(file).expect("the GPL-3 text of Debian's base-files").len();
-    let mut rec = kprobe()
-        .args([
-            "recorder",
-            "--json",
-            "--replay-grade",
-            "--hooks",
-            "syscall",
-            "--comm",
-            "md5sum",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--print-metrics-addr",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(rec.stderr.take().unwrap());
-    let mut addr = String::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !addr.starts_with("metrics: http://") {
-        assert!(Instant::now() < deadline);
-        addr.clear();
-        assert!(err.read_line(&mut addr).unwrap() > 0, "recorder exited early");
-    }
-    let addr = addr.trim().trim_start_matches("metrics: http://").to_owned();
-    let mut stdout = rec.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        stdout.read_to_string(&mut out).unwrap();
-        out
-    });
+    let (mut rec, addr, reader, _stderr) = json_recorder_with_metrics(&["--replay-grade", "--hooks", "syscall", "--comm", "md5sum"]);
     let md5 = Command::new("md5sum").arg(file).stdout(Stdio::null()).status().unwrap();
     assert!(md5.success());
     let counter = |body: &str, name: &str| -> u64 {

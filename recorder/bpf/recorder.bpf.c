@@ -855,7 +855,7 @@ static __always_inline void fill_syscall(struct rec_syscall *r, struct sys_entry
  * file nobody has open for writing, unchanged for a second, on a filesystem
  * the reader can open by handle: sent as a reference to the file's bytes
  * (struct rec_syscall_ref) instead of the bytes. False: send the bytes. */
-static __always_inline bool send_file_ref(struct sys_entry *e, __u64 ts, long ret, __u64 now, __u64 addr, __u32 flags)
+static __always_inline bool send_file_ref(struct sys_entry *e, __u64 ts, long ret, __u64 now, __u64 addr)
 {
 	struct file *f = fd_file(e->args[0]);
 	if (!f)
@@ -892,7 +892,7 @@ static __always_inline bool send_file_ref(struct sys_entry *e, __u64 ts, long re
 	r->s.out_addr = addr;
 	r->s.out_len = ret;
 	r->s.chunks = 0;
-	r->s.flags = flags | OUT_FILEREF;
+	r->s.flags = OUT_FILEREF;
 	r->f.ino = BPF_CORE_READ(ino, i_ino);
 	r->f.pos = pos;
 	r->f.ctime_sec = csec;
@@ -983,7 +983,7 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 	}
 	/* a read of a regular file, of any length (OUT_MAX does not apply) */
 	if (cfg_file_refs && ret > DATA_SMALL && ret <= FILEREF_MAX && (e->nr == 0 || e->nr == 17) && e->fd_type == 1 && !e->shown &&
-	    send_file_ref(e, ts, ret, now, addr, 0))
+	    send_file_ref(e, ts, ret, now, addr))
 		return 0;
 	if (!vec && len && len <= DATA_SMALL) {
 		/* a small buffer: inline, one reservation */

@@ -64,7 +64,7 @@ pub struct Summary {
     /// The first of those: (event sequence number, thread id, signal number).
     pub first_async_signal: Option<(u64, u32, i32)>,
     /// Replay-grade: reads of regular files captured by reference and
-    /// filled from the file ([`fileref`]), and their bytes.
+    /// filled from the file ([`fileref`]).
     pub file_refs: u64,
     /// Their bytes.
     pub file_ref_bytes: u64,
@@ -539,22 +539,12 @@ impl Recorder {
                             // that was empty)
                             let mut inline = std::mem::take(&mut out.inline);
                             let opened = out.opened.then(|| String::from_utf8_lossy(&std::mem::take(&mut inline)).into_owned());
+                            // a read by reference: its bytes from the file
+                            let mut miss = None;
                             if let Some(r) = out.file.take() {
-                                // a read by reference: its bytes from the file
-                                match self.filler.as_mut().map(|f| f.fill(&r, out.len as usize)) {
-                                    Some(Ok(b)) => {
-                                        self.metrics.file_refs.inc();
-                                        self.metrics.file_ref_bytes.inc_by(b.len() as u64);
-                                        inline = b;
-                                    }
-                                    Some(Err(m)) => {
-                                        self.metrics.file_ref_misses.get_or_create(&vec![("reason".to_owned(), m.name().to_owned())]).inc();
-                                        tracing::debug!("read by reference of inode {} not filled: {}", r.ino, m.what());
-                                        if self.first_miss.is_none() {
-                                            self.first_miss = Some((self.seq, m));
-                                        }
-                                    }
-                                    None => {}
+                                match self.fill_by_reference(&r, out.len as usize) {
+                                    Ok(b) => inline = b,
+                                    Err(m) => miss = Some(m),
                                 }
                             }
                             let incomplete = out.truncated
@@ -566,6 +556,9 @@ impl Recorder {
                                 p.add(p.out.addr, &inline);
                             }
                             self.finish_pending(sink, p, false)?;
+                            if let (Some(m), None) = (miss, self.first_miss) {
+                                self.first_miss = Some((self.seq - 1, m)); // the event just pushed
+                            }
                         }
                         None => {
                             // A later record of the same task: the chunks still missing
@@ -638,6 +631,23 @@ impl Recorder {
             }
         }
         Ok(())
+    }
+
+    /// The bytes of a read by reference, from the file ([`fileref::Filler`]), counted in the metrics.
+    fn fill_by_reference(&mut self, r: &fileref::FileRead, len: usize) -> Result<Vec<u8>, fileref::Miss> {
+        let filler = self.filler.as_mut().ok_or(fileref::Miss::NoMount)?;
+        match filler.fill(r, len) {
+            Ok(b) => {
+                self.metrics.file_refs.inc();
+                self.metrics.file_ref_bytes.inc_by(b.len() as u64);
+                Ok(b)
+            }
+            Err(m) => {
+                self.metrics.file_ref_misses.get_or_create(&vec![("reason".to_owned(), m.name().to_owned())]).inc();
+                tracing::debug!("read by reference of inode {} not filled: {}", r.ino, m.what());
+                Err(m)
+            }
+        }
     }
 
     /// Emits a replay-grade syscall with the memory the kernel wrote.

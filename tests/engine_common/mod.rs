@@ -61,8 +61,15 @@ pub fn why(txn: &str, args: &[&std::ffi::OsStr]) -> Value {
 
 /// `kprobe why --all` over an incident's ptrace and eBPF recordings and spans, saving the cause index to `out`.
 pub fn save_index(dir: &Path, out: &Path) {
+    save_index_with(dir, out, &[]);
+}
+
+/// As [`save_index`], with more `kprobe why` arguments (e.g. `--threshold-ns N`).
+pub fn save_index_with(dir: &Path, out: &Path, extra: &[&str]) {
     let res = kprobe()
-        .args(["why", "--all", "--log"])
+        .args(["why", "--all"])
+        .args(extra)
+        .arg("--log")
         .arg(dir.join("ledger.kpl"))
         .arg("--log")
         .arg(dir.join("kernel.kpl"))
