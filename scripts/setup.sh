@@ -9,8 +9,9 @@ source "$(dirname "$0")/env.sh"
 # libbpf headers; zlib and pkg-config for rdkafka's bundled librdkafka) and
 # its tests (bpftrace cross-checks, nftables and iproute2 for netns/nstat);
 # graphviz: the tests check `kprobe why --format dot` with its `dot`; procps:
-# pgrep for the incident fixtures.
-APT_PKGS=(gcc make strace gdb gdbserver lldb-19 sqlite3 curl clang-19 bpftool libbpf-dev bpftrace nftables iproute2 pkg-config zlib1g-dev python3 graphviz procps)
+# pgrep for the incident fixtures; e2fsprogs (lsattr), base-files (GPL-3) and
+# coreutils (md5sum): the tests of reads by reference.
+APT_PKGS=(gcc make strace gdb gdbserver lldb-19 sqlite3 curl clang-19 bpftool libbpf-dev bpftrace nftables iproute2 pkg-config zlib1g-dev python3 graphviz procps e2fsprogs base-files coreutils)
 missing=()
 for p in "${APT_PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
