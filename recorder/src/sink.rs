@@ -71,13 +71,13 @@ pub fn event_json(ev: &Event, meta: &EventMeta) -> Value {
 /// thread of its own, so the reader keeps draining the ring buffer while
 /// a block is compressed; events go to it in batches (one per reader
 /// cycle, or per MiB: no thread hand-off per event) through a bounded
-/// queue (at most about 64 MiB wait; a full queue makes the reader wait,
+/// queue ([`Backlog::queue`] batches; a full queue makes the reader wait,
 /// and then the ring buffer counts drops). The writer yields the CPU to
 /// the recorded programs while its queue is short: it runs at nice 19
 /// while at most [`KPL_CALM`] batches wait, and at the recorder's own
-/// priority once [`KPL_BEHIND`] do, until it has caught up again (a writer
-/// kept at a low priority throughout fell behind on a busy machine and
-/// the ring dropped records). Only when the recorder may raise the
+/// priority once [`Backlog::behind`] do, until it has caught up again (a
+/// writer kept at a low priority throughout fell behind on a busy machine
+/// and the ring dropped records). Only when the recorder may raise the
 /// priority back (root); otherwise it keeps the recorder's priority.
 pub struct KplSink {
     path: PathBuf,
@@ -97,6 +97,31 @@ pub struct KplSink {
     low: bool,
     /// The recorder's own nice value.
     normal: i32,
+    backlog: Backlog,
+}
+
+/// How much the writer thread of a [`KplSink`] may fall behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backlog {
+    /// Batches (each about a MiB at most) the queue holds.
+    pub queue: usize,
+    /// Waiting batches at which the writer goes back to the recorder's priority.
+    pub behind: u64,
+}
+
+impl Backlog {
+    /// A node's recorder (`kprobe recorder`): at most 64 batches wait and
+    /// the writer takes its share of the CPU from 16 on, which keeps the
+    /// daemon's memory small under a sustained load.
+    pub const DAEMON: Backlog = Backlog { queue: 64, behind: 16 };
+    /// One program recorded from its start to its exit (`kprobe record
+    /// --backend ebpf`): up to 256 batches wait and the writer takes its
+    /// share of the CPU only from 192 on, so a program's burst of reads
+    /// (grep over a tree: 110 MiB in 60 ms) is compressed after it, instead
+    /// of beside it on the CPUs it needs (at 16 the writer came back to
+    /// the recorder's priority within grep's first milliseconds and took a
+    /// CPU from it in half the runs).
+    pub const PROGRAM: Backlog = Backlog { queue: 256, behind: 192 };
 }
 
 /// Work for the writer thread of a [`KplSink`].
@@ -105,23 +130,22 @@ enum Job {
     File(Vec<u8>),
 }
 
-/// Batches the writer thread's queue holds at most (each about a MiB at
-/// most: a program reading fast outruns zstd, and the queue and the ring
-/// buffer must absorb its burst).
-const KPL_QUEUE: usize = 64;
 /// Bytes of buffers at which a batch goes to the writer before the reader's cycle ends.
 const KPL_BATCH_BYTES: usize = 1 << 20;
-/// Waiting batches at which the writer goes back to the recorder's priority.
-pub const KPL_BEHIND: u64 = KPL_QUEUE as u64 / 4;
-/// Waiting batches at which it yields again.
+/// Waiting batches at which the writer yields again.
 pub const KPL_CALM: u64 = 2;
 impl KplSink {
-    /// Creates `path` with recorder metadata.
+    /// Creates `path` with recorder metadata, for a node's recorder ([`Backlog::DAEMON`]).
     pub fn create(path: &Path, command: Vec<String>) -> Result<KplSink> {
+        KplSink::create_with(path, command, Backlog::DAEMON)
+    }
+
+    /// Creates `path` with recorder metadata; the writer may fall `backlog` behind.
+    pub fn create_with(path: &Path, command: Vec<String>, backlog: Backlog) -> Result<KplSink> {
         let mut meta = Metadata::for_this_host("ebpf", command);
         meta.extra.extend(crate::clock_facts());
         let mut w = Writer::create(path, &meta).with_context(|| format!("creating {}", path.display()))?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Job>>(KPL_QUEUE);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Job>>(backlog.queue.max(1));
         let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let done_batches = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let writer_tid = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
@@ -167,6 +191,7 @@ impl KplSink {
             writer_tid,
             low: true,
             normal,
+            backlog,
         })
     }
 
@@ -178,7 +203,7 @@ impl KplSink {
             return;
         }
         let waiting = self.sent.saturating_sub(self.done.load(std::sync::atomic::Ordering::Acquire));
-        if self.low && waiting >= KPL_BEHIND {
+        if self.low && waiting >= self.backlog.behind {
             self.low = !crate::sys::set_nice(tid, self.normal);
         } else if !self.low && waiting <= KPL_CALM {
             self.low = crate::sys::set_nice(tid, crate::LOW_NICE.max(self.normal));

@@ -84,7 +84,7 @@ fn record_ebpf(argv: &[String], output: &std::path::Path, file_refs: bool) -> Re
         file_refs,
         ..recorder::Config::default()
     };
-    let mut sink = recorder::sink::KplSink::create(output, argv.to_vec())?;
+    let mut sink = recorder::sink::KplSink::create_with(output, argv.to_vec(), recorder::sink::Backlog::PROGRAM)?;
     let (status, summary) =
         recorder::record_command(argv, cfg, &mut sink).context("recording with the eBPF recorder (it needs root, BTF and tracepoints)")?;
     let bytes = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);

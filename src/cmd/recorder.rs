@@ -342,13 +342,15 @@ fn slowdown(a: &BenchArgs, dir: &std::path::Path) -> Result<()> {
         format!("{lo:.1}–{hi:.1}")
     };
     let (nat_span, rec_span) = (span(&nat), span(&rec));
-    let (n, r, w) = (median(nat), median(rec), median(wall));
+    let (n, r, w) = (median(nat.clone()), median(rec.clone()), median(wall));
     println!(
         "native {n:.1} ms | recorded {r:.1} ms (x{:.2}) | `kprobe record` wall time {w:.1} ms (start-up, capture, writing the log) | {syscalls} syscalls, log {:.1} MB, drops {drops}",
         r / n,
         bytes as f64 / 1e6
     );
     println!("  runs: native {nat_span} ms, recorded {rec_span} ms");
+    let list = |v: &[f64]| v.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(" ");
+    println!("  in run order: native {} | recorded {}", list(&nat), list(&rec));
     Ok(())
 }
 
