@@ -50,12 +50,17 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
-/* tgids selected by pid or comm; children are added at fork. */
+/* tgids selected by pid or comm, one byte per tgid (1: selected) in 8-byte
+ * words: word tgid / 8, byte tgid % 8. The loader sizes it for the kernel's
+ * pid_max. An array lookup is inlined by the verifier (an address
+ * computation), where a hash lookup hashed the key on every syscall of every
+ * process; byte stores need no atomics (a neighbour's byte is untouched).
+ * Children are added at fork. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4096);
 	__type(key, __u32);
-	__type(value, __u8);
+	__type(value, __u64);
 } targets SEC(".maps");
 
 struct task_sched {
@@ -198,6 +203,30 @@ static __always_inline bool task_in_cgroup(struct task_struct *t)
 	return BPF_CORE_READ(anc, kn, id) == cfg_cgroup_id;
 }
 
+static __always_inline __u8 *target_slot(__u32 tgid)
+{
+	__u32 k = tgid >> 3;
+	__u8 *w = bpf_map_lookup_elem(&targets, &k);
+	return w ? w + (tgid & 7) : NULL;
+}
+
+static __always_inline bool is_target(__u32 tgid)
+{
+	__u8 *t = target_slot(tgid);
+	return t && *t;
+}
+
+/* Selects (1) or forgets (0) a tgid; one the map cannot hold (pid_max was
+ * raised after load) is counted as a dropped process event. */
+static __always_inline void set_target(__u32 tgid, __u8 v)
+{
+	__u8 *t = target_slot(tgid);
+	if (t)
+		*t = v;
+	else if (v)
+		count(HOOK_PROC, 1);
+}
+
 static __always_inline bool wanted_tgid_task(__u32 tgid, struct task_struct *t, bool current)
 {
 	if (tgid == cfg_self_tgid)
@@ -205,7 +234,7 @@ static __always_inline bool wanted_tgid_task(__u32 tgid, struct task_struct *t, 
 	__u32 f = cfg_filter;
 	if (!f)
 		return true;
-	if ((f & FILTER_SET) && bpf_map_lookup_elem(&targets, &tgid))
+	if ((f & FILTER_SET) && is_target(tgid))
 		return true;
 	if (f & FILTER_CGROUP) {
 		if (current)
@@ -225,11 +254,27 @@ static __always_inline bool wanted_task(struct task_struct *t)
 	return wanted_tgid_task(BPF_CORE_READ(t, tgid), t, false);
 }
 
+/* bpf_get_current_cgroup_id() as plain loads through the task's BTF (the
+ * helper call cost a syscall record about 25 ns here): the id of the
+ * task's cgroup v2 kernfs node, 0 if any link is missing. */
+static __always_inline __u64 current_cgroup_id(void)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct css_set *cs = t->cgroups;
+	if (!cs)
+		return 0;
+	struct cgroup *cg = cs->dfl_cgrp;
+	if (!cg)
+		return 0;
+	struct kernfs_node *kn = cg->kn;
+	return kn ? kn->id : 0;
+}
+
 static __always_inline void hdr_current(struct rec_hdr *h, __u16 kind, __u32 size, __u64 ts)
 {
 	__u64 pt = bpf_get_current_pid_tgid();
 	h->ts = ts;
-	h->cgroup = bpf_get_current_cgroup_id();
+	h->cgroup = current_cgroup_id();
 	h->pid = pt >> 32;
 	h->tid = (__u32)pt;
 	h->kind = kind;
@@ -1109,7 +1154,7 @@ static __always_inline bool sk_owner_of(const struct sock *sk, struct sk_owner *
 		return true;
 	if (!out->pid)
 		return false;
-	if ((cfg_filter & FILTER_SET) && bpf_map_lookup_elem(&targets, &out->pid))
+	if ((cfg_filter & FILTER_SET) && is_target(out->pid))
 		return true;
 	/* An owner is only ever stored for a selected task (tcp_io). */
 	if (cfg_filter & FILTER_CGROUP)
@@ -1263,10 +1308,8 @@ int BPF_PROG(on_process_fork, struct task_struct *parent, struct task_struct *ch
 {
 	__u32 ptgid = BPF_CORE_READ(parent, tgid);
 	__u32 ctgid = BPF_CORE_READ(child, tgid);
-	if ((cfg_filter & FILTER_SET) && ptgid != ctgid && bpf_map_lookup_elem(&targets, &ptgid)) {
-		__u8 one = 1;
-		bpf_map_update_elem(&targets, &ctgid, &one, BPF_ANY);
-	}
+	if ((cfg_filter & FILTER_SET) && ptgid != ctgid && is_target(ptgid))
+		set_target(ctgid, 1);
 	if (!wanted_task(parent))
 		return 0;
 	struct rec_fork *r = reserve(HOOK_PROC, sizeof(*r));
@@ -1286,10 +1329,8 @@ int BPF_PROG(on_process_exec, struct task_struct *p, pid_t old_pid, struct linux
 	if ((cfg_filter & FILTER_SET) && cfg_comm_set) {
 		char comm[16];
 		BPF_CORE_READ_STR_INTO(&comm, p, comm);
-		if (comm_matches(comm)) {
-			__u8 one = 1;
-			bpf_map_update_elem(&targets, &tgid, &one, BPF_ANY);
-		}
+		if (comm_matches(comm))
+			set_target(tgid, 1);
 	}
 	if (!wanted_task(p))
 		return 0;
@@ -1321,6 +1362,6 @@ int BPF_PROG(on_process_exit, struct task_struct *p, bool group_dead)
 	__u32 tid = BPF_CORE_READ(p, pid);
 	bpf_map_delete_elem(&sched_state, &tid);
 	if (group_dead && (cfg_filter & FILTER_SET))
-		bpf_map_delete_elem(&targets, &tgid);
+		set_target(tgid, 0);
 	return 0;
 }

@@ -93,6 +93,13 @@ pub struct Config {
     pub wakeup_fill_percent: u32,
     /// Reader timer: the ring buffer is read at least this often (ms).
     pub poll_ms: u64,
+    /// Reader pacing (µs): after a drain of less than a sixteenth of the
+    /// ring, the reader waits this long before it reads again, so records
+    /// gather and are read in batches instead of one by one as they are
+    /// committed (which costs the traced tasks cross-CPU cache misses on
+    /// the ring). 0: read again at once. At 2 M events/s a 4 MiB ring fills
+    /// about 2% in 1 ms.
+    pub drain_pace_us: u64,
     /// Capture-policy rules.
     pub redact: Vec<RedactRule>,
     /// Replay-grade: reads of unchanged regular files by reference, their
@@ -115,6 +122,7 @@ impl Default for Config {
             replay_grade: false,
             wakeup_fill_percent: 25,
             poll_ms: 10,
+            drain_pace_us: 1000,
             redact: Vec::new(),
             file_refs: true,
             kafka_retention_ms: 86_400_000,

@@ -493,9 +493,10 @@ impl Recorder {
     }
 
     /// Hands the records now in the ring buffer on, each where it lies in
-    /// the ring (no copy of a chunk's bytes but into its syscall's buffer).
-    fn read_ring(&mut self, sink: &mut dyn Sink) -> Result<()> {
-        let Some(mut ring) = self.probe.ring.take() else { return Ok(()) };
+    /// the ring (no copy of a chunk's bytes but into its syscall's buffer);
+    /// returns the bytes read.
+    fn read_ring(&mut self, sink: &mut dyn Sink) -> Result<usize> {
+        let Some(mut ring) = self.probe.ring.take() else { return Ok(0) };
         let mut res = Ok(());
         let bytes = ring.drain(|rec| {
             res = self.handle_record(sink, rec);
@@ -503,7 +504,7 @@ impl Recorder {
         });
         self.probe.ring = Some(ring);
         self.metrics.ring_fill.set(bytes as f64 / self.probe.ring_bytes as f64);
-        res
+        res.map(|()| bytes)
     }
 
     fn handle_record(&mut self, sink: &mut dyn Sink, buf: &[u8]) -> Result<()> {
@@ -686,15 +687,27 @@ impl Recorder {
                 self.cfg.hooks, self.cfg.filter, self.cfg.replay_grade, self.cfg.ring_buffer_kb
             ),
         )?;
+        let pace = Duration::from_micros(self.cfg.drain_pace_us);
         let mut last_counts = Instant::now();
+        let mut last_drain = 0;
         loop {
             let stopping = stop();
             if stopping {
                 self.probe.detach();
             } else {
+                // The ring polls readable while any record waits, so a reader
+                // that polls again at once chases every record: it drains a
+                // few at a time, and the ring's positions and the records'
+                // cache lines move between the traced task's CPU and the
+                // reader's for each of them. After a small drain the reader
+                // lets records gather for `drain_pace_us` first; after a large
+                // one (a sixteenth of the ring or more) it goes straight back.
+                if !pace.is_zero() && last_drain > 0 && last_drain < self.probe.ring_bytes / 16 {
+                    std::thread::sleep(pace);
+                }
                 self.probe.wait(poll);
             }
-            self.read_ring(sink)?;
+            last_drain = self.read_ring(sink)?;
             if stopping || last_counts.elapsed() >= Duration::from_millis(200) {
                 self.check_counts(sink)?;
                 last_counts = Instant::now();

@@ -3,7 +3,7 @@
 
 use crate::config::{Config, Filter, Hooks};
 use anyhow::{bail, Context, Result};
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
 use std::time::Duration;
@@ -112,6 +112,7 @@ impl Probe {
             // sys_inflight is task-local storage, which aya has no typed wrapper for (it is only used in the kernel)
             .allow_unsupported_maps()
             .map_max_entries("events", ring_bytes as u32)
+            .map_max_entries("targets", target_words())
             .override_global("cfg_self_tgid", &self_tgid, true)
             .override_global("cfg_filter", &filter, true)
             .override_global("cfg_cgroup_id", &cg_id, true)
@@ -136,9 +137,13 @@ impl Probe {
             _ => Vec::new(),
         };
         if !selected.is_empty() {
-            let mut targets: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(ebpf.map_mut("targets").context("map targets")?)?;
+            let mut targets: Array<_, u64> = Array::try_from(ebpf.map_mut("targets").context("map targets")?)?;
             for p in selected {
-                targets.insert(p, 1, 0).with_context(|| format!("selecting pid {p}"))?;
+                // byte p % 8 of word p / 8 (see `targets` in recorder.bpf.c)
+                let w = targets.get(&(p / 8), 0).with_context(|| format!("selecting pid {p}: above pid_max"))?;
+                let mut b = w.to_le_bytes();
+                b[(p % 8) as usize] = 1;
+                targets.set(p / 8, u64::from_le_bytes(b), 0).with_context(|| format!("selecting pid {p}"))?;
             }
         }
 
@@ -223,4 +228,11 @@ impl Probe {
         }
         Ok(out)
     }
+}
+
+/// Words of the `targets` map: one byte per possible tgid, for the kernel's
+/// `pid_max` (4 Mi, the kernel's limit, when it cannot be read).
+fn target_words() -> u32 {
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse::<u32>().ok()).unwrap_or(1 << 22);
+    pid_max.div_ceil(8).max(1)
 }

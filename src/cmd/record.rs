@@ -43,6 +43,10 @@ pub struct RecordArgs {
     /// by reference, and the recorder reads its bytes from the file.
     #[arg(long)]
     no_file_refs: bool,
+    /// `--backend ebpf`: the reader's pacing, µs (as `kprobe recorder
+    /// --drain-pace-us`; 0: read the ring again at once after a drain).
+    #[arg(long, default_value_t = recorder::Config::default().drain_pace_us)]
+    drain_pace_us: u64,
     /// The command to record.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -57,7 +61,7 @@ fn default_output(cmd: &str) -> PathBuf {
 pub fn record(a: RecordArgs) -> Result<ExitCode> {
     let output = a.output.unwrap_or_else(|| default_output(&a.command[0]));
     if a.backend == "ebpf" {
-        return record_ebpf(&a.command, &output, !a.no_file_refs);
+        return record_ebpf(&a.command, &output, !a.no_file_refs, a.drain_pace_us);
     }
     let out = tracer::record(&tracer::RecordOptions {
         output: output.clone(),
@@ -73,7 +77,7 @@ pub fn record(a: RecordArgs) -> Result<ExitCode> {
 
 /// `kprobe record --backend ebpf`: the command runs under the eBPF
 /// recorder's replay-grade capture from its exec on.
-fn record_ebpf(argv: &[String], output: &std::path::Path, file_refs: bool) -> Result<ExitCode> {
+fn record_ebpf(argv: &[String], output: &std::path::Path, file_refs: bool, drain_pace_us: u64) -> Result<ExitCode> {
     use anyhow::Context;
     // One program, every byte it reads: a 64 MiB ring absorbs its bursts
     // (the daemon's default of 4 MiB is sized for kernel events).
@@ -82,6 +86,7 @@ fn record_ebpf(argv: &[String], output: &std::path::Path, file_refs: bool) -> Re
         replay_grade: true,
         ring_buffer_kb: 64 * 1024,
         file_refs,
+        drain_pace_us,
         ..recorder::Config::default()
     };
     let mut sink = recorder::sink::KplSink::create_with(output, argv.to_vec(), recorder::sink::Backlog::PROGRAM)?;

@@ -53,6 +53,10 @@ pub struct RecorderArgs {
     /// Ring-buffer size in KiB (overrides `probe.ebpf.ringBufferSizeKb`).
     #[arg(long)]
     pub ring_kb: Option<u32>,
+    /// Reader pacing, µs: after a small drain the reader lets records
+    /// gather this long before it reads the ring again (0: at once).
+    #[arg(long)]
+    pub drain_pace_us: Option<u64>,
     /// Serve Prometheus metrics and `/healthz` here (e.g. `0.0.0.0:9464`).
     #[arg(long)]
     pub metrics_addr: Option<String>,
@@ -95,6 +99,9 @@ fn config_of(a: &RecorderArgs) -> Result<Config> {
     }
     if let Some(kb) = a.ring_kb {
         c.ring_buffer_kb = kb;
+    }
+    if let Some(us) = a.drain_pace_us {
+        c.drain_pace_us = us;
     }
     if let Some(rf) = a.kafka_replication_factor {
         c.kafka_replication_factor = rf;
@@ -270,6 +277,10 @@ pub struct BenchArgs {
     /// Which parts to run: `overhead` (ns per syscall), `throughput` (events/s, RSS, bpftrace), `slowdown`.
     #[arg(long, value_delimiter = ',', default_value = "overhead,throughput,slowdown")]
     pub parts: Vec<String>,
+    /// The recorders' reader pacing, µs (`kprobe recorder --drain-pace-us`;
+    /// 0 compares with a reader that reads again at once).
+    #[arg(long, default_value_t = recorder::Config::default().drain_pace_us)]
+    pub drain_pace_us: u64,
 }
 
 /// The program's own run time in an eBPF log: from its exec to the exit of
@@ -321,7 +332,9 @@ fn slowdown(a: &BenchArgs, dir: &std::path::Path) -> Result<()> {
         nat.push(native()?);
         let t = Instant::now();
         let out = std::process::Command::new(std::env::current_exe()?)
-            .args(["record", "--backend", "ebpf", "-o"])
+            .args(["record", "--backend", "ebpf", "--drain-pace-us"])
+            .arg(a.drain_pace_us.to_string())
+            .arg("-o")
             .arg(&log)
             .arg("--")
             .args(&argv)
@@ -460,8 +473,9 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
     // a process the `filtered out` configuration selects (not the loop)
     let idle = Idle(std::process::Command::new("sleep").arg("100000").spawn()?);
     let hooks = Hooks::default();
-    let filtered = Config { hooks, filter: Filter::Pid(vec![idle.0.id()]), ..Config::default() };
-    let hit = Config { hooks, filter: Filter::Comm("kpbench".into()), ..Config::default() };
+    let base_cfg = Config { hooks, drain_pace_us: a.drain_pace_us, ..Config::default() };
+    let filtered = Config { filter: Filter::Pid(vec![idle.0.id()]), ..base_cfg.clone() };
+    let hit = Config { filter: Filter::Comm("kpbench".into()), ..base_cfg };
     let replay = Config { replay_grade: true, ..hit.clone() };
     println!("== added time per syscall: a getpid loop (not instrumented, but raw_syscalls fires) and a read loop (instrumented), {} calls, median of {} rounds", a.calls, a.rounds);
     println!(
@@ -523,6 +537,8 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
     let mut rec = std::process::Command::new(std::env::current_exe()?)
         .args(["recorder", "--hooks", "syscall", "--comm", "kpbench", "--ring-kb"])
         .arg(a.ring_kb.to_string())
+        .arg("--drain-pace-us")
+        .arg(a.drain_pace_us.to_string())
         .arg("-o")
         .arg(&kpl_out)
         .arg("--summary")
