@@ -185,7 +185,11 @@ fn cgroup_filter_and_container_id() {
     assert!(!sys.is_empty());
     assert!(sys.iter().all(|e| e.pid == pid), "only the process in the cgroup is recorded");
     assert_eq!(count(&syscalls_of(&evs, pid), 1), 200);
+    // the syscall record's cgroup id (read through the task's BTF) is the
+    // cgroup directory's inode, as bpf_get_current_cgroup_id() gives it
     let cg = sys[0].cgroup;
+    assert_eq!(cg, std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap()));
+    assert!(sys.iter().all(|e| e.cgroup == cg));
     let info = evs
         .iter()
         .find_map(|e| match &e.body {
