@@ -970,6 +970,11 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 	/* Not replay-grade: only the read/write family has an entry (no lookup for the rest). */
 	if (!cfg_replay && !rw_family(nr))
 		return 0;
+	/* With --pid/--comm only: an unselected task (most of the node) leaves
+	 * on the inlined array lookup instead of a task-storage call. A task
+	 * selected at its syscall's entry stays selected until its process exits. */
+	if (cfg_filter == FILTER_SET && !is_target(bpf_get_current_pid_tgid() >> 32))
+		return 0;
 	struct sys_entry *e = bpf_task_storage_get(&sys_inflight, bpf_get_current_task_btf(), 0, 0);
 	if (!e || !e->ts)
 		return 0;
