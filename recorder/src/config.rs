@@ -97,7 +97,8 @@ pub struct Config {
     /// ring, the reader waits this long before it reads again, so records
     /// gather and are read in batches instead of one by one as they are
     /// committed (which costs the traced tasks cross-CPU cache misses on
-    /// the ring). 0: read again at once. At 2 M events/s a 4 MiB ring fills
+    /// the ring); the pause ends early when the ring passes its wakeup
+    /// threshold. 0: read again at once. At 2 M events/s a 4 MiB ring fills
     /// about 2% in 1 ms.
     pub drain_pace_us: u64,
     /// Capture-policy rules.

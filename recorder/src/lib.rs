@@ -701,9 +701,11 @@ impl Recorder {
                 // cache lines move between the traced task's CPU and the
                 // reader's for each of them. After a small drain the reader
                 // lets records gather for `drain_pace_us` first; after a large
-                // one (a sixteenth of the ring or more) it goes straight back.
+                // one (a sixteenth of the ring or more) it goes straight back,
+                // and the pause ends early when the ring passes its fill
+                // threshold (the programs' wakeup).
                 if !pace.is_zero() && last_drain > 0 && last_drain < self.probe.ring_bytes / 16 {
-                    std::thread::sleep(pace);
+                    self.probe.pause(pace);
                 }
                 self.probe.wait(poll);
             }

@@ -204,6 +204,13 @@ impl Probe {
         }
     }
 
+    /// Waits `d`, or less if the programs wake the reader ([`crate::ring::Ring::pause`]).
+    pub fn pause(&self, d: Duration) {
+        if let Some(r) = &self.ring {
+            r.pause(d);
+        }
+    }
+
     /// Hands every record now in the ring buffer to `f`; returns the bytes read.
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
         self.ring

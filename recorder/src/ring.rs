@@ -9,10 +9,12 @@
 //! drain (and every eighth of the ring within a long one, so the programs
 //! see the room as it frees up). The reader waits as before: `poll` on the
 //! map returns at once while records wait, else when the programs wake it
-//! (the fill threshold) or the timer expires.
+//! (the fill threshold) or the timer expires. [`Ring::pause`] lets records
+//! gather after a small drain, and ends early when the programs wake the
+//! reader.
 use anyhow::{Context, Result};
 use aya::maps::MapData;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -28,6 +30,8 @@ pub struct Ring {
     page: usize,
     size: usize,
     pos: usize,
+    /// The map registered edge-triggered: reports the programs' wakeups only.
+    wakeups: OwnedFd,
 }
 
 // SAFETY: the mappings belong to this value alone; the kernel side is
@@ -38,6 +42,7 @@ impl Ring {
     /// Maps the ring buffer `map` of `size` bytes (a power of two multiple of the page size).
     pub fn new(map: MapData, size: usize) -> Result<Ring> {
         let fd = map.fd().as_fd().as_raw_fd();
+        let wakeups = edge_triggered(fd).context("epoll for the ring buffer's wakeups")?;
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         // SAFETY: mapping the ring-buffer map as the kernel documents it: the
@@ -56,7 +61,7 @@ impl Ring {
             unsafe { libc::munmap(consumer, page) };
             return Err(e).context("mapping the ring buffer's data pages");
         }
-        let mut r = Ring { _map: map, consumer: consumer.cast(), producer: producer.cast(), page, size, pos: 0 };
+        let mut r = Ring { _map: map, consumer: consumer.cast(), producer: producer.cast(), page, size, pos: 0, wakeups };
         r.pos = r.consumer_pos().load(Ordering::Acquire);
         Ok(r)
     }
@@ -69,6 +74,16 @@ impl Ring {
     fn producer_pos(&self) -> &AtomicUsize {
         // SAFETY: the producer page starts with the producer position.
         unsafe { &*(self.producer as *const AtomicUsize) }
+    }
+
+    /// Waits `d` (whole milliseconds, at least one) or until the programs
+    /// wake the reader (the ring passed its fill threshold), whichever
+    /// comes first, whether or not records wait.
+    pub fn pause(&self, d: Duration) {
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        let ms = d.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: one valid event buffer for one event.
+        unsafe { libc::epoll_wait(self.wakeups.as_raw_fd(), &mut ev, 1, ms) };
     }
 
     /// Returns at once while records wait; else waits until the programs
@@ -133,4 +148,22 @@ impl Drop for Ring {
             libc::munmap(self.producer.cast(), self.page + 2 * self.size);
         }
     }
+}
+
+/// An epoll instance watching `fd` edge-triggered: ready again only after a
+/// wakeup of its wait queue, not while records merely wait.
+fn edge_triggered(fd: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: epoll_create1 has no memory preconditions.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: ep is a new descriptor owned by nobody else.
+    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+    let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: 0 };
+    // SAFETY: valid descriptors and one event.
+    if unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(ep)
 }
