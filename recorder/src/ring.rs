@@ -76,14 +76,13 @@ impl Ring {
         unsafe { &*(self.producer as *const AtomicUsize) }
     }
 
-    /// Waits `d` (whole milliseconds, at least one) or until the programs
-    /// wake the reader (the ring passed its fill threshold), whichever
-    /// comes first, whether or not records wait.
+    /// Waits `d` or until the programs wake the reader (the ring passed its
+    /// fill threshold), whichever comes first, whether or not records wait.
     pub fn pause(&self, d: Duration) {
         let mut ev = libc::epoll_event { events: 0, u64: 0 };
-        let ms = d.as_millis().clamp(1, i32::MAX as u128) as i32;
-        // SAFETY: one valid event buffer for one event.
-        unsafe { libc::epoll_wait(self.wakeups.as_raw_fd(), &mut ev, 1, ms) };
+        let t = libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as libc::c_long };
+        // SAFETY: one valid event buffer for one event, a valid timeout, no signal mask.
+        unsafe { libc::epoll_pwait2(self.wakeups.as_raw_fd(), &mut ev, 1, &t, std::ptr::null()) };
     }
 
     /// Returns at once while records wait; else waits until the programs
