@@ -37,10 +37,10 @@ pub use config::{Config, Filter, Hooks};
 pub use probe::HookCounts;
 
 use anyhow::Result;
+use foldhash::{HashMap, HashMapExt};
 use kpl::event::{CgroupInfo, Data, FileRef, FileSnapshot, Lost, MemWrite, Note, Syscall};
 use kpl::{Event, EventBody};
 use sink::{EventMeta, Sink};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -295,6 +295,16 @@ impl Pending {
         self.got >= self.out.chunks && (!self.out.path || self.path.is_some())
     }
 
+    /// Takes a buffer decoded from the ring as the first region (no copy),
+    /// or appends it as [`Pending::add`] does.
+    fn add_owned(&mut self, addr: u64, bytes: Vec<u8>) {
+        if self.writes.is_empty() {
+            self.writes.push((addr, bytes));
+        } else {
+            self.add(addr, &bytes);
+        }
+    }
+
     /// Appends a chunk's bytes at `addr`: to the last region when they continue it.
     fn add(&mut self, addr: u64, bytes: &[u8]) {
         match self.writes.last_mut() {
@@ -530,7 +540,7 @@ impl Recorder {
                             let inline = std::mem::take(&mut out.inline);
                             let mut p = Pending::new(ev, out, false);
                             if !inline.is_empty() {
-                                p.add(p.out.addr, &inline);
+                                p.add_owned(p.out.addr, inline);
                             }
                             self.pending.insert(p.ev.tid, p);
                         }
@@ -554,7 +564,7 @@ impl Recorder {
                             let mut p = Pending::new(ev, out, incomplete);
                             p.path = opened;
                             if !inline.is_empty() {
-                                p.add(p.out.addr, &inline);
+                                p.add_owned(p.out.addr, inline);
                             }
                             self.finish_pending(sink, p, false)?;
                             if let (Some(m), None) = (miss, self.first_miss) {

@@ -390,14 +390,35 @@ print("done", flush=True)
 sys.stdin.readline()
 "#;
 
-fn retrans_segs(ns: &str) -> u64 {
-    let out = Command::new("ip").args(["netns", "exec", ns, "nstat", "-asz", "TcpRetransSegs"]).output().expect("nstat (iproute2)");
+/// A counter of the namespace's `nstat -asz` (absolute values, zeros included).
+fn nstat(ns: &str, name: &str) -> u64 {
+    let out = Command::new("ip").args(["netns", "exec", ns, "nstat", "-asz", name]).output().expect("nstat (iproute2)");
     let s = String::from_utf8_lossy(&out.stdout);
     s.lines()
-        .find(|l| l.starts_with("TcpRetransSegs"))
+        .find(|l| l.split_whitespace().next() == Some(name))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no TcpRetransSegs in nstat output: {s}"))
+        .unwrap_or_else(|| panic!("no {name} in nstat output: {s}"))
+}
+
+fn retrans_segs(ns: &str) -> u64 {
+    nstat(ns, "TcpRetransSegs")
+}
+
+/// The retransmit-related counters of a namespace, for a failing assertion's message.
+fn retrans_detail(ns: &str) -> String {
+    [
+        "TcpRetransSegs",
+        "TcpExtTCPSynRetrans",
+        "TcpExtTCPLossProbes",
+        "TcpExtTCPRetransFail",
+        "TcpExtTCPSpuriousRtxHostQueues",
+        "TcpExtTCPTimeouts",
+    ]
+    .iter()
+    .map(|n| format!("{n} {}", nstat(ns, n)))
+    .collect::<Vec<_>>()
+    .join(", ")
 }
 
 #[test]
@@ -423,6 +444,7 @@ fn tcp_retransmits_match_nstat() {
         .unwrap();
     let client_pid = client.id();
     let before = retrans_segs(&net.a);
+    let detail_before = retrans_detail(&net.a);
     let rec = start(Config { hooks: hooks("tcp"), filter: Filter::Pid(vec![client_pid]), ..Config::default() });
     let mut stdin = client.stdin.take().unwrap();
     stdin.write_all(b"go\n").unwrap();
@@ -431,6 +453,7 @@ fn tcp_retransmits_match_nstat() {
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "done", "the client finished its exchanges");
     let after = retrans_segs(&net.a);
+    let detail_after = retrans_detail(&net.a);
     let (summary, evs) = rec.finish();
     stdin.write_all(b"bye\n").unwrap();
     drop(stdin);
@@ -441,7 +464,21 @@ fn tcp_retransmits_match_nstat() {
     let retrans: Vec<&Event> = evs.iter().filter(|e| matches!(&e.body, EventBody::TcpRetransmit(_))).collect();
     let nstat = after - before;
     assert!(nstat > 0, "20% loss on 60 round trips must cause retransmits");
-    assert_eq!(retrans.len() as u64, nstat, "retransmit events vs the namespace's TcpRetransSegs");
+    let listed: Vec<String> = retrans
+        .iter()
+        .map(|e| match &e.body {
+            EventBody::TcpRetransmit(t) => format!("{} ns: {} bytes, state {}", e.ts_ns, t.bytes, t.new_state),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        retrans.len() as u64,
+        nstat,
+        "retransmit events vs the namespace's TcpRetransSegs; before: {detail_before}; after: {detail_after}; \
+         tcp hook in the kernel: {:?}, read: {}; events: {listed:#?}",
+        summary.hooks[2],
+        summary.received[2]
+    );
     assert!(retrans.iter().all(|e| e.pid == client_pid));
     for e in &retrans {
         if let EventBody::TcpRetransmit(t) = &e.body {

@@ -493,22 +493,22 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
             break;
         }
         let (mut base, mut filt, mut hitv, mut rgv) = (vec![], vec![], vec![], vec![]);
-        let mut drops = 0;
+        let (mut hit_drops, mut rg_drops) = (0, 0);
         for _ in 0..a.rounds {
             base.push(run_loop(&exe, mode, a.calls)?);
             filt.push(with_recorder(filtered.clone(), || run_loop(&exe, mode, a.calls))?.0);
             let (v, s) = with_recorder(hit.clone(), || run_loop(&exe, mode, a.calls))?;
-            drops += s.dropped();
+            hit_drops += s.dropped();
             hitv.push(v);
             let (v, s) = with_recorder(replay.clone(), || run_loop(&exe, mode, a.calls))?;
-            drops += s.dropped();
+            rg_drops += s.dropped();
             rgv.push(v);
         }
         for (i, what) in [(0, "wall"), (1, "cpu")] {
             let pick = |v: &[(f64, f64)]| median(v.iter().map(|x| if i == 0 { x.0 } else { x.1 }).collect());
             let (b, f, h, r) = (pick(&base), pick(&filt), pick(&hitv), pick(&rgv));
             println!(
-                "{name:7} ns/call ({what:4}): no probes {b:8.1} | filtered out {f:8.1} (+{:6.1}, x{:.2}) | hit {h:8.1} (+{:6.1}, x{:.2}) | replay-grade {r:8.1} (+{:6.1}, x{:.2}) | drops {drops}",
+                "{name:7} ns/call ({what:4}): no probes {b:8.1} | filtered out {f:8.1} (+{:6.1}, x{:.2}) | hit {h:8.1} (+{:6.1}, x{:.2}) | replay-grade {r:8.1} (+{:6.1}, x{:.2}) | drops hit {hit_drops} replay {rg_drops}",
                 f - b,
                 f / b,
                 h - b,
