@@ -18,7 +18,8 @@ const FILTER_CGROUP: u32 = 2;
 pub struct HookCounts {
     /// Records written to the ring buffer.
     pub events: u64,
-    /// Records lost because the ring buffer (or a tracking map) was full.
+    /// Records lost because the ring buffer (or a tracking map) was full,
+    /// and runs of the hook's programs the kernel skipped (recursion).
     pub drops: u64,
 }
 
@@ -28,6 +29,9 @@ pub struct Probe {
     /// The ring buffer (taken out while the reader hands its records on in place).
     pub(crate) ring: Option<crate::ring::Ring>,
     stats: PerCpuArray<MapData, u64>,
+    /// Per hook: runs of its programs the kernel skipped (recursion), as
+    /// last read while they were loaded.
+    misses: [u64; 5],
     /// Ring-buffer size in bytes.
     pub ring_bytes: usize,
 }
@@ -187,13 +191,38 @@ impl Probe {
         };
         let ring = Some(crate::ring::Ring::new(events, ring_bytes)?);
         let stats = PerCpuArray::try_from(ebpf.take_map("stats").context("map stats")?)?;
-        Ok(Probe { ebpf: Some(ebpf), ring, stats, ring_bytes })
+        Ok(Probe { ebpf: Some(ebpf), ring, stats, misses: [0; 5], ring_bytes })
     }
 
     /// Detaches and unloads the programs; the ring buffer and counters stay
     /// readable, so what was captured until now can be read out.
     pub fn detach(&mut self) {
+        self.read_misses();
         self.ebpf = None;
+    }
+
+    /// The hook a program's events belong to (`raw::HOOK_NAMES` order).
+    fn hook_of(prog: &str) -> usize {
+        match prog {
+            p if p.starts_with("on_sched") => 0,
+            p if p.starts_with("on_sys_") => 1,
+            p if p.starts_with("on_sock_") || p.starts_with("on_tcp_") || p.starts_with("on_inet_") => 2,
+            p if p.starts_with("on_page_fault") => 3,
+            _ => 4,
+        }
+    }
+
+    /// Reads the programs' recursion misses ([`crate::sys::prog_recursion_misses`]).
+    fn read_misses(&mut self) {
+        let Some(ebpf) = &self.ebpf else { return };
+        let mut m = [0u64; 5];
+        for (name, p) in ebpf.programs() {
+            match p.fd().ok().and_then(|fd| crate::sys::prog_recursion_misses(std::os::fd::AsFd::as_fd(fd))) {
+                Some(n) => m[Self::hook_of(name)] += n,
+                None => tracing::debug!("program {name}: no bpf_prog_info (not loaded)"),
+            }
+        }
+        self.misses = m;
     }
 
     /// Waits until the programs wake the reader (the ring buffer's fill
@@ -225,13 +254,15 @@ impl Probe {
     }
 
     /// Per-hook counters, summed over CPUs.
-    pub fn counts(&self) -> Result<[HookCounts; 5]> {
+    /// Drops include the runs the kernel skipped (recursion misses).
+    pub fn counts(&mut self) -> Result<[HookCounts; 5]> {
+        self.read_misses();
         let mut out = [HookCounts::default(); 5];
         for (h, c) in out.iter_mut().enumerate() {
             let ev = self.stats.get(&(2 * h as u32), 0)?;
             let dr = self.stats.get(&(2 * h as u32 + 1), 0)?;
             c.events = ev.iter().sum();
-            c.drops = dr.iter().sum();
+            c.drops = dr.iter().sum::<u64>() + self.misses[h];
         }
         Ok(out)
     }

@@ -205,3 +205,29 @@ impl HeldChild {
         }
     }
 }
+
+/// The kernel's count of runs of the BPF program `prog` it skipped because
+/// the program was already running on that CPU (`bpf_prog_info.recursion_misses`:
+/// a softirq firing the same tracepoint inside a run of its program). Those
+/// events never reach the program, so the recorder reports them as drops.
+pub fn prog_recursion_misses(prog: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let attr = InfoAttr {
+        bpf_fd: prog.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: (&mut info as *mut aya_obj::generated::bpf_prog_info) as u64,
+    };
+    // SAFETY: the kernel writes at most info_len bytes into `info`, which lives across the call.
+    let r = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &attr as *const InfoAttr, std::mem::size_of::<InfoAttr>() as libc::c_uint)
+    };
+    (r == 0).then_some(info.recursion_misses)
+}
