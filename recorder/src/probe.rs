@@ -13,6 +13,13 @@ static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 const FILTER_SET: u32 = 1;
 const FILTER_CGROUP: u32 = 2;
 
+// Hook indices (`raw::HOOK_NAMES` order).
+const H_SCHED: usize = 0;
+const H_SYSCALL: usize = 1;
+const H_TCP: usize = 2;
+const H_FAULT: usize = 3;
+const H_PROC: usize = 4;
+
 /// Events and drops of one hook, as counted in the kernel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HookCounts {
@@ -29,6 +36,8 @@ pub struct Probe {
     /// The ring buffer (taken out while the reader hands its records on in place).
     pub(crate) ring: Option<crate::ring::Ring>,
     stats: PerCpuArray<MapData, u64>,
+    /// The attached programs and their hooks.
+    attached: Vec<(&'static str, usize)>,
     /// Per hook: runs of its programs the kernel skipped (recursion), as
     /// last read while they were loaded.
     misses: [u64; 5],
@@ -36,7 +45,15 @@ pub struct Probe {
     pub ring_bytes: usize,
 }
 
-fn attach(ebpf: &mut Ebpf, btf: &Btf, prog: &str, tracepoint: &str) -> Result<()> {
+/// Loads and attaches `prog` to `tracepoint`, noting it under `hook` (`raw::HOOK_NAMES` order).
+fn attach(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    attached: &mut Vec<(&'static str, usize)>,
+    hook: usize,
+    prog: &'static str,
+    tracepoint: &str,
+) -> Result<()> {
     let p: &mut BtfTracePoint = ebpf
         .program_mut(prog)
         .with_context(|| format!("BPF object has no program {prog}"))?
@@ -44,6 +61,7 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, prog: &str, tracepoint: &str) -> Result<()
         .with_context(|| format!("{prog} is not a tp_btf program"))?;
     p.load(tracepoint, btf).with_context(|| format!("loading {prog} (tp_btf/{tracepoint}) into the kernel"))?;
     p.attach().with_context(|| format!("attaching {prog} to tracepoint {tracepoint}"))?;
+    attached.push((prog, hook));
     Ok(())
 }
 
@@ -159,39 +177,40 @@ impl Probe {
         }
 
         let Hooks { sched, syscall, tcp, fault } = cfg.hooks;
+        let mut attached = Vec::new();
         if filter & FILTER_SET != 0 || cfg.replay_grade {
-            attach(&mut ebpf, &btf, "on_process_fork", "sched_process_fork")?;
-            attach(&mut ebpf, &btf, "on_process_exec", "sched_process_exec")?;
-            attach(&mut ebpf, &btf, "on_process_exit", "sched_process_exit")?;
+            attach(&mut ebpf, &btf, &mut attached, H_PROC, "on_process_fork", "sched_process_fork")?;
+            attach(&mut ebpf, &btf, &mut attached, H_PROC, "on_process_exec", "sched_process_exec")?;
+            attach(&mut ebpf, &btf, &mut attached, H_PROC, "on_process_exit", "sched_process_exit")?;
         }
         if sched {
-            attach(&mut ebpf, &btf, "on_sched_switch", "sched_switch")?;
-            attach(&mut ebpf, &btf, "on_sched_wakeup", "sched_wakeup")?;
-            attach(&mut ebpf, &btf, "on_sched_wakeup_new", "sched_wakeup_new")?;
-            attach(&mut ebpf, &btf, "on_sched_migrate", "sched_migrate_task")?;
+            attach(&mut ebpf, &btf, &mut attached, H_SCHED, "on_sched_switch", "sched_switch")?;
+            attach(&mut ebpf, &btf, &mut attached, H_SCHED, "on_sched_wakeup", "sched_wakeup")?;
+            attach(&mut ebpf, &btf, &mut attached, H_SCHED, "on_sched_wakeup_new", "sched_wakeup_new")?;
+            attach(&mut ebpf, &btf, &mut attached, H_SCHED, "on_sched_migrate", "sched_migrate_task")?;
         }
         if cfg.replay_grade {
-            attach(&mut ebpf, &btf, "on_signal_deliver", "signal_deliver")?;
+            attach(&mut ebpf, &btf, &mut attached, H_PROC, "on_signal_deliver", "signal_deliver")?;
         }
         if syscall || tcp || cfg.replay_grade {
-            attach(&mut ebpf, &btf, "on_sys_enter", "sys_enter")?;
-            attach(&mut ebpf, &btf, "on_sys_exit", "sys_exit")?;
+            attach(&mut ebpf, &btf, &mut attached, H_SYSCALL, "on_sys_enter", "sys_enter")?;
+            attach(&mut ebpf, &btf, &mut attached, H_SYSCALL, "on_sys_exit", "sys_exit")?;
         }
         if tcp {
-            attach(&mut ebpf, &btf, "on_sock_send_length", "sock_send_length")?;
-            attach(&mut ebpf, &btf, "on_sock_recv_length", "sock_recv_length")?;
-            attach(&mut ebpf, &btf, "on_tcp_retransmit", "tcp_retransmit_skb")?;
-            attach(&mut ebpf, &btf, "on_inet_sock_set_state", "inet_sock_set_state")?;
+            attach(&mut ebpf, &btf, &mut attached, H_TCP, "on_sock_send_length", "sock_send_length")?;
+            attach(&mut ebpf, &btf, &mut attached, H_TCP, "on_sock_recv_length", "sock_recv_length")?;
+            attach(&mut ebpf, &btf, &mut attached, H_TCP, "on_tcp_retransmit", "tcp_retransmit_skb")?;
+            attach(&mut ebpf, &btf, &mut attached, H_TCP, "on_inet_sock_set_state", "inet_sock_set_state")?;
         }
         if fault {
-            attach(&mut ebpf, &btf, "on_page_fault_user", "page_fault_user")?;
+            attach(&mut ebpf, &btf, &mut attached, H_FAULT, "on_page_fault_user", "page_fault_user")?;
         }
         let Map::RingBuf(events) = ebpf.take_map("events").context("map events")? else {
             bail!("map events is not a ring buffer");
         };
         let ring = Some(crate::ring::Ring::new(events, ring_bytes)?);
         let stats = PerCpuArray::try_from(ebpf.take_map("stats").context("map stats")?)?;
-        Ok(Probe { ebpf: Some(ebpf), ring, stats, misses: [0; 5], ring_bytes })
+        Ok(Probe { ebpf: Some(ebpf), ring, stats, attached, misses: [0; 5], ring_bytes })
     }
 
     /// Detaches and unloads the programs; the ring buffer and counters stay
@@ -201,25 +220,18 @@ impl Probe {
         self.ebpf = None;
     }
 
-    /// The hook a program's events belong to (`raw::HOOK_NAMES` order).
-    fn hook_of(prog: &str) -> usize {
-        match prog {
-            p if p.starts_with("on_sched") => 0,
-            p if p.starts_with("on_sys_") => 1,
-            p if p.starts_with("on_sock_") || p.starts_with("on_tcp_") || p.starts_with("on_inet_") => 2,
-            p if p.starts_with("on_page_fault") => 3,
-            _ => 4,
-        }
-    }
-
-    /// Reads the programs' recursion misses ([`crate::sys::prog_recursion_misses`]).
+    /// Reads the attached programs' recursion misses ([`crate::sys::prog_recursion_misses`]).
     fn read_misses(&mut self) {
         let Some(ebpf) = &self.ebpf else { return };
         let mut m = [0u64; 5];
-        for (name, p) in ebpf.programs() {
-            match p.fd().ok().and_then(|fd| crate::sys::prog_recursion_misses(std::os::fd::AsFd::as_fd(fd))) {
-                Some(n) => m[Self::hook_of(name)] += n,
-                None => tracing::debug!("program {name}: no bpf_prog_info (not loaded)"),
+        for &(name, hook) in &self.attached {
+            match ebpf
+                .program(name)
+                .and_then(|p| p.fd().ok())
+                .and_then(|fd| crate::sys::prog_recursion_misses(std::os::fd::AsFd::as_fd(fd)))
+            {
+                Some(n) => m[hook] += n,
+                None => tracing::debug!("program {name}: no bpf_prog_info"),
             }
         }
         self.misses = m;
